@@ -1,0 +1,98 @@
+"""Values shared by the core and the adapters: addresses, next hops, allocations, pods.
+
+Everything here is immutable and holds ``ipaddress`` objects, never strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import NewType
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ContainerID = NewType("ContainerID", str)
+NodeName = NewType("NodeName", str)
+
+
+def address_sort_key(address: IPAddress) -> tuple[int, int]:
+    """Canonical order of addresses: IPv4 before IPv6, then numerically."""
+    return (address.version, int(address))
+
+
+def host_prefix(address: IPAddress) -> str:
+    """The host route prefix for an address: ``198.51.100.10/32`` or ``2001:db8::10/128``."""
+    return f"{address}/{address.max_prefixlen}"
+
+
+@dataclasses.dataclass(frozen=True, order=False)
+class Nexthop:
+    """One next hop of an anycast route: a pod's eth0 address behind its host-side veth."""
+
+    via: IPAddress
+    dev: str
+
+    def sort_key(self) -> tuple[int, int, str]:
+        return (*address_sort_key(self.via), self.dev)
+
+    def __str__(self) -> str:
+        return f"via {self.via} dev {self.dev}"
+
+
+Nexthops = tuple[Nexthop, ...]
+"""Next hops of one route, always sorted by :meth:`Nexthop.sort_key` (see :func:`sorted_nexthops`)."""
+
+RouteTable = Mapping[IPAddress, Nexthops]
+"""Anycast host routes: anycast address -> sorted next hops (never empty)."""
+
+
+def sorted_nexthops(nexthops: Iterable[Nexthop]) -> Nexthops:
+    """Deduplicate and sort next hops into their canonical order."""
+    return tuple(sorted(set(nexthops), key=Nexthop.sort_key))
+
+
+class AllocationState(enum.Enum):
+    """Where a container's allocation is in its life."""
+
+    PENDING = "pending"  # CNI ADD in progress: addresses reserved, not yet routed
+    COMMITTED = "committed"  # plumbing done: the reconciler may route its anycast IPs
+
+
+@dataclasses.dataclass(frozen=True)
+class PodRef:
+    """Which pod an allocation belongs to."""
+
+    namespace: str
+    name: str
+    uid: str = ""  # empty when the runtime did not say; then namespace/name decide alone
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """A container's durable network record, written by the CNI side, read by the reconciler."""
+
+    container_id: ContainerID
+    pod: PodRef
+    host_ifname: str  # host-side veth, ``flock<8 hex>``
+    pod_ips: tuple[IPAddress, ...]  # the pod's eth0 unicast addresses (one per family)
+    anycast: tuple[IPAddress, ...]  # anycast addresses configured on the pod's lo
+    state: AllocationState = AllocationState.PENDING
+
+    def pod_ip(self, version: int) -> IPAddress | None:
+        """The pod's unicast address of one IP family, if it has one."""
+        return next((ip for ip in self.pod_ips if ip.version == version), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodStatus:
+    """What the reconciler needs to know of a Pod seen on the API watch."""
+
+    ref: PodRef
+    eligible: bool
+    reason: str = ""  # why not eligible: "terminating", "not ready"

@@ -1,0 +1,174 @@
+"""Durable allocation records: one JSON file per container under ``<stateDir>/allocations``.
+
+Writes are atomic (temp file, fsync, rename, fsync of the directory) so a crash leaves
+either the old record or the new one, never half of one. On start the store reloads
+every record; a record that cannot be parsed is moved to ``<stateDir>/quarantine`` and
+reported, never silently dropped and never fatal. Listeners registered with
+:meth:`AllocationStore.add_listener` run after every commit and removal (they wake the
+reconciler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from flock.errors import StateError
+from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+def encode_allocation(allocation: Allocation) -> str:
+    return json.dumps({
+        "version": RECORD_VERSION,
+        "containerID": allocation.container_id,
+        "pod": {"namespace": allocation.pod.namespace, "name": allocation.pod.name,
+                "uid": allocation.pod.uid},
+        "hostIfname": allocation.host_ifname,
+        "podIPs": [str(ip) for ip in allocation.pod_ips],
+        "anycast": [str(ip) for ip in allocation.anycast],
+        "state": allocation.state.value,
+    }, indent=2) + "\n"
+
+
+def decode_allocation(text: str) -> Allocation:
+    """Parse a record; raises ValueError (with what is wrong) for anything malformed."""
+    try:
+        data: Any = json.loads(text)
+        if data.get("version") != RECORD_VERSION:
+            raise ValueError(f"unsupported record version {data.get('version')!r}")
+        pod = data["pod"]
+        addresses: Callable[[Any], tuple[IPAddress, ...]] = (
+            lambda items: tuple(ipaddress.ip_address(str(i)) for i in items))
+        return Allocation(
+            container_id=ContainerID(str(data["containerID"])),
+            pod=PodRef(namespace=str(pod["namespace"]), name=str(pod["name"]), uid=str(pod.get("uid", ""))),
+            host_ifname=str(data["hostIfname"]),
+            pod_ips=addresses(data["podIPs"]),
+            anycast=addresses(data["anycast"]),
+            state=AllocationState(data["state"]),
+        )
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed record: {exc!r}") from exc
+
+
+def _safe_name(container_id: str) -> str:
+    # Container ids are hex from real runtimes; refuse anything that could escape the dir.
+    if not container_id or "/" in container_id or container_id.startswith("."):
+        raise StateError(f"invalid container id {container_id!r}")
+    return container_id
+
+
+class AllocationStore:
+    """The agent's allocation records, cached in memory, persisted one file per container."""
+
+    def __init__(self, state_dir: pathlib.Path) -> None:
+        self.records_dir = state_dir / "allocations"
+        self.quarantine_dir = state_dir / "quarantine"
+        self._records: dict[ContainerID, Allocation] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously, must not block) after every commit and removal."""
+        self._listeners.append(callback)
+
+    def all(self) -> list[Allocation]:
+        return list(self._records.values())
+
+    def get(self, container_id: ContainerID) -> Allocation | None:
+        return self._records.get(container_id)
+
+    async def load(self) -> list[str]:
+        """Reload every record from disk. Returns one message per quarantined record."""
+        problems: list[str] = []
+        await aiofiles.os.makedirs(self.records_dir, exist_ok=True)
+        self._records.clear()
+        for path in sorted(self.records_dir.glob("*.json")):
+            try:
+                async with aiofiles.open(path) as f:
+                    allocation = decode_allocation(await f.read())
+                if f"{allocation.container_id}.json" != path.name:
+                    raise ValueError(f"record names container {allocation.container_id!r}")
+            except (OSError, ValueError) as exc:
+                problems.append(await self._quarantine(path, str(exc)))
+                continue
+            self._records[allocation.container_id] = allocation
+        for path in self.records_dir.glob(".*.tmp"):  # a write interrupted by a crash
+            await aiofiles.os.remove(path)
+        return problems
+
+    async def put(self, allocation: Allocation) -> None:
+        """Write (create or overwrite) a record durably, then update the cache."""
+        path = self.records_dir / f"{_safe_name(allocation.container_id)}.json"
+        await self._write_atomically(path, encode_allocation(allocation))
+        self._records[allocation.container_id] = allocation
+        if allocation.state is AllocationState.COMMITTED:
+            self._notify()
+
+    async def commit(self, container_id: ContainerID, anycast: tuple[IPAddress, ...]) -> Allocation:
+        """Mark a pending allocation committed with its final anycast list."""
+        current = self._records.get(container_id)
+        if current is None:
+            raise StateError(f"commit {container_id}: no such allocation")
+        committed = dataclasses.replace(current, anycast=anycast, state=AllocationState.COMMITTED)
+        await self.put(committed)
+        return committed
+
+    async def remove(self, container_id: ContainerID) -> Allocation | None:
+        """Delete a record (absent is fine). Returns what was removed."""
+        path = self.records_dir / f"{_safe_name(container_id)}.json"
+        try:
+            await aiofiles.os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(f"remove {path}: {exc.strerror}") from exc
+        removed = self._records.pop(container_id, None)
+        self._notify()
+        return removed
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    async def _write_atomically(self, path: pathlib.Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            await aiofiles.os.makedirs(path.parent, exist_ok=True)
+            async with aiofiles.open(tmp, "w") as f:
+                await f.write(text)
+                await f.flush()
+                await aiofiles.os.wrap(os.fsync)(f.fileno())
+            await aiofiles.os.replace(tmp, path)
+            await aiofiles.os.wrap(_fsync_dir)(path.parent)
+        except OSError as exc:
+            raise StateError(f"write {path}: {exc.strerror or exc}") from exc
+
+    async def _quarantine(self, path: pathlib.Path, why: str) -> str:
+        await aiofiles.os.makedirs(self.quarantine_dir, exist_ok=True)
+        target = self.quarantine_dir / f"{path.name}.{int(time.time())}"
+        await aiofiles.os.replace(path, target)
+        message = f"corrupt allocation record {path.name} moved to {target}: {why}"
+        logger.error(message)
+        return message
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

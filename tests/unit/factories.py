@@ -1,0 +1,60 @@
+"""Small builders for unit tests: allocations, pod bodies, configs."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from flock.config import AnycastPool, parse_config
+from flock.model import Allocation, AllocationState, ContainerID, PodRef, PodStatus
+
+POOLS = (
+    AnycastPool(ipaddress.ip_network("198.51.100.0/24")),
+    AnycastPool(ipaddress.ip_network("2001:db8:100::/64")),
+)
+
+
+def alloc(name: str, ips: tuple[str, ...] = ("192.0.2.10", "2001:db8::10"),
+          anycast: tuple[str, ...] = ("198.51.100.10",), *, namespace: str = "default",
+          committed: bool = True, uid: str = "", dev: str | None = None) -> Allocation:
+    return Allocation(
+        container_id=ContainerID(f"c-{namespace}-{name}"),
+        pod=PodRef(namespace, name, uid),
+        host_ifname=dev or f"flock{abs(hash((namespace, name))) % 16**8:08x}",
+        pod_ips=tuple(ipaddress.ip_address(i) for i in ips),
+        anycast=tuple(ipaddress.ip_address(i) for i in anycast),
+        state=AllocationState.COMMITTED if committed else AllocationState.PENDING,
+    )
+
+
+def status(name: str, eligible: bool = True, *, namespace: str = "default", uid: str = "",
+           reason: str = "") -> tuple[tuple[str, str], PodStatus]:
+    if not eligible and not reason:
+        reason = "not ready"
+    return (namespace, name), PodStatus(PodRef(namespace, name, uid), eligible, reason)
+
+
+def pod_body(name: str, *, ready: bool = True, terminating: bool = False, node: str = "node-a",
+             namespace: str = "default", uid: str = "") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}"}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-26T10:00:00Z"
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def config(**overrides: Any) -> Any:
+    data: dict[str, Any] = {
+        "nodeName": "node-a",
+        "stateDir": "/nonexistent",
+        "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
+        "podCIDRs": ["192.0.2.0/26", "2001:db8::/64"],
+        "tickSeconds": 0.05,
+        "bird": {"routerId": "192.0.2.1", "asn": 65001,
+                 "peers": [{"address": "192.0.2.254", "asn": 65000}]},
+    }
+    data.update(overrides)
+    return parse_config(data, environ={})

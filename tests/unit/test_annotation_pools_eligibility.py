@@ -1,0 +1,96 @@
+"""Annotation parsing, pool policy and eligibility: the pure rules at the edge."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flock.annotation import parse_anycast
+from flock.config import AnycastPool
+from flock.eligibility import ineligibility_reason, pod_anycast_eligible
+from flock.pools import pool_rejection
+from tests.unit.factories import pod_body
+
+
+def test_commas_and_spaces_separate_mixed_families() -> None:
+    parsed = parse_anycast(" 198.51.100.10,2001:DB8:100::0A  198.51.100.11,\n")
+    assert [str(a) for a in parsed.addresses] == ["198.51.100.10", "2001:db8:100::a", "198.51.100.11"]
+    assert parsed.errors == ()
+
+
+def test_duplicates_are_dropped_after_canonicalisation() -> None:
+    parsed = parse_anycast("2001:db8:100::a, 2001:DB8:100:0::A, 198.51.100.10 198.51.100.10")
+    assert [str(a) for a in parsed.addresses] == ["2001:db8:100::a", "198.51.100.10"]
+
+
+def test_each_bad_entry_is_reported_and_good_ones_still_count() -> None:
+    parsed = parse_anycast("198.51.100.10, banana, 198.51.100.300, 198.51.100.0/24, 127.0.0.1")
+    assert [str(a) for a in parsed.addresses] == ["198.51.100.10"]
+    assert len(parsed.errors) == 4
+    assert "'banana' is not an IP address" in parsed.errors[0]
+    assert "prefix length" in parsed.errors[2]
+    assert "loopback" in parsed.errors[3]
+
+
+@pytest.mark.parametrize("text", [None, "", "  ,, "])
+def test_empty_annotation_means_no_anycast(text: str | None) -> None:
+    assert parse_anycast(text).addresses == () and parse_anycast(text).errors == ()
+
+
+@given(st.lists(st.ip_addresses(v=4) | st.ip_addresses(v=6), max_size=10), st.randoms())
+def test_parsing_is_canonical_and_loses_nothing_usable(addresses, rnd) -> None:  # type: ignore[no-untyped-def]
+    separators = [",", " ", ", ", "\t", " ,"]
+    text = "".join(str(a).upper() + rnd.choice(separators) for a in addresses)
+    parsed = parse_anycast(text)
+    usable = {a for a in addresses
+              if not (a.is_unspecified or a.is_loopback or a.is_multicast or a.is_link_local
+                      or (a.version == 6 and a.ipv4_mapped is not None))}
+    assert set(parsed.addresses) == usable
+    assert len(parsed.addresses) == len(usable)  # no duplicates
+    assert all(str(a) == a.compressed for a in parsed.addresses)
+    assert len(parsed.errors) == len(addresses) - sum(a in usable for a in addresses)
+
+POOLS = (
+    AnycastPool(ipaddress.ip_network("198.51.100.0/25")),
+    AnycastPool(ipaddress.ip_network("198.51.100.128/25"), frozenset({"payments"})),
+)
+
+
+def test_address_in_an_open_pool_is_admitted() -> None:
+    assert pool_rejection(ipaddress.ip_address("198.51.100.10"), "default", POOLS) is None
+
+
+def test_address_outside_every_pool_is_rejected_with_the_pools_named() -> None:
+    reason = pool_rejection(ipaddress.ip_address("203.0.113.1"), "default", POOLS)
+    assert reason is not None and "outside the anycast pools" in reason and "198.51.100.0/25" in reason
+
+
+def test_restricted_pool_admits_only_its_namespaces() -> None:
+    address = ipaddress.ip_address("198.51.100.200")
+    assert pool_rejection(address, "payments", POOLS) is None
+    reason = pool_rejection(address, "default", POOLS)
+    assert reason is not None and "'default' may not use" in reason and "payments" in reason
+
+
+def test_no_pools_rejects_everything() -> None:
+    reason = pool_rejection(ipaddress.ip_address("198.51.100.1"), "default", ())
+    assert reason is not None and "no anycastPools" in reason
+
+
+def test_ready_pod_without_deletion_timestamp_is_eligible() -> None:
+    assert pod_anycast_eligible(pod_body("p"))
+
+
+def test_not_ready_pod_is_not_eligible() -> None:
+    assert ineligibility_reason(pod_body("p", ready=False)) == "not ready"
+
+
+def test_ready_but_terminating_pod_is_not_eligible() -> None:
+    assert ineligibility_reason(pod_body("p", ready=True, terminating=True)) == "terminating"
+
+
+def test_pod_without_status_is_not_eligible() -> None:
+    assert not pod_anycast_eligible({"metadata": {"name": "p"}})

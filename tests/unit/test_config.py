@@ -1,0 +1,62 @@
+"""Configuration: typed, validated, unknown keys rejected with the key named."""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+
+import pytest
+
+from flock.config import load_config, parse_config
+from flock.errors import ConfigError
+
+BASE = {"nodeName": "node-a", "bird": {"routerId": "192.0.2.1", "asn": 65001}}
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    config = parse_config(BASE, environ={})
+    assert config.tick_seconds == 2.0
+    assert config.route_protocol == 201
+    assert config.pod_cidrs is None  # from the Node
+    assert config.bird.socket == pathlib.Path("/run/bird/bird.ctl")
+    assert config.anycast_pools == ()
+
+
+def test_node_name_comes_from_the_environment() -> None:
+    config = parse_config({"bird": BASE["bird"]}, environ={"NODE_NAME": "node-b"})
+    assert config.node_name == "node-b"
+
+
+def test_pools_with_namespaces() -> None:
+    config = parse_config({**BASE, "anycastPools": [
+        {"cidr": "198.51.100.0/24", "namespaces": ["a", "b"]}, {"cidr": "2001:db8:100::/64"}]},
+        environ={})
+    assert config.anycast_pools[0].namespaces == frozenset({"a", "b"})
+    assert config.anycast_pools[1].cidr == ipaddress.ip_network("2001:db8:100::/64")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({**BASE, "tickSecs": 1}, "unknown key(s) tickSecs"),
+    ({**BASE, "anycastPools": [{"cidr": "198.51.100.1/24"}]}, "anycastPools[0].cidr"),
+    ({**BASE, "anycastPools": [{"cidr": "banana"}]}, "is not a CIDR"),
+    ({**BASE, "bird": {"routerId": "192.0.2.1", "asn": 0}}, "bird.asn"),
+    ({**BASE, "bird": {"routerId": "2001:db8::1", "asn": 65001}}, "bird.routerId"),
+    ({**BASE, "bird": {"routerId": "192.0.2.1", "asn": 1, "peers": [{"asn": 2}]}}, "bird.peers[0].address"),
+    ({**BASE, "routeProtocol": 3}, "routeProtocol"),
+    ({**BASE, "tickSeconds": 0}, "tickSeconds"),
+    ({**BASE, "listen": "9964"}, "listen"),
+    ({"bird": BASE["bird"]}, "nodeName"),
+    ({"nodeName": "n"}, "bird: required"),
+])
+def test_invalid_config_names_the_bad_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        parse_config(data, environ={})
+
+
+def test_unreadable_and_non_yaml_files_are_config_errors(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodeName: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

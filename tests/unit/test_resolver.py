@@ -1,0 +1,157 @@
+"""The resolver: allocations × eligible pods -> sorted next hops per anycast IP."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flock.model import Nexthop
+from flock.resolver import FAMILY_MISMATCH, REJECTED, resolve
+from tests.unit.factories import POOLS, alloc, status
+
+A4 = ipaddress.ip_address("198.51.100.10")
+A6 = ipaddress.ip_address("2001:db8:100::10")
+
+
+def test_one_eligible_pod_gives_one_nexthop() -> None:
+    a = alloc("web-1", dev="flock00000001")
+    result = resolve([a], dict([status("web-1")]), POOLS)
+    assert result.routes == {A4: (Nexthop(ipaddress.ip_address("192.0.2.10"), "flock00000001"),)}
+    assert result.findings == ()
+
+
+def test_two_pods_sharing_an_ip_give_two_sorted_nexthops() -> None:
+    a = alloc("web-1", ips=("192.0.2.20", "2001:db8::20"), dev="flock00000001")
+    b = alloc("web-2", ips=("192.0.2.10", "2001:db8::10"), dev="flock00000002")
+    result = resolve([a, b], dict([status("web-1"), status("web-2")]), POOLS)
+    assert result.routes[A4] == (
+        Nexthop(ipaddress.ip_address("192.0.2.10"), "flock00000002"),
+        Nexthop(ipaddress.ip_address("192.0.2.20"), "flock00000001"),
+    )
+
+
+def test_not_ready_pod_is_dropped_from_the_nexthops() -> None:
+    a = alloc("web-1", ips=("192.0.2.20", "2001:db8::20"))
+    b = alloc("web-2", ips=("192.0.2.10", "2001:db8::10"))
+    result = resolve([a, b], dict([status("web-1"), status("web-2", eligible=False)]), POOLS)
+    assert [hop.via for hop in result.routes[A4]] == [ipaddress.ip_address("192.0.2.20")]
+
+
+def test_ip_with_no_ready_pod_is_omitted() -> None:
+    a = alloc("web-1")
+    result = resolve([a], dict([status("web-1", eligible=False, reason="terminating")]), POOLS)
+    assert result.routes == {}
+    assert result.serving == {}
+
+
+def test_pod_unknown_to_the_watch_is_not_routed() -> None:
+    assert resolve([alloc("web-1")], {}, POOLS).routes == {}
+
+
+def test_pending_allocation_is_skipped() -> None:
+    result = resolve([alloc("web-1", committed=False)], dict([status("web-1")]), POOLS)
+    assert result.routes == {}
+
+
+def test_mixed_v4_and_v6_use_the_same_family_nexthop() -> None:
+    a = alloc("web-1", anycast=("2001:db8:100::10", "198.51.100.10"), dev="flock00000001")
+    result = resolve([a], dict([status("web-1")]), POOLS)
+    assert result.routes[A4] == (Nexthop(ipaddress.ip_address("192.0.2.10"), "flock00000001"),)
+    assert result.routes[A6] == (Nexthop(ipaddress.ip_address("2001:db8::10"), "flock00000001"),)
+
+
+def test_family_mismatch_warns_and_skips() -> None:
+    a = alloc("web-1", ips=("192.0.2.10",), anycast=("198.51.100.10", "2001:db8:100::10"))
+    result = resolve([a], dict([status("web-1")]), POOLS)
+    assert set(result.routes) == {A4}
+    assert [(f.address, f.reason) for f in result.findings] == [(A6, FAMILY_MISMATCH)]
+    assert "no IPv6 address" in result.findings[0].message
+
+
+def test_ip_outside_the_pools_is_rejected_not_routed() -> None:
+    a = alloc("web-1", anycast=("203.0.113.5", "198.51.100.10"))
+    result = resolve([a], dict([status("web-1")]), POOLS)
+    assert set(result.routes) == {A4}
+    assert [(str(f.address), f.reason) for f in result.findings] == [("203.0.113.5", REJECTED)]
+
+
+def test_allocation_of_an_older_pod_incarnation_is_not_routed() -> None:
+    a = alloc("web-0", uid="old-uid")
+    result = resolve([a], dict([status("web-0", uid="new-uid")]), POOLS)
+    assert result.routes == {}
+
+
+def test_resolution_is_deterministic() -> None:
+    allocations = [alloc(f"web-{i}", ips=(f"192.0.2.{10 + i}", f"2001:db8::{10 + i:x}"),
+                         anycast=("198.51.100.10", "2001:db8:100::10"), dev=f"flock{i:08x}")
+                   for i in range(8)]
+    pods = dict(status(f"web-{i}", eligible=i % 3 != 0) for i in range(8))
+    first = resolve(allocations, pods, POOLS)
+    for _ in range(10):
+        random.shuffle(allocations)
+        assert resolve(allocations, pods, POOLS) == first
+
+
+# --- properties ---------------------------------------------------------------------------
+
+anycast_ips = st.sampled_from(["198.51.100.10", "198.51.100.11", "203.0.113.9",
+                               "2001:db8:100::10", "2001:db8:200::1"])
+pod_specs = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=200),  # pod index -> unique ips/dev
+        st.lists(anycast_ips, max_size=4, unique=True),
+        st.booleans(),  # eligible
+        st.booleans(),  # committed
+        st.sampled_from(["both", "v4", "v6"]),
+    ),
+    max_size=12, unique_by=lambda spec: spec[0],
+)
+
+
+def build(specs: list[tuple[int, list[str], bool, bool, str]]):  # type: ignore[no-untyped-def]
+    allocations, pods = [], {}
+    for index, anycast, eligible, committed, families in specs:
+        ips = {"both": (f"192.0.2.{index}", f"2001:db8::{index:x}"),
+               "v4": (f"192.0.2.{index}",), "v6": (f"2001:db8::{index:x}",)}[families]
+        allocations.append(alloc(f"p{index}", ips=ips, anycast=tuple(anycast), committed=committed,
+                                 dev=f"flock{index:08x}"))
+        key, pod = status(f"p{index}", eligible)
+        pods[key] = pod
+    return allocations, pods
+
+
+@given(pod_specs, st.randoms())
+def test_input_order_never_changes_the_output(specs, rnd) -> None:  # type: ignore[no-untyped-def]
+    allocations, pods = build(specs)
+    expected = resolve(allocations, pods, POOLS)
+    rnd.shuffle(allocations)
+    shuffled_pods = list(pods.items())
+    rnd.shuffle(shuffled_pods)
+    assert resolve(allocations, dict(shuffled_pods), POOLS) == expected
+
+
+@given(pod_specs)
+def test_every_nexthop_is_an_eligible_committed_pod_of_the_same_family(specs) -> None:  # type: ignore[no-untyped-def]
+    allocations, pods = build(specs)
+    result = resolve(allocations, pods, POOLS)
+    by_dev = {a.host_ifname: a for a in allocations}
+    for address, hops in result.routes.items():
+        assert hops, "a route never has zero next hops"
+        assert list(hops) == sorted(hops, key=Nexthop.sort_key)
+        for hop in hops:
+            owner = by_dev[hop.dev]
+            assert owner.state.value == "committed"
+            assert pods[(owner.pod.namespace, owner.pod.name)].eligible
+            assert address in owner.anycast
+            assert hop.via.version == address.version and hop.via in owner.pod_ips
+
+
+@given(pod_specs)
+def test_nothing_outside_the_pools_survives(specs) -> None:  # type: ignore[no-untyped-def]
+    allocations, pods = build(specs)
+    result = resolve(allocations, pods, POOLS)
+    for address in result.routes:
+        assert any(address in pool.cidr for pool in POOLS if pool.cidr.version == address.version)
