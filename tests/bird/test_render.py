@@ -1,0 +1,207 @@
+"""Rendering bird.conf: golden files per scenario, and what may never reach the config.
+
+Golden files live in tests/bird/golden/<scenario>/bird.conf; a diff in review shows
+exactly what the fabric will see. Regenerate them after an intended template change:
+
+    FLOCK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/bird/test_render.py
+
+(tests/bird/test_bird_control.py checks every golden file with `bird -p`.)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pathlib
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flock.bird import render_bird_conf
+from flock.birdview import BirdView, bird_view, protocol_name
+from flock.config import AgentConfig, parse_config
+from flock.errors import BirdConfigRejected
+from flock.model import IPAddress, IPNetwork
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+UPDATE = os.environ.get("FLOCK_UPDATE_GOLDEN") == "1"
+
+
+def agent_config(pools: Sequence[dict[str, Any]] = (),
+                 peers: Sequence[dict[str, Any]] = ()) -> AgentConfig:
+    return parse_config({
+        "nodeName": "node-a",
+        "anycastPools": list(pools),
+        "bird": {"routerId": "192.0.2.2", "asn": 65101, "peers": list(peers)},
+    }, environ={})
+
+
+def addresses(*texts: str) -> list[IPAddress]:
+    return [ipaddress.ip_address(t) for t in texts]
+
+
+def networks(*texts: str) -> list[IPNetwork]:
+    return [ipaddress.ip_network(t) for t in texts]
+
+
+SCENARIOS: dict[str, BirdView] = {
+    # Nothing configured beyond the required keys, nothing active.
+    "minimal": bird_view(config=agent_config(), anycast=[], pod_cidrs=[]),
+    # A dual-stack node: one IPv4 and one IPv6 session to its ToR, anycast active in
+    # both families, one pod CIDR per family.
+    "dual_stack_two_peers": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
+            peers=[{"address": "2001:db8:ffff::1", "asn": 65000},
+                   {"address": "192.0.2.1", "asn": 65000}],
+        ),
+        anycast=addresses("198.51.100.11", "2001:db8:100::10", "198.51.100.10"),
+        pod_cidrs=networks("2001:db8:200::/64", "203.0.113.0/26"),
+    ),
+    # Small pools (one limited to a namespace): requested anycast outside them is absent.
+    "restricted_pools": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/28", "namespaces": ["web"]},
+                   {"cidr": "198.51.100.128/25"},
+                   {"cidr": "2001:db8:100:1::/64"}],
+            peers=[{"address": "192.0.2.1", "asn": 65000},
+                   {"address": "192.0.2.5", "asn": 65001}],
+        ),
+        anycast=addresses("198.51.100.1", "198.51.100.20", "198.51.100.130", "203.0.113.99",
+                          "2001:db8:100::10", "2001:db8:100:1::10"),
+        pod_cidrs=networks("203.0.113.64/26"),
+    ),
+}
+
+
+def kernel_protocols(text: str) -> list[str]:
+    return re.findall(r"^\s*protocol\s+kernel\b", text, flags=re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------
+# Golden files
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rendering_matches_the_golden_file(scenario: str) -> None:
+    golden = GOLDEN / scenario / "bird.conf"
+    text = render_bird_conf(SCENARIOS[scenario])
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}: run with FLOCK_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), (
+        f"{golden} differs from the rendering; if intended, regenerate with FLOCK_UPDATE_GOLDEN=1")
+
+
+def test_every_golden_directory_has_a_scenario() -> None:
+    assert sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()) == sorted(SCENARIOS)
+
+
+# ---------------------------------------------------------------------------
+# What the config may contain
+# ---------------------------------------------------------------------------
+
+
+def test_anycast_outside_the_pools_never_appears_in_the_view_or_the_config() -> None:
+    view = SCENARIOS["restricted_pools"]
+    assert view.anycast_v4 == ("198.51.100.1/32", "198.51.100.130/32")
+    assert view.anycast_v6 == ("2001:db8:100:1::10/128",)
+    text = render_bird_conf(view)
+    for outside in ("198.51.100.20", "203.0.113.99", "2001:db8:100::10/"):
+        assert outside not in text
+
+
+def test_anycast_without_any_pool_is_dropped() -> None:
+    view = bird_view(config=agent_config(), anycast=addresses("198.51.100.10", "2001:db8::1"),
+                     pod_cidrs=[])
+    assert view.anycast_v4 == view.anycast_v6 == ()
+    assert "198.51.100.10" not in render_bird_conf(view)
+
+
+def test_no_config_has_a_kernel_protocol() -> None:
+    # BIRD must never write flock's routes (or anything) into the node's kernel table.
+    for view in SCENARIOS.values():
+        assert kernel_protocols(render_bird_conf(view)) == []
+
+
+def test_an_anycast_prefix_equal_to_a_pod_cidr_is_originated_once() -> None:
+    view = bird_view(config=agent_config(pools=[{"cidr": "198.51.100.0/24"}]),
+                     anycast=addresses("198.51.100.10"), pod_cidrs=networks("198.51.100.10/32"))
+    assert view.anycast_v4 == ()
+    assert render_bird_conf(view).count("route 198.51.100.10/32 blackhole") == 1
+
+
+def test_peer_protocol_names_come_from_their_addresses() -> None:
+    assert protocol_name(ipaddress.ip_address("192.0.2.2")) == "flock_peer_192_0_2_2"
+    assert protocol_name(ipaddress.ip_address("2001:db8:ffff::1")) == "flock_peer_2001_db8_ffff__1"
+    peers = SCENARIOS["dual_stack_two_peers"].peers
+    assert [(p.name, p.family, p.export_filter) for p in peers] == [
+        ("flock_peer_192_0_2_1", "ipv4", "flock_export_v4"),
+        ("flock_peer_2001_db8_ffff__1", "ipv6", "flock_export_v6"),
+    ]
+
+
+pool_v4 = ipaddress.ip_network("198.51.100.0/25")
+pool_v6 = ipaddress.ip_network("2001:db8:100::/64")
+candidates = st.lists(
+    st.one_of(st.ip_addresses(network="198.51.100.0/24"),
+              st.ip_addresses(network="203.0.113.0/24"),
+              st.ip_addresses(network="2001:db8:100::/63")),
+    max_size=30,
+)
+
+
+@given(candidates, st.randoms(use_true_random=False))
+def test_the_view_holds_exactly_the_in_pool_anycast_sorted_whatever_the_input_order(
+        anycast: list[IPAddress], rnd: random.Random) -> None:
+    config = agent_config(pools=[{"cidr": str(pool_v4)}, {"cidr": str(pool_v6)}])
+    view = bird_view(config=config, anycast=anycast, pod_cidrs=[])
+    inside = {a for a in anycast if a in pool_v4 or a in pool_v6}
+    expected_v4 = [a for a in sorted(inside, key=int) if a.version == 4]
+    expected_v6 = [a for a in sorted(inside, key=int) if a.version == 6]
+    assert view.anycast_v4 == tuple(f"{a}/32" for a in expected_v4)
+    assert view.anycast_v6 == tuple(f"{a}/128" for a in expected_v6)
+    shuffled = list(anycast) + list(anycast)
+    rnd.shuffle(shuffled)
+    again = bird_view(config=config, anycast=shuffled, pod_cidrs=[])
+    assert again == view
+    assert render_bird_conf(again) == render_bird_conf(view)
+
+
+# ---------------------------------------------------------------------------
+# Templates
+# ---------------------------------------------------------------------------
+
+
+def test_a_template_naming_a_missing_field_is_rejected(tmp_path: pathlib.Path) -> None:
+    template = tmp_path / "bird.conf.j2"
+    template.write_text("router id {{ router_id }};\n# {{ no_such_field }}\n")
+    with pytest.raises(BirdConfigRejected, match="no_such_field"):
+        render_bird_conf(SCENARIOS["minimal"], template)
+
+
+def test_a_missing_peer_attribute_is_rejected_too(tmp_path: pathlib.Path) -> None:
+    template = tmp_path / "bird.conf.j2"
+    template.write_text("{% for p in peers %}{{ p.password }}{% endfor %}\n")
+    with pytest.raises(BirdConfigRejected, match="password"):
+        render_bird_conf(SCENARIOS["dual_stack_two_peers"], template)
+
+
+def test_a_user_template_can_include_flocks_own_parts(tmp_path: pathlib.Path) -> None:
+    template = tmp_path / "custom.j2"
+    template.write_text('# site header\nrouter id {{ router_id }};\n{% include "_filters.j2" %}\n')
+    text = render_bird_conf(SCENARIOS["minimal"], template)
+    assert text.startswith("# site header\nrouter id 192.0.2.2;\n")
+    assert "filter flock_export_v6" in text
+
+
+def test_a_missing_template_is_rejected(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(BirdConfigRejected, match=r"nope\.j2"):
+        render_bird_conf(SCENARIOS["minimal"], tmp_path / "nope.j2")
