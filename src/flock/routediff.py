@@ -13,13 +13,20 @@ from flock.model import IPAddress, Nexthops, RouteTable, address_sort_key, host_
 
 @dataclasses.dataclass(frozen=True)
 class ReplaceRoute:
-    """Install or change the host route for ``address`` to exactly ``nexthops``."""
+    """Install or change the host route for ``address`` to exactly ``nexthops``.
+
+    ``new`` means flock has no route for the prefix yet: the kernel must create one and
+    refuse if any route already holds the key. A netlink replace matches routes without
+    regard to their protocol, so replacing blindly would overwrite someone else's route.
+    """
 
     address: IPAddress
     nexthops: Nexthops
+    new: bool = False
 
     def __str__(self) -> str:
-        return f"replace {host_prefix(self.address)} " + ", ".join(map(str, self.nexthops))
+        verb = "add" if self.new else "replace"
+        return f"{verb} {host_prefix(self.address)} " + ", ".join(map(str, self.nexthops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +49,7 @@ def diff_routes(desired: RouteTable, current: RouteTable) -> list[RouteEdit]:
     produce no edit. Edits come in canonical address order, for stable logs and tests.
     """
     replaces: list[RouteEdit] = [
-        ReplaceRoute(address, desired[address])
+        ReplaceRoute(address, desired[address], new=address not in current)
         for address in sorted(desired, key=address_sort_key)
         if current.get(address) != desired[address]
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import os
 import secrets
 import subprocess
 from collections.abc import Sequence
@@ -26,7 +27,9 @@ def sh(*args: str, netns: str | None = None, check: bool = True, timeout: float 
 
 
 def new_name(role: str) -> str:
-    return f"{PREFIX}{role}-{secrets.token_hex(3)}"
+    # The creating process's pid is part of the name, so a test session only ever
+    # clears namespaces whose creator is gone (several sessions may run at once).
+    return f"{PREFIX}{role}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def create(name: str) -> str:
@@ -40,8 +43,16 @@ def delete(name: str) -> None:
 
 
 def stale() -> list[str]:
+    """``flk-*`` namespaces left by test processes that no longer exist."""
     out = sh("ip", "netns", "list", check=False)
-    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+    names = [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+    return [name for name in names if not _creator_alive(name)]
+
+
+def _creator_alive(name: str) -> bool:
+    parts = name.split("-")
+    pid = parts[-2] if len(parts) >= 4 else ""
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 def host_ifname(container_id: str) -> str:
@@ -50,7 +61,7 @@ def host_ifname(container_id: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class TestPod:
+class PlumbedPod:
     """A pod namespace wired to a node namespace the way the CNI plugin wires it."""
 
     netns: str
@@ -61,7 +72,7 @@ class TestPod:
 
 
 def plumb_pod(node_netns: str, pod_netns: str, container_id: str,
-              ips: Sequence[str], anycast: Sequence[str]) -> TestPod:
+              ips: Sequence[str], anycast: Sequence[str]) -> PlumbedPod:
     """veth ``flock<8hex>`` (node) <-> eth0 (pod); pod IPs on eth0, anycast on lo.
 
     The pod's default routes go via link-local gateways on the host veth
@@ -87,4 +98,4 @@ def plumb_pod(node_netns: str, pod_netns: str, container_id: str,
     any_parsed = tuple(ipaddress.ip_address(ip) for ip in anycast)
     for ip in any_parsed:
         sh("ip", "addr", "add", f"{ip}/{ip.max_prefixlen}", "dev", "lo", netns=pod_netns)
-    return TestPod(pod_netns, container_id, ifname, parsed, any_parsed)
+    return PlumbedPod(pod_netns, container_id, ifname, parsed, any_parsed)

@@ -26,9 +26,15 @@ def test_new_changed_and_gone_routes() -> None:
     assert edits == [ReplaceRoute(A, (H1,)), DeleteRoute(B)]
 
 
+def test_a_prefix_flock_does_not_route_yet_is_added_not_replaced() -> None:
+    # Replace would overwrite another protocol's route for the prefix; add refuses to.
+    assert diff_routes({A: (H1,)}, {}) == [ReplaceRoute(A, (H1,), new=True)]
+    assert str(diff_routes({A: (H1,)}, {})[0]) == "add 198.51.100.10/32 via 192.0.2.10 dev flock00000001"
+
+
 def test_replaces_come_before_deletes() -> None:
     edits = diff_routes({B: (H1,)}, {A: (H1,)})
-    assert edits == [ReplaceRoute(B, (H1,)), DeleteRoute(A)]
+    assert edits == [ReplaceRoute(B, (H1,), new=True), DeleteRoute(A)]
 
 
 tables = st.dictionaries(
