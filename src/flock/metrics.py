@@ -1,0 +1,31 @@
+"""Prometheus metrics of one agent (own registry, so several agents can share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.passes = Counter("flock_reconcile_passes", "Reconcile passes run", ["trigger"],
+                              registry=self.registry)
+        self.pass_seconds = Histogram("flock_reconcile_pass_seconds", "Duration of one reconcile pass",
+                                      registry=self.registry,
+                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                               0.25, 0.5, 1, 2.5, 5))
+        self.route_edits = Counter("flock_route_edits", "Kernel route edits attempted", ["op"],
+                                   registry=self.registry)
+        self.route_errors = Counter("flock_route_errors", "Kernel route edits that failed",
+                                    registry=self.registry)
+        self.bird_reloads = Counter("flock_bird_reloads", "BIRD reconfigurations", ["result"],
+                                    registry=self.registry)
+        self.anycast_routes = Gauge("flock_anycast_routes", "Anycast host routes installed",
+                                    registry=self.registry)
+        self.anycast_nexthops = Gauge("flock_anycast_nexthops", "Next hops over all anycast routes",
+                                      registry=self.registry)
+        self.drift_repairs = Counter("flock_drift_repairs", "Routes repaired after a full kernel view",
+                                     registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,47 @@
+"""kopf handlers of the node agent. ``handlers/agent.py`` re-exports this for ``kopf run``.
+
+Only ``@kopf.on.event`` on Pods: it writes nothing to any Pod (no annotations, no
+finalizers, no status), unlike on.create/update/delete, timers and daemons. The watch is
+restricted to this node at the API with a field selector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from flock.agent import Agent, config_from_environment
+from flock.kube import KubeApi
+
+registry = kopf.get_default_registry()
+
+
+@kopf.on.startup(registry=registry)
+async def start_agent(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = config_from_environment()
+    # Key spelling matters: ('v1', 'pods'); 'v1/pods' silently matches nothing.
+    settings.watching.field_selectors[("v1", "pods")] = f"spec.nodeName={config.node_name}"
+    settings.scanning.disabled = True
+    settings.peering.standalone = True
+    settings.posting.enabled = False  # flock posts its own Events (flock.kube); no log noise
+    settings.networking.request_timeout = 30
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    agent = Agent(config, KubeApi(settings))
+    await agent.start()
+    memo["agent"] = agent
+
+
+@kopf.on.cleanup(registry=registry)
+async def stop_agent(memo: kopf.Memo, **_: Any) -> None:
+    agent: Agent | None = memo.get("agent")
+    if agent is not None:
+        await agent.stop()
+
+
+@kopf.on.event("v1", "pods", registry=registry)
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    agent: Agent | None = memo.get("agent")
+    if agent is not None:
+        agent.observe_pod(event.get("type"), event["object"])

@@ -1,0 +1,70 @@
+"""What the agent knows of its node's Pods, from the API watch (and periodic re-lists).
+
+Holds only what the reconciler needs (a :class:`PodStatus` per pod) plus each pod's
+object reference for Events. Pure bookkeeping: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flock.eligibility import ineligibility_reason
+from flock.model import PodRef, PodStatus
+
+
+def pod_ref(body: Mapping[str, Any]) -> PodRef:
+    meta = body.get("metadata") or {}
+    return PodRef(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                  uid=str(meta.get("uid") or ""))
+
+
+def pod_status(body: Mapping[str, Any]) -> PodStatus:
+    reason = ineligibility_reason(body)
+    return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "")
+
+
+class PodCache:
+    """This node's pods by (namespace, name)."""
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self._pods: dict[tuple[str, str], PodStatus] = {}
+        self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    def snapshot(self) -> dict[tuple[str, str], PodStatus]:
+        return dict(self._pods)
+
+    def body(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self._bodies.get((namespace, name))
+
+    def _on_this_node(self, body: Mapping[str, Any]) -> bool:
+        # The API applies the field selector; check again, cheaply, in case a server doesn't.
+        return (body.get("spec") or {}).get("nodeName") == self.node_name
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """Apply one watch event. True if eligibility changed (the reconciler should run now)."""
+        ref = pod_ref(body)
+        key = (ref.namespace, ref.name)
+        before = self._pods.get(key)
+        if event_type == "DELETED" or not self._on_this_node(body):
+            self._pods.pop(key, None)
+            self._bodies.pop(key, None)
+            return before is not None
+        after = pod_status(body)
+        self._pods[key] = after
+        self._bodies[key] = body
+        return before != after
+
+    def replace_all(self, bodies: Iterable[Mapping[str, Any]]) -> bool:
+        """Replace the cache with a full list (repairs events lost across a watch gap)."""
+        new_pods: dict[tuple[str, str], PodStatus] = {}
+        new_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for body in bodies:
+            if self._on_this_node(body):
+                status = pod_status(body)
+                new_pods[(status.ref.namespace, status.ref.name)] = status
+                new_bodies[(status.ref.namespace, status.ref.name)] = body
+        changed = new_pods != self._pods
+        self._pods, self._bodies = new_pods, new_bodies
+        return changed

@@ -1,0 +1,261 @@
+"""The reconcile task: one asyncio task that makes the kernel and BIRD match the pods.
+
+Every kernel edit and every BIRD reload happens here, serialized. A pass:
+
+1. resolve committed allocations × eligible pods into the desired anycast routes;
+2. diff against the kernel view and install/replace routes (kernel first: never
+   advertise a prefix the node cannot route yet);
+3. render bird.conf for the prefixes now installed; reload BIRD only if the text changed;
+4. delete kernel routes for prefixes BIRD no longer advertises (withdraw first, or the
+   fabric would send traffic to a node that drops it until BGP converges);
+5. post Events for what changed for a person.
+
+The kernel view is a full dump at start-up and every ``resync_seconds`` (repairs routes
+deleted or altered by hand); between dumps it is what this task itself wrote, so a quiet
+tick costs no netlink traffic at all. Wake-ups coalesce: many triggers while a pass runs
+cause one more pass, not many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from flock.config import AgentConfig
+from flock.errors import BirdConfigRejected, BirdError, RouteError
+from flock.kube import Event, EventSink, ObjectRef
+from flock.metrics import Metrics
+from flock.model import IPAddress, Nexthops, PodRef, PodStatus, RouteTable, host_prefix
+from flock.podcache import PodCache
+from flock.resolver import Finding, resolve
+from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
+from flock.store import AllocationStore
+
+logger = logging.getLogger(__name__)
+
+
+class Routes(Protocol):
+    async def dump(self) -> dict[IPAddress, Nexthops]: ...
+    async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]: ...
+
+
+class Bird(Protocol):
+    async def apply(self, text: str) -> bool: ...
+
+
+RenderBird = Callable[[frozenset[IPAddress]], str]
+"""Renders bird.conf for a set of active anycast addresses."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        store: AllocationStore,
+        pods: PodCache,
+        routes: Routes,
+        bird: Bird,
+        render_bird: RenderBird,
+        events: EventSink,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.pods = pods
+        self.routes = routes
+        self.bird = bird
+        self.render_bird = render_bird
+        self.events = events
+        self.metrics = metrics
+        self._wakeup = asyncio.Event()
+        self._triggers: set[str] = set()
+        self._kernel: dict[IPAddress, Nexthops] = {}
+        self._advertised: frozenset[IPAddress] = frozenset()
+        self._serving: dict[PodRef, frozenset[IPAddress]] = {}
+        self._reported: set[Finding] = set()
+        self._bird_failure: str | None = None
+        self._route_failures: set[str] = set()
+        self._last_resync = 0.0
+        self.passes = 0
+        self.last_pass_ok = 0.0  # monotonic time of the last pass that finished (for /healthz)
+
+    # --- triggers -------------------------------------------------------------------------
+
+    def wake(self, trigger: str) -> None:
+        """Ask for a pass as soon as possible. Cheap; many calls coalesce into one pass."""
+        self._triggers.add(trigger)
+        self._wakeup.set()
+
+    async def run(self, on_resync: Callable[[], object] | None = None) -> None:
+        """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""
+        while True:
+            try:
+                async with asyncio.timeout(self.config.tick_seconds):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                self._triggers.add("tick")
+            self._wakeup.clear()
+            triggers, self._triggers = self._triggers, set()
+            full = time.monotonic() - self._last_resync >= self.config.resync_seconds
+            try:
+                if full and on_resync is not None:
+                    result = on_resync()
+                    if asyncio.iscoroutine(result):
+                        await result
+                await self.reconcile(full_view=full, trigger=",".join(sorted(triggers)))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad pass must not stop routing for every other pod: log, retry next tick.
+                logger.exception("reconcile pass failed; retrying on the next tick")
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take over what a previous agent left: the kernel routes and who they serve.
+
+        Restarting the agent with unchanged state then writes nothing and posts no Events.
+        """
+        self._kernel = await self.routes.dump()
+        self._last_resync = time.monotonic()
+        # Until BIRD has taken a config from us, assume it advertises everything installed,
+        # so no kernel route is deleted under a prefix BIRD might still announce.
+        self._advertised = frozenset(self._kernel)
+        by_dev = {a.host_ifname: a for a in self.store.all()}
+        serving: dict[PodRef, set[IPAddress]] = {}
+        for address, nexthops in self._kernel.items():
+            for hop in nexthops:
+                allocation = by_dev.get(hop.dev)
+                if allocation is not None:
+                    serving.setdefault(allocation.pod, set()).add(address)
+        self._serving = {pod: frozenset(addresses) for pod, addresses in serving.items()}
+        logger.info("adopted kernel state routes=%d pods=%d", len(self._kernel), len(self._serving))
+
+    # --- one pass ------------------------------------------------------------------------
+
+    async def reconcile(self, *, full_view: bool = False, trigger: str = "manual") -> None:
+        started = time.monotonic()
+        if full_view:
+            await self._resync_kernel()
+
+        pods = self.pods.snapshot()
+        resolution = resolve(self.store.all(), pods, self.config.anycast_pools)
+        edits = diff_routes(resolution.routes, self._kernel)
+        replaces = [e for e in edits if isinstance(e, ReplaceRoute)]
+        deletes = [e for e in edits if isinstance(e, DeleteRoute)]
+
+        # 1. Kernel first: install and change routes.
+        await self._apply(replaces)
+
+        # 2. Advertise exactly the desired prefixes the kernel now routes.
+        advertise = frozenset(a for a in resolution.routes if a in self._kernel)
+        await self._advertise(advertise)
+
+        # 3. Remove kernel routes only for prefixes BIRD no longer announces.
+        await self._apply([d for d in deletes if d.address not in self._advertised])
+
+        self._post_events(resolution.routes, resolution.serving, resolution.findings, pods)
+        self.metrics.anycast_routes.set(len(self._kernel))
+        self.metrics.anycast_nexthops.set(sum(len(h) for h in self._kernel.values()))
+        self.metrics.passes.labels(trigger="tick" if trigger == "tick" else "event").inc()
+        self.metrics.pass_seconds.observe(time.monotonic() - started)
+        self.passes += 1
+        self.last_pass_ok = time.monotonic()
+
+    async def _resync_kernel(self) -> None:
+        kernel = await self.routes.dump()
+        drift = {a for a in set(kernel) | set(self._kernel) if kernel.get(a) != self._kernel.get(a)}
+        if drift:
+            logger.warning("kernel routes drifted from what flock wrote, repairing prefixes=%s",
+                           ",".join(host_prefix(a) for a in sorted(drift, key=lambda a: (a.version, int(a)))))
+            self.metrics.drift_repairs.inc(len(drift))
+        self._kernel = kernel
+        self._last_resync = time.monotonic()
+
+    async def _apply(self, edits: Sequence[RouteEdit]) -> None:
+        if not edits:
+            return
+        for edit in edits:
+            logger.info("route %s", edit)
+            self.metrics.route_edits.labels(op="replace" if isinstance(edit, ReplaceRoute) else "delete").inc()
+        errors = await self.routes.apply(edits)
+        if not errors:
+            self._kernel = apply_edits(self._kernel, edits)
+            return
+        for error in errors:
+            # A person must act on a refused route; say it once, not on every tick.
+            level = logging.DEBUG if str(error) in self._route_failures else logging.ERROR
+            logger.log(level, "route edit failed: %s", error)
+        self._route_failures = {str(error) for error in errors}
+        self.metrics.route_errors.inc(len(errors))
+        # Which edits landed is uncertain now: take a full view rather than guess.
+        await self._resync_kernel()
+
+    async def _advertise(self, advertise: frozenset[IPAddress]) -> None:
+        try:
+            # Rendering is inside: a user's template can fail to render (BirdConfigRejected).
+            changed = await self.bird.apply(self.render_bird(advertise))
+        except BirdError as exc:
+            self.metrics.bird_reloads.labels(result="failed").inc()
+            message = str(exc)
+            logger.error("BIRD reload failed, the previous config stays live: %s", message)
+            if message != self._bird_failure:  # one Event per distinct failure, not per tick
+                self._bird_failure = message
+                kind = "rejected the new config" if isinstance(exc, BirdConfigRejected) else "unreachable"
+                self.events.post(Event(
+                    ObjectRef(kind="Node", name=self.config.node_name), "Warning", "BirdReloadFailed",
+                    f"BIRD {kind} on {self.config.node_name}; the previous config stays live and "
+                    f"flock retries every {self.config.tick_seconds:g}s: {message}"))
+            return
+        if changed:
+            self.metrics.bird_reloads.labels(result="ok").inc()
+            logger.info("BIRD reconfigured advertised=%d", len(advertise))
+        self._bird_failure = None
+        self._advertised = advertise
+
+    # --- events --------------------------------------------------------------------------
+
+    def _post_events(
+        self,
+        desired: RouteTable,
+        serving: Mapping[PodRef, frozenset[IPAddress]],
+        findings: Sequence[Finding],
+        pods: Mapping[tuple[str, str], PodStatus],
+    ) -> None:
+        node = self.config.node_name
+        # Only what really happened counts: a pod serves a prefix once the kernel has its route.
+        actual = {pod: frozenset(a for a in addresses if self._kernel.get(a) == desired.get(a))
+                  for pod, addresses in serving.items()}
+        for pod in sorted(set(actual) | set(self._serving), key=str):
+            before = self._serving.get(pod, frozenset())
+            after = actual.get(pod, frozenset())
+            ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
+            for address in sorted(after - before, key=lambda a: (a.version, int(a))):
+                hops = len(self._kernel.get(address, ()))
+                message = (f"{host_prefix(address)} advertised from {node}: pod ready; "
+                           f"{hops} next hop{'s' if hops != 1 else ''} on this node")
+                logger.info("anycast advertised pod=%s ip=%s", pod, address)
+                self.events.post(Event(ref, "Normal", "AnycastAdvertised", message))
+            for address in sorted(before - after, key=lambda a: (a.version, int(a))):
+                status = pods.get((pod.namespace, pod.name))
+                why = status.reason if status is not None and status.reason else "deleted"
+                left = len(self._kernel.get(address, ()))
+                tail = (f"{left} next hop{'s' if left != 1 else ''} left" if left
+                        else f"no next hop left, {node} no longer advertises it")
+                message = f"{host_prefix(address)} withdrawn from {node}: pod {why}; {tail}"
+                logger.info("anycast withdrawn pod=%s ip=%s why=%s", pod, address, why)
+                self.events.post(Event(ref, "Normal", "AnycastWithdrawn", message))
+        self._serving = {pod: a for pod, a in actual.items() if a}
+
+        current = set(findings)
+        for finding in sorted(current - self._reported, key=lambda f: (str(f.pod), str(f.address))):
+            logger.warning("anycast not routed pod=%s ip=%s: %s", finding.pod, finding.address, finding.message)
+            ref = ObjectRef(kind="Pod", name=finding.pod.name, namespace=finding.pod.namespace,
+                            uid=finding.pod.uid)
+            self.events.post(Event(ref, "Warning", finding.reason, finding.message))
+        self._reported = current
+

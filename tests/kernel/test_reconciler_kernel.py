@@ -1,0 +1,169 @@
+"""The reconciler against a real kernel: a node netns with three pods, real netlink.
+
+BIRD is the in-memory fake here (tests/bird and tests/e2e run the real one); what is
+checked is the kernel as ``ip -j route`` shows it, and the netlink messages each pass
+causes (seen by a route monitor in the node namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from flock.bird import FakeBird
+from flock.kube import RecordingEvents
+from flock.metrics import Metrics
+from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
+from flock.netlink import NetlinkRoutes
+from flock.podcache import PodCache
+from flock.reconciler import Reconciler
+from flock.store import AllocationStore
+from tests.support.netlink_monitor import watch_routes
+from tests.support.netns import PlumbedPod, plumb_pod, sh
+from tests.unit.factories import config, pod_body
+
+pytestmark = pytest.mark.netns
+
+PROTO = 201
+V4, V6 = "198.51.100.10/32", "2001:db8:100::10/128"
+
+
+def routes_shown(node: str, prefix: str) -> list[dict[str, Any]]:
+    family = "-6" if ":" in prefix else "-4"
+    return list(json.loads(sh("ip", "-n", node, family, "-j", "route", "show", prefix, "proto", str(PROTO))
+                           or "[]"))
+
+
+def hops(node: str, prefix: str) -> list[tuple[str, str]]:
+    """(via, dev) of flock's route for ``prefix``: [] when there is none."""
+    shown = routes_shown(node, prefix)
+    if not shown:
+        return []
+    (route,) = shown
+    if "nexthops" in route:
+        return sorted((h["gateway"], h["dev"]) for h in route["nexthops"])
+    return [(route["gateway"], route["dev"])]
+
+
+class Node:
+    def __init__(self, netns: str, pods: list[PlumbedPod], state: pathlib.Path) -> None:
+        self.netns = netns
+        self.pods = pods
+        self.state = state
+        self.cache = PodCache("node-a")
+        self.events = RecordingEvents()
+        self.bird = FakeBird()
+        self.routes: NetlinkRoutes | None = None
+        self.reconciler: Reconciler | None = None
+        self.store = AllocationStore(state)
+
+    async def start_agent(self) -> Reconciler:
+        """What the agent does at start-up: load the store, open netlink, adopt the kernel."""
+        if self.routes is not None:
+            await self.routes.close()
+        self.store = AllocationStore(self.state)
+        await self.store.load()
+        self.routes = NetlinkRoutes(protocol=PROTO, netns=self.netns)
+        await self.routes.start()
+        self.reconciler = Reconciler(
+            config=config(hostNetns=self.netns), store=self.store, pods=self.cache, routes=self.routes,
+            bird=self.bird, render_bird=lambda active: ",".join(sorted(map(str, active))),
+            events=self.events, metrics=Metrics())
+        await self.reconciler.adopt()
+        return self.reconciler
+
+    def pod_event(self, index: int, **state: bool) -> None:
+        self.cache.observe("MODIFIED", pod_body(f"web-{index}", uid=f"uid-{index}", **state))
+
+
+@pytest.fixture
+async def node(make_netns: Callable[[str], str], tmp_path: pathlib.Path) -> AsyncIterator[Node]:
+    netns = make_netns("node")
+    pods = [plumb_pod(netns, make_netns("pod"), f"reconcile-{i}", [f"203.0.113.1{i}", f"2001:db8:200::1{i}"],
+                      ["198.51.100.10", "2001:db8:100::10"]) for i in range(3)]
+    result = Node(netns, pods, tmp_path)
+    await result.store.load()
+    for i, pod in enumerate(pods):
+        await result.store.put(Allocation(ContainerID(pod.container_id), PodRef("default", f"web-{i}", f"uid-{i}"),
+                                          pod.host_ifname, pod.ips, pod.anycast, AllocationState.COMMITTED))
+        result.pod_event(i, ready=False)
+    try:
+        yield result
+    finally:
+        if result.routes is not None:
+            await result.routes.close()
+
+
+def hop(pod: PlumbedPod, version: int) -> tuple[str, str]:
+    via: IPAddress = next(ip for ip in pod.ips if ip.version == version)
+    return (str(via), pod.host_ifname)
+
+
+async def test_routes_follow_the_pods_through_their_lifecycle(node: Node) -> None:
+    p0, p1, p2 = node.pods
+    # Someone else's route for the same prefix (another protocol, another metric).
+    sh("ip", "-n", node.netns, "route", "add", V4, "via", "203.0.113.12", "dev", p2.host_ifname,
+       "proto", "static", "metric", "100")
+    reconciler = await node.start_agent()
+
+    node.pod_event(0, ready=True)
+    await reconciler.reconcile()
+    assert hops(node.netns, V4) == [hop(p0, 4)]
+    assert "nexthops" not in routes_shown(node.netns, V4)[0], "one pod: the plain `via … dev …` shape"
+    assert hops(node.netns, V6) == [hop(p0, 6)]
+
+    node.pod_event(1, ready=True)
+    await reconciler.reconcile()
+    assert hops(node.netns, V4) == sorted([hop(p0, 4), hop(p1, 4)])
+    assert hops(node.netns, V6) == sorted([hop(p0, 6), hop(p1, 6)])
+
+    with watch_routes(node.netns) as seen:
+        await reconciler.reconcile()
+        await reconciler.reconcile()
+    assert seen.changes() == [], "a pass with nothing to do writes nothing to the kernel"
+
+    node.pod_event(0, ready=True, terminating=True)
+    await reconciler.reconcile()
+    assert hops(node.netns, V4) == [hop(p1, 4)]
+    assert hops(node.netns, V6) == [hop(p1, 6)]
+
+    node.pod_event(1, ready=False)
+    await reconciler.reconcile()
+    assert hops(node.netns, V4) == [] and hops(node.netns, V6) == []
+
+    static = json.loads(sh("ip", "-n", node.netns, "-j", "route", "show", V4, "proto", "static"))
+    assert [(r["gateway"], r["metric"]) for r in static] == [("203.0.113.12", 100)], "foreign route untouched"
+    reasons = [(e.reason, e.involved.name) for e in node.events.events]
+    assert reasons.count(("AnycastAdvertised", "web-0")) == 2
+    assert reasons.count(("AnycastWithdrawn", "web-1")) == 2
+
+
+async def test_a_restarted_agent_with_unchanged_state_writes_nothing(node: Node) -> None:
+    reconciler = await node.start_agent()
+    node.pod_event(0, ready=True)
+    node.pod_event(2, ready=True)
+    await reconciler.reconcile()
+    before = (hops(node.netns, V4), hops(node.netns, V6))
+    assert len(before[0]) == 2
+
+    with watch_routes(node.netns) as seen:
+        restarted = await node.start_agent()
+        await restarted.reconcile(full_view=True)
+        await restarted.reconcile()
+    assert seen.changes() == []
+    assert (hops(node.netns, V4), hops(node.netns, V6)) == before
+    assert [e.reason for e in node.events.events].count("AnycastAdvertised") == 4  # none re-posted
+
+
+async def test_a_route_deleted_by_hand_is_repaired_on_the_next_full_view(node: Node) -> None:
+    reconciler = await node.start_agent()
+    node.pod_event(0, ready=True)
+    await reconciler.reconcile()
+    sh("ip", "-n", node.netns, "route", "del", V4, "proto", str(PROTO))
+    assert hops(node.netns, V4) == []
+    await reconciler.reconcile(full_view=True)
+    assert hops(node.netns, V4) == [hop(node.pods[0], 4)]
