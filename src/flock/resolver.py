@@ -20,8 +20,8 @@ from flock.model import (
     Nexthop,
     Nexthops,
     PodRef,
-    address_sort_key,
     PodStatus,
+    address_sort_key,
     sorted_nexthops,
 )
 from flock.pools import pool_rejection

@@ -51,18 +51,20 @@ def decode_allocation(text: str) -> Allocation:
         if data.get("version") != RECORD_VERSION:
             raise ValueError(f"unsupported record version {data.get('version')!r}")
         pod = data["pod"]
-        addresses: Callable[[Any], tuple[IPAddress, ...]] = (
-            lambda items: tuple(ipaddress.ip_address(str(i)) for i in items))
         return Allocation(
             container_id=ContainerID(str(data["containerID"])),
             pod=PodRef(namespace=str(pod["namespace"]), name=str(pod["name"]), uid=str(pod.get("uid", ""))),
             host_ifname=str(data["hostIfname"]),
-            pod_ips=addresses(data["podIPs"]),
-            anycast=addresses(data["anycast"]),
+            pod_ips=_addresses(data["podIPs"]),
+            anycast=_addresses(data["anycast"]),
             state=AllocationState(data["state"]),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed record: {exc!r}") from exc
+
+
+def _addresses(items: Any) -> tuple[IPAddress, ...]:
+    return tuple(ipaddress.ip_address(str(item)) for item in items)
 
 
 def _safe_name(container_id: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import pathlib
+import re
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_pools_with_namespaces() -> None:
     ({"nodeName": "n"}, "bird: required"),
 ])
 def test_invalid_config_names_the_bad_key(data: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(data, environ={})
 
 
