@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what flock needs on a fresh Debian machine (as root): BIRD 2, iproute2, and a
+# venv at .venv with flock and its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (it installs Debian packages; flock's lab and tests need root)" >&2
+  exit 1
+fi
+
+had_bird=0; command -v bird >/dev/null 2>&1 && had_bird=1
+need_apt=0
+for bin in bird birdc ip python3; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt=1
+if [ "$need_apt" = 1 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  packages="bird2 iproute2"
+  # Debian's own python3 needs python3-venv for `python3 -m venv`.
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages="$packages python3 python3-venv"
+  apt-get install -y -qq --no-install-recommends $packages >/dev/null
+  # Debian's package starts a system BIRD where it can. flock runs BIRDs of its own, so
+  # stop the one this script just brought in (never one that was there before).
+  if [ "$had_bird" = 0 ]; then systemctl disable --now bird >/dev/null 2>&1 || true; fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test,lab]'
+echo "flock installed in .venv"
