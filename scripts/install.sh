@@ -11,12 +11,13 @@ fi
 
 had_bird=0; command -v bird >/dev/null 2>&1 && had_bird=1
 need_apt=0
-for bin in bird birdc ip python3; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+for bin in bird birdc ip ping python3; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+[ -x /usr/lib/cni/tuning ] || need_apt=1  # reference CNI plugins: real peers in the CNI tests
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  packages="bird2 iproute2"
+  packages="bird2 iproute2 iputils-ping containernetworking-plugins"
   # Debian's own python3 needs python3-venv for `python3 -m venv`.
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages="$packages python3 python3-venv"
   apt-get install -y -qq --no-install-recommends $packages >/dev/null

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import kmock
 import pytest
 
+from tests.support import birdlab
 from tests.support import netns as ns
+from tests.support.agent import AgentProcess
+from tests.support.apiserver import FakeCluster, declare_core_resources
 
 UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -55,3 +59,28 @@ def make_netns() -> Iterator[Callable[[str], str]]:
     yield factory
     for name in reversed(made):
         ns.delete(name)
+
+
+@pytest.fixture
+async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[FakeCluster]:
+    """kmock as the Kubernetes API (Pods, Nodes, Namespaces, Events declared)."""
+    declare_core_resources(kmock)
+    yield FakeCluster(kmock, kmock.servers[0])
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.stop()
+        # Shown by pytest only when the test failed.
+        print(f"--- {agent.log_path} (last 150 lines) ---")
+        print("\n".join(agent.log().splitlines()[-150:]))
+
+
+@pytest.fixture
+def birds() -> Iterator[birdlab.Birds]:
+    """Start BIRDs through this; every one is stopped by its PID at teardown."""
+    with birdlab.Birds() as started:
+        yield started

@@ -23,12 +23,14 @@ from aiohttp import web
 
 from flock.bird import BirdControl, render_bird_conf
 from flock.birdview import bird_view
+from flock.cni.server import CniServer
 from flock.config import AgentConfig, load_config
 from flock.errors import ConfigError, FlockError
 from flock.kube import Event, EventPoster, KubeApi, ObjectRef
 from flock.metrics import Metrics
 from flock.model import IPAddress, IPNetwork
 from flock.netlink import NetlinkRoutes
+from flock.plumbing import PodNetwork
 from flock.podcache import PodCache
 from flock.reconciler import Reconciler
 from flock.store import AllocationStore
@@ -51,6 +53,9 @@ class Agent:
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)
         self.events = EventPoster(api)
+        self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol)
+        self.cni = CniServer(config=config, store=self.store, network=self.network,
+                             lookup_pod=self.lookup_pod, events=self.events)
         self.pod_cidrs: tuple[IPNetwork, ...] = ()
         self.reconciler = Reconciler(
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
@@ -77,9 +82,13 @@ class Agent:
         for problem in await self.store.load():
             self.events.post(Event(ObjectRef(kind="Node", name=self.config.node_name), "Warning",
                                    "AllocationQuarantined", problem))
+        await self.cni.recover()
         await self.routes.start()
         for warning in await self.routes.set_multipath_hash_policy():
             logger.warning("multipath hashing not set (flows may not spread): %s", warning)
+        for warning in await self.network.enable_forwarding():
+            logger.warning("forwarding not enabled (pods cannot be reached): %s", warning)
+        await self.cni.start()
         await self._serve_http()
         self._tasks = [
             asyncio.create_task(self.events.run(), name="flock event poster"),
@@ -88,6 +97,7 @@ class Agent:
 
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()
+        self.cni.pod_cidrs = self.pod_cidrs
         await self.reconciler.adopt()
         logger.info("agent started node=%s pools=%s pod_cidrs=%s", self.config.node_name,
                     ",".join(str(p.cidr) for p in self.config.anycast_pools),
@@ -100,9 +110,17 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.cni.stop()
         if self._web is not None:
             await self._web.cleanup()
         await self.routes.close()
+
+    async def lookup_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """A pod of this node: from the watch's cache, else from the API (None: no such pod)."""
+        cached = self.pods.body(namespace, name)
+        if cached is not None:
+            return cached
+        return await self.api.pod(namespace, name)
 
     async def relist_pods(self) -> None:
         """Repair the pod cache from a full LIST: kopf sends no DELETED for pods gone in a watch gap."""

@@ -12,17 +12,21 @@ than relying on ``generateName``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 import kopf
 from kopf._cogs.clients import api as kopf_api
+from kopf._cogs.clients import errors as kopf_errors
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 COMPONENT = "flock-agent"
 
@@ -69,15 +73,26 @@ class RecordingEvents:
 
 
 class KubeApi:
-    """Thin async wrapper over kopf's API client."""
+    """Thin async wrapper over kopf's API client.
+
+    kopf's client finds its credentials through context variables that kopf sets for its
+    own tasks. Calls from elsewhere (e.g. a CNI request on the agent's unix socket) would
+    wait forever for credentials, so every call runs in the context captured when this
+    object was made: make it inside a kopf handler (the agent's startup handler does).
+    """
 
     def __init__(self, settings: kopf.OperatorSettings, timeout: float = 10.0) -> None:
         self._settings = settings
         self._timeout = timeout
+        self._context = contextvars.copy_context()
+
+    async def _in_kopf_context(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.get_running_loop().create_task(coro, context=self._context.copy())
+        async with asyncio.timeout(self._timeout):
+            return await task
 
     async def _get(self, url: str) -> Any:
-        async with asyncio.timeout(self._timeout):
-            return await kopf_api.get(url, settings=self._settings, logger=logger)
+        return await self._in_kopf_context(kopf_api.get(url, settings=self._settings, logger=logger))
 
     async def node_pods(self, node_name: str) -> list[Mapping[str, Any]]:
         """Every pod bound to this node (one LIST with a field selector)."""
@@ -88,8 +103,12 @@ class KubeApi:
         data: Mapping[str, Any] = await self._get(f"/api/v1/nodes/{node_name}")
         return data
 
-    async def pod(self, namespace: str, name: str) -> Mapping[str, Any]:
-        data: Mapping[str, Any] = await self._get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    async def pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """One pod; None if the API says it does not exist."""
+        try:
+            data: Mapping[str, Any] = await self._get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        except kopf_errors.APINotFoundError:
+            return None
         return data
 
     async def create_event(self, event: Event) -> None:
@@ -109,9 +128,8 @@ class KubeApi:
             "lastTimestamp": now,
             "count": 1,
         }
-        async with asyncio.timeout(self._timeout):
-            await kopf_api.post(f"/api/v1/namespaces/{namespace}/events", payload=body,
-                                settings=self._settings, logger=logger)
+        await self._in_kopf_context(kopf_api.post(f"/api/v1/namespaces/{namespace}/events", payload=body,
+                                                  settings=self._settings, logger=logger))
 
 
 class EventPoster:

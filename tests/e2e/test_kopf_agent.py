@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-from collections.abc import Iterator
 
 import pytest
 
 from flock.model import Allocation, AllocationState, ContainerID, PodRef
 from flock.store import AllocationStore
-from tests.e2e.conftest import AgentProcess, eventually, free_port
 from tests.support import birdlab
+from tests.support.agent import AgentProcess, eventually, free_port
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
 from tests.support.netns import plumb_pod, sh
 
@@ -25,12 +24,6 @@ pytestmark = [pytest.mark.bird, pytest.mark.netns, pytest.mark.kopf, pytest.mark
 
 ANYCAST = ["198.51.100.10/32", "2001:db8:100::10/128"]
 NODE_ASN, TOR_ASN = 65101, 65000
-
-
-@pytest.fixture
-def birds() -> Iterator[birdlab.Birds]:
-    with birdlab.Birds() as started:
-        yield started
 
 
 def node_routes(netns: str) -> set[str]:

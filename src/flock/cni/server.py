@@ -1,0 +1,281 @@
+"""The agent side of CNI: a unix socket that answers flock-cni, and the work behind it.
+
+ADD: validate, learn the pod's anycast IPs (annotation, pool policy), pick addresses,
+write a *pending* allocation record (durable, before any plumbing), plumb the veth,
+addresses and routes, then *commit* the record with its anycast list (which wakes the
+reconciler). DEL: remove the veth and the record (idempotent). CHECK: compare the
+pod's network with the record.
+
+Requests are handled one at a time (one lock), so two ADDs never pick the same address
+and the store never changes under a reconcile pass. A pending record found at start-up
+is an ADD that was cut short (agent killed): its veth is removed and the record
+released; the runtime retries the ADD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiofiles.os
+
+from flock.annotation import ANNOTATION, parse_anycast
+from flock.cni.plugin import MAX_FRAME
+from flock.cnispec import (
+    CONTAINER_UNKNOWN,
+    INVALID_ENV,
+    IO_FAILURE,
+    NETWORK_STATE_DIFFERS,
+    NO_ADDRESS_LEFT,
+    TRY_AGAIN_LATER,
+    CniError,
+    CniRequest,
+    Interface,
+    add_result,
+    error_result,
+    parse_request,
+)
+from flock.config import AgentConfig
+from flock.errors import FlockError
+from flock.ipam import AddressesExhausted, choose_address
+from flock.kube import Event, EventSink, ObjectRef
+from flock.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
+from flock.plumbing import GATEWAYS, PlumbingError, PodNetwork
+from flock.pools import pool_rejection
+from flock.store import AllocationStore
+
+logger = logging.getLogger(__name__)
+
+PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+"""(namespace, name) -> the Pod as the API returns it, None if it does not exist."""
+
+
+def host_ifname(container_id: str) -> str:
+    """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256."""
+    return "flock" + hashlib.sha256(container_id.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class CniServer:
+    config: AgentConfig
+    store: AllocationStore
+    network: PodNetwork
+    lookup_pod: PodLookup
+    events: EventSink
+    pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
+
+    def __post_init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._server: asyncio.Server | None = None
+        self._last_given: dict[int, IPAddress] = {}
+
+    # --- socket --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        path = self.config.cni_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is created 0600: only root may drive the agent
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self.config.cni_socket.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                if size > MAX_FRAME:
+                    raise ValueError(f"request of {size} bytes is too large")
+                request = json.loads(await reader.readexactly(size))
+            if not isinstance(request, dict):
+                raise ValueError("request is not a JSON object")
+            code, stdout = await self.handle(request.get("env") or {}, str(request.get("stdin", "")))
+            writer.write(_frame({"exitCode": code, "stdout": stdout}))
+            await writer.drain()
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            logger.warning("bad request on the CNI socket: %s", exc or type(exc).__name__)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def handle(self, env: Mapping[str, str], stdin: str) -> tuple[int, str]:
+        """One CNI request -> (exit code, stdout JSON)."""
+        version = "1.0.0"
+        try:
+            request = parse_request(env, stdin)
+            version = request.cni_version
+            async with self._lock:
+                if request.command == "ADD":
+                    return 0, json.dumps(await self._add(request))
+                if request.command == "DEL":
+                    await self._delete(request)
+                    return 0, ""
+                if request.command == "CHECK":
+                    await self._check(request)
+                    return 0, ""
+                return 0, json.dumps({"cniVersion": version, "supportedVersions": ["1.0.0"]})
+        except CniError as exc:
+            logger.warning("CNI %s %s failed: %s %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"),
+                           exc.msg, exc.details)
+            return 1, json.dumps(error_result(version, exc))
+        except Exception as exc:  # never let one request take the agent down
+            logger.exception("CNI %s %s failed unexpectedly", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"))
+            return 1, json.dumps(error_result(version, CniError(IO_FAILURE, f"flock-agent: {exc}")))
+
+    async def _add(self, request: CniRequest) -> dict[str, Any]:
+        if self.pod_cidrs is None:
+            raise CniError(TRY_AGAIN_LATER, "flock-agent is starting: the node's pod CIDRs are not known yet")
+        if not await aiofiles.os.path.exists(request.netns):
+            raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns} does not exist")
+        container = ContainerID(request.container_id)
+        existing = self.store.get(container)
+        if existing is not None and existing.state is AllocationState.COMMITTED:
+            # A repeated ADD: answer with what the container already has.
+            return self._result(request, existing, host_mac="", pod_mac="")
+        if existing is not None:
+            await self._release(existing)
+
+        pod = PodRef(request.pod_namespace, request.pod_name, request.pod_uid)
+        anycast = await self._anycast_for(pod)
+        pod_ips = self._choose_addresses()
+        allocation = Allocation(container, pod, host_ifname(container), pod_ips, (), AllocationState.PENDING)
+        await self.store.put(allocation)  # durable before any plumbing: a crash leaves a record
+        try:
+            plumbed = await self.network.add(host_ifname=allocation.host_ifname, ifname=request.ifname,
+                                             pod_netns=request.netns, pod_ips=pod_ips, anycast=anycast)
+        except PlumbingError as exc:
+            await self._release(allocation)
+            raise CniError(IO_FAILURE, str(exc)) from exc
+        committed = await self.store.commit(container, anycast)
+        logger.info("pod plumbed pod=%s container=%s dev=%s ips=%s anycast=%s", pod, container[:12],
+                    allocation.host_ifname, ",".join(map(str, pod_ips)), ",".join(map(str, anycast)) or "-")
+        return self._result(request, committed, plumbed.host_mac, plumbed.pod_mac)
+
+    def _result(self, request: CniRequest, allocation: Allocation, host_mac: str, pod_mac: str) -> dict[str, Any]:
+        return add_result(
+            cni_version=request.cni_version,
+            host=Interface(allocation.host_ifname, host_mac),
+            pod=Interface(request.ifname, pod_mac, request.netns),
+            pod_ips=allocation.pod_ips,
+            gateways={version: ipaddress.ip_address(gw) for version, gw in GATEWAYS.items()},
+        )
+
+    async def _anycast_for(self, pod: PodRef) -> tuple[IPAddress, ...]:
+        """The pod's anycast IPs that pass the pool policy; the rest get an AnycastRejected Event."""
+        if not pod.name:
+            return ()
+        try:
+            body = await self.lookup_pod(pod.namespace, pod.name)
+        except Exception as exc:
+            raise CniError(TRY_AGAIN_LATER, f"cannot read pod {pod} from the API to learn its anycast IPs: "
+                           f"{exc or type(exc).__name__}") from exc
+        if body is None:
+            return ()
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        parsed = parse_anycast(annotations.get(ANNOTATION))
+        reasons = [f"{ANNOTATION}: {error}" for error in parsed.errors]
+        allowed = []
+        for address in parsed.addresses:
+            rejection = pool_rejection(address, pod.namespace, self.config.anycast_pools)
+            if rejection:
+                reasons.append(rejection)
+            else:
+                allowed.append(address)
+        ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
+        for reason in reasons:
+            logger.warning("anycast rejected pod=%s: %s", pod, reason)
+            self.events.post(Event(ref, "Warning", "AnycastRejected", f"{reason}; not configured on the pod"))
+        return tuple(allowed)
+
+    def _choose_addresses(self) -> tuple[IPAddress, ...]:
+        assert self.pod_cidrs is not None
+        used = {ip for allocation in self.store.all() for ip in allocation.pod_ips}
+        chosen: list[IPAddress] = []
+        for version in (4, 6):
+            networks = [n for n in self.pod_cidrs if n.version == version]
+            for network in networks:  # the first CIDR of the family with room
+                try:
+                    address = choose_address(network, used, self._last_given.get(version))
+                except AddressesExhausted:
+                    continue
+                self._last_given[version] = address
+                chosen.append(address)
+                break
+            else:
+                if networks:
+                    raise CniError(NO_ADDRESS_LEFT, f"no free IPv{version} address left in "
+                                   f"{', '.join(map(str, networks))}")
+        if not chosen:
+            raise CniError(TRY_AGAIN_LATER, "this node has no pod CIDRs (podCIDRs / the Node's spec.podCIDRs)")
+        return tuple(chosen)
+
+    async def _delete(self, request: CniRequest) -> None:
+        allocation = self.store.get(ContainerID(request.container_id))
+        if allocation is None:
+            # Unknown container, or a repeated DEL: make sure no veth is left, and succeed.
+            await self._remove_veth(host_ifname(request.container_id))
+            return
+        await self._release(allocation)
+        logger.info("pod unplumbed pod=%s container=%s dev=%s", allocation.pod, request.container_id[:12],
+                    allocation.host_ifname)
+
+    async def _check(self, request: CniRequest) -> None:
+        allocation = self.store.get(ContainerID(request.container_id))
+        if allocation is None or allocation.state is not AllocationState.COMMITTED:
+            raise CniError(CONTAINER_UNKNOWN, f"flock has no network for container {request.container_id}")
+        if not await aiofiles.os.path.exists(request.netns):
+            raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns} does not exist")
+        try:
+            problems = await self.network.check(host_ifname=allocation.host_ifname, ifname=request.ifname,
+                                                pod_netns=request.netns, pod_ips=allocation.pod_ips,
+                                                anycast=allocation.anycast)
+        except PlumbingError as exc:
+            raise CniError(IO_FAILURE, str(exc)) from exc
+        if problems:
+            raise CniError(NETWORK_STATE_DIFFERS, "; ".join(problems))
+
+    async def _release(self, allocation: Allocation) -> None:
+        await self._remove_veth(allocation.host_ifname)
+        await self.store.remove(allocation.container_id)
+
+    async def _remove_veth(self, ifname: str) -> None:
+        try:
+            await self.network.delete(ifname)
+        except PlumbingError as exc:
+            raise CniError(TRY_AGAIN_LATER, str(exc)) from exc
+
+    async def recover(self) -> None:
+        """Release every pending allocation: ADDs cut short by an agent crash."""
+        for allocation in self.store.all():
+            if allocation.state is AllocationState.PENDING:
+                logger.warning("releasing an unfinished ADD container=%s pod=%s ips=%s",
+                               allocation.container_id[:12], allocation.pod, ",".join(map(str, allocation.pod_ips)))
+                try:
+                    await self._release(allocation)
+                except (CniError, FlockError) as exc:
+                    logger.error("could not release container=%s: %s", allocation.container_id[:12], exc)
+
+
+def _frame(payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload).encode()
+    return len(data).to_bytes(4, "big") + data
+

@@ -1,0 +1,278 @@
+"""Pod plumbing: the veth pair, the pod's addresses and routes, anycast on the pod's lo.
+
+The gateway scheme: every host-side veth carries the same link-local addresses,
+169.254.1.1/32 and fe80::1/64, and the pod's default routes point at them
+(``default via 169.254.1.1 dev eth0``, ``default via fe80::1 dev eth0``). A pod then
+needs no per-node gateway address, the pod CIDR loses no address to a gateway, and the
+host answers ARP/NDP for its own address without proxy_arp/proxy_ndp. The node reaches
+each pod through a /32 and a /128 route on its veth (``rtm_protocol`` = flock's).
+
+Every function runs on a fresh thread that enters the target network namespace
+(setns moves only that thread) and ends afterwards, so no pooled thread is ever left in
+a pod's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import errno
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flock.errors import FlockError
+from flock.model import IPAddress
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GATEWAY_V4 = "169.254.1.1"
+GATEWAY_V6 = "fe80::1"
+GATEWAYS: dict[int, str] = {4: GATEWAY_V4, 6: GATEWAY_V6}
+
+_CLONE_NEWNET = 0x40000000
+_IFA_F_NODAD = 0x02
+_RT_SCOPE_LINK = 253
+
+
+class PlumbingError(FlockError):
+    """A pod's network could not be set up, checked or torn down."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlumbedPod:
+    host_mac: str
+    pod_mac: str
+
+
+def _enter_netns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns into {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *args: Any) -> T:
+    """Run ``func(*args)`` on a new thread inside the netns at ``path`` (None: this one)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            if path is not None:
+                _enter_netns(path)
+            result = func(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name="flock-netns", daemon=True).start()
+    return await asyncio.wait_for(future, seconds)
+
+
+def _conf(family: str, ifname: str, key: str) -> str:
+    # Interface names may contain dots, so build the /proc path directly.
+    return f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        logger.debug("%s does not exist here, skipped", path)
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    return str(ipr.link("get", index=index)[0].get_attr("IFLA_ADDRESS"))
+
+
+def _family(ip: IPAddress) -> int:
+    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
+
+
+def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
+              protocol: int) -> str:
+    with IPRoute() as ipr:
+        stale = _index(ipr, host_ifname)
+        if stale is not None:  # left by an ADD that did not finish; the record was released
+            ipr.link("del", index=stale)
+        pod_fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": ifname, "net_ns_fd": pod_fd})
+        finally:
+            os.close(pod_fd)
+        index = _index(ipr, host_ifname)
+        if index is None:
+            raise OSError(errno.ENODEV, f"{host_ifname} vanished right after creation")
+        _write(_conf("ipv6", host_ifname, "accept_dad"), "0")
+        # Loose reverse-path filtering: a terminating pod's in-flight replies (source = the
+        # anycast IP) must pass once its next hop has left the anycast route.
+        _write(_conf("ipv4", host_ifname, "rp_filter"), "2")
+        ipr.addr("add", index=index, address=GATEWAY_V4, prefixlen=32)
+        ipr.addr("add", index=index, address=GATEWAY_V6, prefixlen=64, flags=_IFA_F_NODAD)
+        ipr.link("set", index=index, state="up")
+        for ip in pod_ips:
+            ipr.route("add", family=_family(ip), dst=str(ip), dst_len=ip.max_prefixlen, oif=index,
+                      scope=_RT_SCOPE_LINK, proto=protocol)
+        return _mac(ipr, index)
+
+
+def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddress]) -> str:
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        if index is None:
+            raise OSError(errno.ENODEV, f"{ifname} did not arrive in the pod's netns")
+        _write(_conf("ipv6", ifname, "accept_dad"), "0")
+        for ip in pod_ips:
+            ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, flags=_IFA_F_NODAD)
+        ipr.link("set", index=index, state="up")
+        lo = _index(ipr, "lo")
+        assert lo is not None
+        ipr.link("set", index=lo, state="up")
+        # Anycast lives on lo, never on eth0: replicas sharing an IP would fight over ARP/NDP/DAD.
+        for ip in anycast:
+            ipr.addr("add", index=lo, address=str(ip), prefixlen=ip.max_prefixlen, flags=_IFA_F_NODAD)
+        if any(ip.version == 4 for ip in pod_ips):
+            ipr.route("add", dst=GATEWAY_V4, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
+            ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=GATEWAY_V4, oif=index)
+        if any(ip.version == 6 for ip in pod_ips):
+            ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=GATEWAY_V6, oif=index)
+        return _mac(ipr, index)
+
+
+def _host_delete(host_ifname: str) -> bool:
+    with IPRoute() as ipr:
+        index = _index(ipr, host_ifname)
+        if index is None:
+            return False
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+        return True
+
+
+def _host_check(host_ifname: str, pod_ips: Sequence[IPAddress], protocol: int) -> list[str]:
+    problems = []
+    with IPRoute() as ipr:
+        index = _index(ipr, host_ifname)
+        if index is None:
+            return [f"host veth {host_ifname} is missing"]
+        if ipr.link("get", index=index)[0].get_attr("IFLA_OPERSTATE") != "UP":
+            problems.append(f"host veth {host_ifname} is not up")
+        for ip in pod_ips:
+            routes = ipr.route("dump", family=_family(ip), dst=str(ip), dst_len=ip.max_prefixlen,
+                               proto=protocol)
+            if not any(r.get_attr("RTA_OIF") == index for r in routes):
+                problems.append(f"host route {ip}/{ip.max_prefixlen} dev {host_ifname} is missing")
+    return problems
+
+
+def _pod_check(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddress]) -> list[str]:
+    problems = []
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        if index is None:
+            return [f"{ifname} is missing in the pod's netns"]
+        have = {(a.get_attr("IFA_ADDRESS"), a["index"]) for a in ipr.addr("dump")}
+        lo = _index(ipr, "lo")
+        for ip in pod_ips:
+            if (str(ip), index) not in have:
+                problems.append(f"{ip} is not on {ifname}")
+        for ip in anycast:
+            if (str(ip), lo) not in have:
+                problems.append(f"anycast {ip} is not on lo")
+        for ip in pod_ips:
+            family = _family(ip)
+            defaults = [r for r in ipr.route("dump", family=family) if r["dst_len"] == 0]
+            if not any(r.get_attr("RTA_GATEWAY") == GATEWAYS[ip.version] for r in defaults):
+                problems.append(f"IPv{ip.version} default route via {GATEWAYS[ip.version]} is missing")
+    return problems
+
+
+class PodNetwork:
+    """Sets up, checks and tears down pods' networks from the node's netns."""
+
+    def __init__(self, *, host_netns: str | None, protocol: int, timeout: float = 30.0) -> None:
+        self.host_path = f"/run/netns/{host_netns}" if host_netns else None
+        self.protocol = protocol
+        self.timeout = timeout
+
+    async def add(self, *, host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
+                  anycast: Sequence[IPAddress]) -> PlumbedPod:
+        try:
+            host_mac = await in_netns(self.host_path, self.timeout, _host_add, host_ifname, ifname,
+                                      pod_netns, pod_ips, self.protocol)
+            pod_mac = await in_netns(pod_netns, self.timeout, _pod_add, ifname, pod_ips, anycast)
+        except (OSError, NetlinkError, TimeoutError) as exc:
+            raise PlumbingError(f"set up {host_ifname} <-> {ifname} in {pod_netns}: {_describe(exc)}") from exc
+        return PlumbedPod(host_mac=host_mac, pod_mac=pod_mac)
+
+    async def delete(self, host_ifname: str) -> bool:
+        """Remove the veth pair (its routes go with it). False if it was already gone."""
+        try:
+            return await in_netns(self.host_path, self.timeout, _host_delete, host_ifname)
+        except (OSError, NetlinkError, TimeoutError) as exc:
+            raise PlumbingError(f"delete {host_ifname}: {_describe(exc)}") from exc
+
+    async def check(self, *, host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
+                    anycast: Sequence[IPAddress]) -> list[str]:
+        try:
+            problems = await in_netns(self.host_path, self.timeout, _host_check, host_ifname, pod_ips,
+                                      self.protocol)
+            problems += await in_netns(pod_netns, self.timeout, _pod_check, ifname, pod_ips, anycast)
+        except (OSError, NetlinkError, TimeoutError) as exc:
+            raise PlumbingError(f"check {host_ifname} <-> {ifname} in {pod_netns}: {_describe(exc)}") from exc
+        return problems
+
+    async def enable_forwarding(self) -> list[str]:
+        """IPv4 and IPv6 forwarding in the node's netns (pods' traffic is routed). Warnings."""
+        def write() -> list[str]:
+            warnings = []
+            for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+                try:
+                    with open(path, "w") as f:
+                        f.write("1")
+                except OSError as exc:
+                    warnings.append(f"{path}: {exc.strerror}")
+            return warnings
+        return await in_netns(self.host_path, self.timeout, write)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NetlinkError):
+        return f"{os.strerror(exc.code)} (netlink {exc.code})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return str(exc)
