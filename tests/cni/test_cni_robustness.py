@@ -1,0 +1,163 @@
+"""flock-cni under load, crashes and bad input; and a reference plugin chained after it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import threading
+import time
+
+import pytest
+
+from tests.cni.conftest import CniNode
+from tests.support.agent import eventually
+from tests.support.apiserver import pod_manifest
+from tests.support.netns import sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
+
+
+def records(state: pathlib.Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in sorted((state / "allocations").glob("*.json"))]
+
+
+def node_veths(netns: str) -> set[str]:
+    links = json.loads(sh("ip", "-j", "link", "show", netns=netns))
+    return {link["ifname"] for link in links if link["ifname"].startswith("flock")}
+
+
+def state_dir(node: CniNode) -> pathlib.Path:
+    return node.agent.workdir / "state"
+
+
+async def test_a_hundred_adds_never_give_an_address_twice(cni_node: CniNode) -> None:
+    given: list[str] = []
+    for i in range(100):
+        _, path = cni_node.pod_netns()
+        result = await cni_node.cni("ADD", f"bulk-{i:03d}", path, pod=f"bulk-{i}")
+        assert result.code == 0, result.raw
+        given += [ip["address"] for ip in result.output["ips"]]
+    assert len(given) == 200 and len(set(given)) == 200
+    assert len(node_veths(cni_node.netns)) == 100
+
+
+async def test_an_agent_killed_during_an_add_leaks_and_doubles_nothing(cni_node: CniNode) -> None:
+    node = cni_node
+    state = state_dir(node)
+    paths = [node.pod_netns()[1] for _ in range(30)]
+    outcomes: dict[int, int] = {}
+
+    # Kill the agent the moment a pending record (an ADD in progress) is on disk.
+    killed = threading.Event()
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed.is_set():
+            for record in (state / "allocations").glob("*.json"):
+                try:
+                    if '"pending"' in record.read_text():
+                        node.agent.kill()
+                        killed.set()
+                        return
+                except FileNotFoundError:
+                    pass
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=killer)
+    watcher.start()
+    for i, path in enumerate(paths):
+        outcomes[i] = (await node.cni("ADD", f"crash-{i:02d}", path, pod=f"crash-{i}")).code
+        if killed.is_set():
+            break
+    watcher.join()
+    assert killed.is_set(), "never caught an ADD in progress"
+    assert any(code != 0 for code in outcomes.values()), "the interrupted ADD must fail"
+
+    # Restarted on the same state: the unfinished ADD is released, nothing else changes.
+    node.agent.start()
+    await eventually(lambda: not any(r["state"] == "pending" for r in records(state)), within=30,
+                     what="the pending record is released at start-up")
+    await eventually(lambda: len(node_veths(node.netns)) == len(records(state)), within=30,
+                     what="no veth without a record (no leak)")
+    # The runtime retries every ADD that failed; all succeed and no address is doubled.
+    for i, code in outcomes.items():
+        if code != 0:
+            retried = await node.cni("ADD", f"crash-{i:02d}", paths[i], pod=f"crash-{i}")
+            assert retried.code == 0, retried.raw
+    addresses = [ip for r in records(state) for ip in r["podIPs"]]  # type: ignore[attr-defined]
+    assert len(addresses) == len(set(addresses)) == 2 * len(outcomes)
+    assert len(node_veths(node.netns)) == len(outcomes)
+
+
+async def test_bad_input_gets_spec_errors_and_other_pods_are_unaffected(cni_node: CniNode) -> None:
+    node = cni_node
+    created = await node.cluster.create_pod(pod_manifest("good", node="node-a", anycast="198.51.100.10"))
+    good_netns, good_path = node.pod_netns()
+    good = await node.cni("ADD", "good", good_path, pod="good", uid=created["metadata"]["uid"])
+    assert good.code == 0, good.raw
+
+    _, path = node.pod_netns()
+    cases = [
+        ({"config": "{this is not json"}, 6),
+        ({"config": {**node.net_config, "cniVersion": "0.3.1"}}, 1),
+        ({"extra_env": {"CNI_NETNS": ""}}, 4),
+        ({"extra_env": {"CNI_NETNS": "/var/run/netns/flk-no-such-netns"}}, 4),
+    ]
+    for kwargs, code in cases:
+        result = await node.cni("ADD", "bad", path, pod="bad", **kwargs)  # type: ignore[arg-type]
+        assert result.code != 0 and result.output["code"] == code, (kwargs, result.raw)
+        assert result.output["msg"], "every error says what is wrong"
+    assert "bad" not in "".join(p.name for p in (node.agent.workdir / "state" / "allocations").iterdir())
+
+    # An anycast IP outside the pools: the pod gets its network, not that IP, and an Event.
+    created = await node.cluster.create_pod(pod_manifest("greedy", node="node-a",
+                                                         anycast="203.0.113.200, 198.51.100.11"))
+    greedy_netns, greedy_path = node.pod_netns()
+    greedy = await node.cni("ADD", "greedy", greedy_path, pod="greedy", uid=created["metadata"]["uid"])
+    assert greedy.code == 0, greedy.raw
+    lo = sh("ip", "-br", "addr", "show", "dev", "lo", netns=greedy_netns)
+    assert "198.51.100.11/32" in lo and "203.0.113.200" not in lo
+    await eventually(lambda: any("203.0.113.200 is outside the anycast pools" in e["message"]
+                                 for e in node.cluster.events("AnycastRejected")),
+                     within=10, what="an AnycastRejected Event naming the address")
+
+    check = await node.cni("CHECK", "good", good_path, pod="good")
+    assert check.code == 0, check.raw
+    assert node.agent.alive()
+
+
+async def test_check_reports_what_differs(cni_node: CniNode) -> None:
+    node = cni_node
+    netns, path = node.pod_netns()
+    added = await node.cni("ADD", "checked", path, pod="checked")
+    v4 = added.output["ips"][0]["address"]
+    assert (await node.cni("CHECK", "checked", path, pod="checked")).code == 0
+    sh("ip", "addr", "del", v4, "dev", "eth0", netns=netns)
+    check = await node.cni("CHECK", "checked", path, pod="checked")
+    assert check.code != 0 and check.output["code"] == 100
+    assert v4.split("/")[0] in check.output["msg"]
+    unknown = await node.cni("CHECK", "never-added", path, pod="x")
+    assert unknown.output["code"] == 3
+
+
+async def test_a_reference_plugin_chained_after_flock_accepts_its_result(cni_node: CniNode) -> None:
+    """As a runtime runs a conflist: flock ADD, then tuning ADD with flock's result as prevResult;
+    DEL in reverse order. Debian's tuning plugin parses prevResult strictly (CNI 1.0.0 types)."""
+    node = cni_node
+    netns, path = node.pod_netns()
+    tuning = {"cniVersion": "1.0.0", "name": node.conflist["name"], "type": "tuning",
+              "sysctl": {"net.core.somaxconn": "777"}}
+    flock = await node.cni("ADD", "chained", path, pod="chained")
+    assert flock.code == 0, flock.raw
+    chained = await node.exec_plugin("tuning", "ADD", "chained", path,
+                                     config={**tuning, "prevResult": flock.output})
+    assert chained.code == 0, chained.raw
+    assert chained.output["ips"] == flock.output["ips"], "tuning passes flock's result on"
+    assert sh("cat", "/proc/sys/net/core/somaxconn", netns=netns).strip() == "777"
+
+    undone = await node.exec_plugin("tuning", "DEL", "chained", path, config={**tuning, "prevResult": chained.output})
+    assert undone.code == 0, undone.raw
+    assert (await node.cni("DEL", "chained", path, pod="chained")).code == 0
+    assert node_veths(node.netns) == set()
+    await asyncio.sleep(0)
