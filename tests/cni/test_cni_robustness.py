@@ -93,7 +93,7 @@ async def test_an_agent_killed_during_an_add_leaks_and_doubles_nothing(cni_node:
 async def test_bad_input_gets_spec_errors_and_other_pods_are_unaffected(cni_node: CniNode) -> None:
     node = cni_node
     created = await node.cluster.create_pod(pod_manifest("good", node="node-a", anycast="198.51.100.10"))
-    good_netns, good_path = node.pod_netns()
+    _, good_path = node.pod_netns()
     good = await node.cni("ADD", "good", good_path, pod="good", uid=created["metadata"]["uid"])
     assert good.code == 0, good.raw
 
