@@ -48,7 +48,7 @@ class Agent:
         self.api = api
         self.metrics = Metrics()
         self.store = AllocationStore(config.state_dir)
-        self.pods = PodCache(config.node_name)
+        self.pods = PodCache(config.node_name, config.eligibility)
         self.routes = NetlinkRoutes(protocol=config.route_protocol, netns=config.host_netns)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)

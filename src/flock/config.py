@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flock.eligibility import READY_AND_NOT_TERMINATING, RULES
 from flock.errors import ConfigError
 from flock.model import IPAddress, IPNetwork, NodeName
 
@@ -82,6 +83,9 @@ class AgentConfig:
     """Period of a full kernel route dump that repairs drift, seconds. Default 30."""
     listen: str = "0.0.0.0:9964"
     """host:port serving /healthz and /metrics. Default 0.0.0.0:9964."""
+    eligibility: str = READY_AND_NOT_TERMINATING
+    """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
+    old rule, kept only for the lab's comparison run; never use it in production."""
 
 
 def _reject_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
@@ -182,7 +186,7 @@ def _parse_bird(value: Any) -> BirdConfig:
 
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
-    "routeProtocol", "tickSeconds", "resyncSeconds", "bird", "listen",
+    "routeProtocol", "tickSeconds", "resyncSeconds", "bird", "listen", "eligibility",
 }
 
 
@@ -217,6 +221,10 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
     if "bird" not in data:
         raise ConfigError("bird: required (routerId and asn at least)")
 
+    eligibility = data.get("eligibility", READY_AND_NOT_TERMINATING)
+    if eligibility not in RULES:
+        raise ConfigError(f"eligibility: {eligibility!r} is not one of {', '.join(RULES)}")
+
     host_netns = data.get("hostNetns")
     return AgentConfig(
         node_name=NodeName(_string(node_name, "nodeName")),
@@ -231,6 +239,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
         resync_seconds=_positive(data.get("resyncSeconds", 30.0), "resyncSeconds"),
         bird=_parse_bird(data["bird"]),
         listen=listen,
+        eligibility=eligibility,
     )
 
 

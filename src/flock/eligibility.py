@@ -11,9 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def ineligibility_reason(pod: Mapping[str, Any]) -> str | None:
+READY_AND_NOT_TERMINATING = "ready-and-not-terminating"
+READY_ONLY = "ready-only"
+RULES = (READY_AND_NOT_TERMINATING, READY_ONLY)
+"""``ready-only`` is the old rule that flock fixes; it exists only so the lab can show the
+difference (``flock lab run --compare``). Never use it in production."""
+
+
+def ineligibility_reason(pod: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING) -> str | None:
     """None if the pod is eligible, else a short reason: "terminating" or "not ready"."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if rule != READY_ONLY and (pod.get("metadata") or {}).get("deletionTimestamp"):
         return "terminating"
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flock.eligibility import ineligibility_reason
+from flock.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
 from flock.model import PodRef, PodStatus
 
 
@@ -19,16 +19,17 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
                   uid=str(meta.get("uid") or ""))
 
 
-def pod_status(body: Mapping[str, Any]) -> PodStatus:
-    reason = ineligibility_reason(body)
+def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING) -> PodStatus:
+    reason = ineligibility_reason(body, rule)
     return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "")
 
 
 class PodCache:
     """This node's pods by (namespace, name)."""
 
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, rule: str = READY_AND_NOT_TERMINATING) -> None:
         self.node_name = node_name
+        self.rule = rule
         self._pods: dict[tuple[str, str], PodStatus] = {}
         self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
 
@@ -51,7 +52,7 @@ class PodCache:
             self._pods.pop(key, None)
             self._bodies.pop(key, None)
             return before is not None
-        after = pod_status(body)
+        after = pod_status(body, self.rule)
         self._pods[key] = after
         self._bodies[key] = body
         return before != after
@@ -62,7 +63,7 @@ class PodCache:
         new_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         for body in bodies:
             if self._on_this_node(body):
-                status = pod_status(body)
+                status = pod_status(body, self.rule)
                 new_pods[(status.ref.namespace, status.ref.name)] = status
                 new_bodies[(status.ref.namespace, status.ref.name)] = body
         changed = new_pods != self._pods

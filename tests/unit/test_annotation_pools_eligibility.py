@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from flock.annotation import parse_anycast
 from flock.config import AnycastPool
-from flock.eligibility import ineligibility_reason, pod_anycast_eligible
+from flock.eligibility import READY_ONLY, ineligibility_reason, pod_anycast_eligible
 from flock.pools import pool_rejection
 from tests.unit.factories import pod_body
 
@@ -94,3 +94,9 @@ def test_ready_but_terminating_pod_is_not_eligible() -> None:
 
 def test_pod_without_status_is_not_eligible() -> None:
     assert not pod_anycast_eligible({"metadata": {"name": "p"}})
+
+
+def test_the_old_ready_only_rule_keeps_a_terminating_pod_eligible() -> None:
+    # Only for the lab's comparison: this is the behaviour flock exists to fix.
+    assert ineligibility_reason(pod_body("p", ready=True, terminating=True), READY_ONLY) is None
+    assert ineligibility_reason(pod_body("p", ready=False, terminating=True), READY_ONLY) == "not ready"

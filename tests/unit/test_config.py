@@ -46,6 +46,7 @@ def test_pools_with_namespaces() -> None:
     ({**BASE, "routeProtocol": 3}, "routeProtocol"),
     ({**BASE, "tickSeconds": 0}, "tickSeconds"),
     ({**BASE, "listen": "9964"}, "listen"),
+    ({**BASE, "eligibility": "whenever"}, "eligibility: 'whenever' is not one of"),
     ({"bird": BASE["bird"]}, "nodeName"),
     ({"nodeName": "n"}, "bird: required"),
 ])
