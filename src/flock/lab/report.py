@@ -1,0 +1,121 @@
+"""The lab's report: figures from raw observations, and their text for a person. Pure."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FAILURE_KINDS = ("refused", "reset", "timeout", "unreachable", "error")
+NEAR = 0.25  # s: a failure this close to a route change is counted as caused by it
+
+
+def request_figures(requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    kinds = Counter(r["outcome"] for r in requests)
+    failed = sum(n for kind, n in kinds.items() if kind != "ok")
+    by_target = Counter(r["target"] for r in requests)
+    return {
+        "total": len(requests),
+        "ok": kinds.get("ok", 0),
+        "failed": failed,
+        "failedPercent": round(100.0 * failed / len(requests), 3) if requests else 0.0,
+        "failures": {kind: kinds.get(kind, 0) for kind in FAILURE_KINDS},
+        "byTarget": dict(by_target),
+        "servedBy": dict(Counter(r["servedBy"] for r in requests if r["servedBy"])),
+    }
+
+
+def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each failed request: the route changes that happened while it was in flight."""
+    attributed = []
+    for request in requests:
+        if request["outcome"] == "ok":
+            continue
+        near = [c for c in changes if request["start"] - NEAR <= c["at"] <= request["end"] + NEAR]
+        if request["outcome"] == "refused":
+            # Nothing listened where the fabric sent the connection: a pod that had stopped
+            # serving still attracted new connections (the bug flock's rule removes).
+            cause = "refused: sent to a pod whose server had stopped but that was still routed"
+        elif near:
+            cause = (f"{request['outcome']}: in flight while the next hops of {near[0]['prefix']} changed at "
+                     f"{near[0]['where']} (ECMP re-hash moved an existing flow to another pod)")
+        else:
+            cause = f"{request['outcome']}: no route change nearby"
+        attributed.append({"start": request["start"], "target": request["target"], "outcome": request["outcome"],
+                           "cause": cause})
+    return attributed
+
+
+def latency_figures(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    values = [p["withdrawalSeconds"] for p in pods if p.get("withdrawalSeconds") is not None]
+    return {
+        "p50": round(statistics.median(values), 4) if values else None,
+        "max": round(max(values), 4) if values else None,
+        "missing": sum(1 for p in pods if p.get("withdrawalSeconds") is None),
+    }
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def render(report: Mapping[str, Any]) -> str:
+    r = report["requests"]
+    lines = [
+        f"flock lab — rolling restart of {report['replicas']} replicas, eligibility rule: {report['eligibility']}",
+        f"  load: {report['rate']:g} new TCP connections/s per address family to {', '.join(report['anycast'])}",
+        "",
+        f"  requests   {r['total']:>7}   ok {r['ok']}   failed {r['failed']} ({r['failedPercent']:.3f}%)",
+        "  failures   " + "   ".join(f"{kind} {r['failures'][kind]}" for kind in FAILURE_KINDS),
+        "",
+        "  withdrawal latency (deletionTimestamp -> traffic no longer sent to the pod)",
+        "    pod            node     where                               latency",
+    ]
+    for pod in report["pods"]:
+        lines.append(f"    {pod['name']:<14} {pod['node']:<8} {pod['where']:<35} {_ms(pod['withdrawalSeconds'])}")
+    lat = report["latency"]
+    lines += [f"    p50 {_ms(lat['p50'])}   max {_ms(lat['max'])}", ""]
+    lines.append(f"  route changes seen at the ToR: {report['torRouteChanges']}")
+    events = report["events"]
+    by_reason = ", ".join(f"{k} {v}" for k, v in sorted(events["byReason"].items()))
+    lines.append(f"  events posted by the agents: {by_reason or 'none'}")
+    for sample in events["samples"]:
+        lines.append(f"    {sample}")
+    causes = Counter(a["cause"] for a in report["attributed"])
+    if causes:
+        lines.append("  where the failures came from:")
+        for cause, count in causes.most_common():
+            lines.append(f"    {count:>5}  {cause}")
+    return "\n".join(lines)
+
+
+def compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> dict[str, Any]:
+    a, b = flock["requests"], ready_only["requests"]
+    ratio = (a["failed"] / b["failed"]) if b["failed"] else None
+    return {
+        "flockFailed": a["failed"], "flockTotal": a["total"], "flockFailedPercent": a["failedPercent"],
+        "readyOnlyFailed": b["failed"], "readyOnlyTotal": b["total"], "readyOnlyFailedPercent": b["failedPercent"],
+        "ratio": round(ratio, 4) if ratio is not None else None,
+        "flockLatencyMax": flock["latency"]["max"], "readyOnlyLatencyMax": ready_only["latency"]["max"],
+    }
+
+
+def render_compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> str:
+    c = compare(flock, ready_only)
+    rows = [
+        ("requests", str(c["flockTotal"]), str(c["readyOnlyTotal"])),
+        ("failed", f"{c['flockFailed']} ({c['flockFailedPercent']:.3f}%)",
+         f"{c['readyOnlyFailed']} ({c['readyOnlyFailedPercent']:.3f}%)"),
+        *[(f"  {kind}", str(flock["requests"]["failures"][kind]), str(ready_only["requests"]["failures"][kind]))
+          for kind in FAILURE_KINDS],
+        ("withdrawal p50", _ms(flock["latency"]["p50"]), _ms(ready_only["latency"]["p50"])),
+        ("withdrawal max", _ms(flock["latency"]["max"]), _ms(ready_only["latency"]["max"])),
+        ("ToR route changes", str(flock["torRouteChanges"]), str(ready_only["torRouteChanges"])),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    out = [f"{'':<{width}}{'flock rule':>22}{'ready-only rule':>22}"]
+    out += [f"{name:<{width}}{a:>22}{b:>22}" for name, a, b in rows]
+    if c["ratio"] is not None:
+        out.append(f"\nflock's rule failed {c['ratio'] * 100:.1f}% as many requests as the ready-only rule.")
+    return "\n".join(out)

@@ -1,0 +1,173 @@
+"""The lab's scenario: bring the fabric up, load it, roll every replica, report.
+
+Default: 3 replicas of one anycast service (v4 and v6), two on node-a (a multipath
+route) and one on node-b; HTTP load from the client netns through the ToR, a new TCP
+connection per request; every replica restarted in turn (terminate, then its
+replacement on the same node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from flock.eligibility import READY_AND_NOT_TERMINATING
+from flock.lab import report as reports
+from flock.lab.kubelet import Kubelet, LabPod
+from flock.lab.routewatch import RouteWatch
+from flock.lab.topology import ANYCAST, CLIENT, TOR, Fabric, Node, build, python, stop_process, teardown, wait_for
+
+logger = logging.getLogger(__name__)
+
+PREFIXES = tuple(f"{a}/{32 if '.' in a else 128}" for a in ANYCAST)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    run_dir: pathlib.Path
+    nodes: int = 2
+    replicas: int = 3
+    rate: float = 200.0
+    grace: float = 2.0
+    detection: float = 1.0
+    warmup: float = 2.0
+    settle: float = 1.0
+    eligibility: str = READY_AND_NOT_TERMINATING
+
+
+def placement(options: Options) -> list[int]:
+    """Replica slot -> node index: two on the first node (a multipath route), the rest
+    round-robin over the other nodes. 3 replicas on 2 nodes: a, a, b."""
+    if options.nodes == 1:
+        return [0] * options.replicas
+    rest = [1 + i % (options.nodes - 1) for i in range(max(0, options.replicas - 2))]
+    return [0, 0, *rest][: options.replicas]
+
+
+def tor_hop(node: Node, prefix: str) -> str:
+    link = node.spec.link
+    via = link.b_v6.ip if ":" in prefix else link.b_v4.ip
+    return f"via {via} dev {link.ifname}"
+
+
+def pod_hop(pod: LabPod, prefix: str) -> str:
+    via = pod.ipv6 if ":" in prefix else pod.ipv4
+    return f"via {via} dev "  # the dev (flock<8hex>) is the pod's: matched as a prefix of the hop
+
+
+def has_hop(hops: frozenset[str], start: str) -> bool:
+    return any(hop.startswith(start) for hop in hops)
+
+
+async def up(options: Options) -> tuple[Fabric, Kubelet, aiohttp.ClientSession, dict[int, LabPod]]:
+    fabric = await asyncio.to_thread(build, options.run_dir, options.nodes, options.eligibility)
+    session = aiohttp.ClientSession()
+    try:
+        kubelet = Kubelet(fabric, session, ", ".join(ANYCAST), grace=options.grace, detection=options.detection)
+        pods: dict[int, LabPod] = {}
+        for slot, node_index in enumerate(placement(options)):
+            pods[slot] = await kubelet.start_pod(f"web-{slot}-1", fabric.nodes[node_index])
+        used_nodes = {fabric.nodes[i] for i in set(placement(options))}
+        await asyncio.to_thread(wait_for, lambda: _tor_routes_to(used_nodes), 60, "the ToR routing to every node")
+    except BaseException:
+        await session.close()
+        raise
+    return fabric, kubelet, session, pods
+
+
+def _tor_routes_to(nodes: set[Node]) -> bool:
+    from flock.lab.routewatch import nexthops
+    return all(has_hop(nexthops(TOR, prefix), tor_hop(node, prefix)) for prefix in PREFIXES for node in nodes)
+
+
+async def rolling_restart(options: Options) -> dict[str, Any]:
+    """The whole run: up, load, roll, measure, down. Returns the report (a dict)."""
+    try:
+        fabric, kubelet, session, pods = await up(options)
+        try:
+            return await _roll(options, fabric, kubelet, pods)
+        finally:
+            await session.close()
+    finally:
+        await asyncio.to_thread(teardown, options.run_dir)
+
+
+async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[int, LabPod]) -> dict[str, Any]:
+    watches = {TOR: RouteWatch(TOR, PREFIXES)}
+    for node in fabric.nodes:
+        watches[node.spec.netns] = RouteWatch(node.spec.netns, PREFIXES)
+    results = options.run_dir / "load.json"
+    load = await asyncio.to_thread(
+        fabric.state.spawn,
+        [python(), "-m", "flock.lab.load", *[f"--target={a}" for a in ANYCAST], "--rate", str(options.rate),
+         "--out", str(results)], options.run_dir / "load.log", CLIENT)
+    terminated: list[dict[str, Any]] = []
+    try:
+        await asyncio.sleep(options.warmup)
+        for slot in sorted(pods):
+            old = pods[slot]
+            others_on_node = [p for s, p in pods.items() if s != slot and p.node is old.node]
+            await kubelet.terminate_pod(old)
+            terminated.append({"pod": old, "lastOnNode": not others_on_node})
+            generation = int(old.name.rsplit("-", 1)[1]) + 1
+            pods[slot] = await kubelet.start_pod(f"web-{slot}-{generation}", old.node)
+            back = {old.node}
+            await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, back), 30,
+                                    f"the ToR routing to {old.node.spec.name} again")
+            await asyncio.sleep(options.settle)
+        await asyncio.sleep(options.warmup)
+    finally:
+        await asyncio.to_thread(stop_process, load, 30)
+        for watch in watches.values():
+            watch.close()
+    requests = json.loads(results.read_text()) if results.exists() else []
+    events = await kubelet.events()
+    return build_report(options, requests, terminated, watches, events)
+
+
+def build_report(options: Options, requests: list[dict[str, Any]], terminated: list[dict[str, Any]],
+                 watches: dict[str, RouteWatch], events: list[dict[str, Any]]) -> dict[str, Any]:
+    pods = []
+    for item in terminated:
+        pod: LabPod = item["pod"]
+        t0 = pod.marked_for_deletion
+        if item["lastOnNode"]:
+            where, watch = f"ToR stops routing to {pod.node.spec.name}", watches[TOR]
+            times = [watch.first_change_after(p, t0, tor_hop(pod.node, p)) for p in PREFIXES]
+        else:
+            where, watch = f"{pod.node.spec.name} drops the next hop", watches[pod.node.spec.netns]
+            times = [_first_without(watch, p, t0, pod_hop(pod, p)) for p in PREFIXES]
+        latency = None if any(t is None for t in times) else max(times) - t0  # type: ignore[operator,type-var]
+        pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency})
+    changes = [{"at": c.at, "prefix": c.prefix, "where": "ToR" if netns == TOR else netns.removeprefix("flk-lab-"),
+                "nexthops": sorted(c.nexthops)}
+               for netns, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
+    flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
+    samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
+               f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]
+    return {
+        "eligibility": options.eligibility, "replicas": options.replicas, "rate": options.rate,
+        "anycast": list(ANYCAST), "requests": reports.request_figures(requests),
+        "pods": pods, "latency": reports.latency_figures(pods),
+        "torRouteChanges": len([c for c in changes if c["where"] == "ToR"]),
+        "routeChanges": sorted(changes, key=lambda c: c["at"]),
+        "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
+        "attributed": reports.attribute(requests, changes),
+        "measuredAt": time.time(),
+    }
+
+
+def _first_without(watch: RouteWatch, prefix: str, since: float, hop_start: str) -> float | None:
+    for change in watch.history(prefix):
+        if change.at >= since and not has_hop(change.nexthops, hop_start):
+            return change.at
+    return None
