@@ -43,16 +43,20 @@ def delete(name: str) -> None:
 
 
 def stale() -> list[str]:
-    """``flk-*`` namespaces left by test processes that no longer exist."""
+    """``flk-<role>-<pid>-<hex>`` namespaces whose creating test process no longer exists.
+
+    Only names of that shape are judged: the lab's ``flk-lab-*`` namespaces belong to
+    ``flock lab``, which removes its own (``flock lab down``).
+    """
     out = sh("ip", "netns", "list", check=False)
     names = [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
-    return [name for name in names if not _creator_alive(name)]
+    pids = {name: _creator_pid(name) for name in names}
+    return [name for name, pid in pids.items() if pid is not None and not os.path.exists(f"/proc/{pid}")]
 
 
-def _creator_alive(name: str) -> bool:
+def _creator_pid(name: str) -> str | None:
     parts = name.split("-")
-    pid = parts[-2] if len(parts) >= 4 else ""
-    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+    return parts[-2] if len(parts) >= 4 and parts[-2].isdigit() else None
 
 
 def host_ifname(container_id: str) -> str:

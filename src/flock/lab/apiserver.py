@@ -45,6 +45,7 @@ async def serve(port: int, nodes: dict[str, list[str]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="flock-lab-apiserver")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lab", help="the lab's run dir (marks the process as the lab's, for `flock lab down`)")
     parser.add_argument("--node", action="append", default=[], help="NAME=CIDR[,CIDR]")
     args = parser.parse_args()
     nodes = {name: cidrs.split(",") for name, cidrs in (n.split("=", 1) for n in args.node)}

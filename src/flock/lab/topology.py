@@ -266,7 +266,7 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
 
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
-    api = state.spawn([python(), "-m", "flock.lab.apiserver", "--port", str(port),
+    api = state.spawn([python(), "-m", "flock.lab.apiserver", "--lab", str(run_dir), "--port", str(port),
                        *[f"--node={s.name}={','.join(s.pod_cidrs)}" for s in specs]], run_dir / "apiserver.log")
     wait_for(lambda: _answers(port), 20, "the emulated API server")
     kubeconfig = run_dir / "kubeconfig"
@@ -349,8 +349,12 @@ def teardown(run_dir: pathlib.Path) -> list[str]:
     """
     removed: list[str] = []
     state = State(run_dir) if run_dir.exists() else None
+    names = (state.data.get("namespaces", []) if state else []) + lab_namespaces()
     pids = list(reversed(state.data.get("pids", []))) if state else []
     pids += _stray_pids(run_dir)
+    for name in dict.fromkeys(names):  # whatever still runs inside a lab namespace
+        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+        pids += [int(pid) for pid in out.split() if pid.isdigit()]
     for pid in dict.fromkeys(pids):
         if _signal(pid, signal.SIGTERM):
             removed.append(f"process {pid}")
@@ -360,7 +364,6 @@ def teardown(run_dir: pathlib.Path) -> list[str]:
             time.sleep(0.05)
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
-    names = (state.data.get("namespaces", []) if state else []) + lab_namespaces()
     for name in dict.fromkeys(names):
         done = subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         if done.returncode == 0:
