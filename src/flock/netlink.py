@@ -104,10 +104,6 @@ _RECV_BUFFER: Final = 1 << 20  # far above the kernel's 32 KiB dump chunks
 _DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is redone
 _APPLY_SLICE: Final = 0.05  # seconds of edits per trip to the worker thread
 _NETNS_DIR: Final = "/var/run/netns"  # where `ip netns` keeps named namespaces
-_HASH_POLICY_SYSCTLS: Final = (
-    "net.ipv4.fib_multipath_hash_policy",
-    "net.ipv6.fib_multipath_hash_policy",
-)
 
 
 def _align4(length: int) -> int:
@@ -582,17 +578,31 @@ class NetlinkRoutes:
     # -- sysctls ------------------------------------------------------------------
 
     async def set_multipath_hash_policy(self) -> list[str]:
-        """Set ``fib_multipath_hash_policy=1`` (L4 hashing) for IPv4 and IPv6.
+        """Hash ECMP flows on their 5-tuple, for IPv4 and IPv6.
 
-        Works inside ``netns`` when one is set. Best effort: returns one warning string
-        per sysctl that could not be written, and raises nothing for those.
+        Policy 3 with ``fib_multipath_hash_fields=0x0037`` (addresses, protocol, ports)
+        where the kernel has it (5.12+), else policy 1 (L4). Policy 1 reuses a hash the
+        packet already carries (set by a local socket, kept across veths, re-rolled by
+        TCP on a retransmission timeout), so a flow could change next hop mid-stream;
+        the custom fields are always read from the packet (shared/notes/drain.md).
+        Works inside ``netns`` when one is set. Best effort: returns warnings, raises nothing.
         """
         if self._executor is None:
             raise RuntimeError(f"{self!r} is not started")
         # The worker thread is inside the netns (see _open), so its /proc/sys/net is.
         where = f" (netns {self.netns})" if self.netns else ""
-        warnings = await self._call(_write_sysctls, _HASH_POLICY_SYSCTLS, "1")
+        warnings = await self._call(_set_hash_policy)
         return [warning + where for warning in warnings]
+
+
+def _set_hash_policy() -> list[str]:
+    warnings = []
+    for family in ("ipv4", "ipv6"):
+        if not _write_sysctls([f"net.{family}.fib_multipath_hash_fields"], "0x0037"):
+            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "3")
+        else:  # no custom fields on this kernel: plain L4 hashing
+            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "1")
+    return warnings
 
 
 def _write_sysctls(keys: Sequence[str], value: str) -> list[str]:

@@ -320,12 +320,14 @@ async def test_start_refuses_a_missing_namespace_and_does_not_create_it() -> Non
 @pytest.mark.netns
 async def test_multipath_hash_policy_is_set_for_both_families_inside_the_namespace(
         lab: Lab) -> None:
-    keys = ("net.ipv4.fib_multipath_hash_policy", "net.ipv6.fib_multipath_hash_policy")
+    keys = ("net.ipv4.fib_multipath_hash_policy", "net.ipv6.fib_multipath_hash_policy",
+            "net.ipv4.fib_multipath_hash_fields", "net.ipv6.fib_multipath_hash_fields")
     root_before = sh("sysctl", "-n", *keys)
 
     assert await lab.routes.set_multipath_hash_policy() == []
 
-    assert sh("sysctl", "-n", *keys, netns=lab.node).split() == ["1", "1"]
+    # Policy 3 on the 5-tuple (0x37: addresses, protocol, ports) on this kernel (>= 5.12).
+    assert sh("sysctl", "-n", *keys, netns=lab.node).split() == ["3", "3", "0x0037", "0x0037"]
     assert sh("sysctl", "-n", *keys) == root_before, "the root namespace was touched"
 
 
