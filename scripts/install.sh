@@ -10,20 +10,25 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 had_bird=0; command -v bird >/dev/null 2>&1 && had_bird=1
+had_containerd=0; command -v containerd >/dev/null 2>&1 && had_containerd=1
 need_apt=0
-for bin in bird birdc ip ping python3; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+for bin in bird birdc ip ping python3 containerd ctr runc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
 [ -x /usr/lib/cni/tuning ] || need_apt=1  # reference CNI plugins: real peers in the CNI tests
+# containerd as a real runtime in the CNI tests; its sandbox image is a static busybox.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt=1
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  packages="bird2 iproute2 iputils-ping containernetworking-plugins"
+  packages="bird2 iproute2 iputils-ping containernetworking-plugins containerd runc busybox-static"
   # Debian's own python3 needs python3-venv for `python3 -m venv`.
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages="$packages python3 python3-venv"
   apt-get install -y -qq --no-install-recommends $packages >/dev/null
   # Debian's package starts a system BIRD where it can. flock runs BIRDs of its own, so
   # stop the one this script just brought in (never one that was there before).
   if [ "$had_bird" = 0 ]; then systemctl disable --now bird >/dev/null 2>&1 || true; fi
+  # Likewise containerd: the tests start their own, inside a node netns.
+  if [ "$had_containerd" = 0 ]; then systemctl disable --now containerd >/dev/null 2>&1 || true; fi
 fi
 
 python3 -m venv .venv

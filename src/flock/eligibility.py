@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
 READY_AND_NOT_TERMINATING = "ready-and-not-terminating"
 READY_ONLY = "ready-only"
 RULES = (READY_AND_NOT_TERMINATING, READY_ONLY)
