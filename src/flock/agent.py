@@ -49,11 +49,13 @@ class Agent:
         self.metrics = Metrics()
         self.store = AllocationStore(config.state_dir)
         self.pods = PodCache(config.node_name, config.eligibility)
-        self.routes = NetlinkRoutes(protocol=config.route_protocol, netns=config.host_netns)
+        self.routes = NetlinkRoutes(protocol=config.route_protocol, netns=config.host_netns,
+                                    proc=config.proc_path)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)
         self.events = EventPoster(api)
-        self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol)
+        self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol,
+                                  proc=config.proc_path)
         self.cni = CniServer(config=config, store=self.store, network=self.network,
                              lookup_pod=self.lookup_pod, events=self.events)
         self.pod_cidrs: tuple[IPNetwork, ...] = ()
@@ -172,11 +174,22 @@ class Agent:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain")
 
 
+def check_host(config: AgentConfig) -> None:
+    """What the config points at on this host must exist. Raises ConfigError."""
+    if not os.path.isdir(os.path.join(config.proc_path, "sys", "net", "ipv4")):
+        raise ConfigError(f"procPath: {config.proc_path}/sys/net/ipv4 does not exist "
+                          f"(in a container, is the host's /proc mounted at {config.proc_path}?)")
+    if config.host_netns is not None and not os.path.exists(f"/run/netns/{config.host_netns}"):
+        raise ConfigError(f"hostNetns: no network namespace named {config.host_netns!r} (/run/netns)")
+
+
 def config_from_environment() -> AgentConfig:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise ConfigError(f"set {CONFIG_ENV} to the agent's config file")
-    return load_config(path)
+    config = load_config(path)
+    check_host(config)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
-        load_config(args.config)  # fail fast, with one line, before kopf starts
+        check_host(load_config(args.config))  # fail fast, with one line, before kopf starts
     except FlockError as exc:
         print(f"flock-agent: {exc}", file=sys.stderr)
         return 2

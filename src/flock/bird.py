@@ -48,7 +48,15 @@ import jinja2
 from flock.birdview import BirdView
 from flock.errors import BirdConfigRejected, BirdError, BirdUnavailable
 
-TEMPLATE_DIR = pathlib.Path(__file__).resolve().parents[2] / "bird"
+
+def _template_dir() -> pathlib.Path:
+    # Installed: the templates ship as flock/birdtemplates (see pyproject.toml).
+    # From a checkout (editable install, tests): the repository's top-level bird/.
+    installed = pathlib.Path(__file__).resolve().parent / "birdtemplates"
+    return installed if installed.is_dir() else pathlib.Path(__file__).resolve().parents[2] / "bird"
+
+
+TEMPLATE_DIR = _template_dir()
 """flock's own templates (the repository's top-level ``bird/``)."""
 DEFAULT_TEMPLATE = TEMPLATE_DIR / "bird.conf.j2"
 

@@ -83,6 +83,9 @@ class AgentConfig:
     """Period of a full kernel route dump that repairs drift, seconds. Default 30."""
     listen: str = "0.0.0.0:9964"
     """host:port serving /healthz and /metrics. Default 0.0.0.0:9964."""
+    proc_path: str = "/proc"
+    """Where procfs is mounted, for sysctl writes. In a container, a host /proc mount
+    (e.g. /host/proc): runtimes mount the container's own /proc/sys read-only. Default /proc."""
     eligibility: str = READY_AND_NOT_TERMINATING
     """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
     old rule, kept only for the lab's comparison run; never use it in production."""
@@ -187,6 +190,7 @@ def _parse_bird(value: Any) -> BirdConfig:
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
     "routeProtocol", "tickSeconds", "resyncSeconds", "bird", "listen", "eligibility",
+    "procPath",
 }
 
 
@@ -240,6 +244,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
         bird=_parse_bird(data["bird"]),
         listen=listen,
         eligibility=eligibility,
+        proc_path=_string(data.get("procPath", "/proc"), "procPath"),
     )
 
 

@@ -303,12 +303,14 @@ class NetlinkRoutes:
     before anything else and :meth:`close` at the end.
     """
 
-    def __init__(self, *, protocol: int, netns: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, *, protocol: int, netns: str | None = None, timeout: float = 10.0,
+                 proc: str = "/proc") -> None:
         if not 0 < protocol < 256:
             raise ValueError(f"route protocol must be 1-255, not {protocol}")
         self.protocol = protocol
         self.netns = netns
         self.timeout = timeout
+        self.proc = proc  # where procfs is mounted (sysctls); a host /proc in a container
         self.writes = 0
         """Netlink write requests sent (replace and delete, retries included)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -591,26 +593,26 @@ class NetlinkRoutes:
             raise RuntimeError(f"{self!r} is not started")
         # The worker thread is inside the netns (see _open), so its /proc/sys/net is.
         where = f" (netns {self.netns})" if self.netns else ""
-        warnings = await self._call(_set_hash_policy)
+        warnings = await self._call(_set_hash_policy, self.proc)
         return [warning + where for warning in warnings]
 
 
-def _set_hash_policy() -> list[str]:
+def _set_hash_policy(proc: str) -> list[str]:
     warnings = []
     for family in ("ipv4", "ipv6"):
-        if not _write_sysctls([f"net.{family}.fib_multipath_hash_fields"], "0x0037"):
-            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "3")
+        if not _write_sysctls([f"net.{family}.fib_multipath_hash_fields"], "0x0037", proc):
+            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "3", proc)
         else:  # no custom fields on this kernel: plain L4 hashing
-            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "1")
+            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "1", proc)
     return warnings
 
 
-def _write_sysctls(keys: Sequence[str], value: str) -> list[str]:
+def _write_sysctls(keys: Sequence[str], value: str, proc: str = "/proc") -> list[str]:
     """Write ``value`` to each sysctl of the calling thread's netns; warnings for failures."""
     warnings = []
     for key in keys:
         try:
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as file:
+            with open(f"{proc}/sys/" + key.replace(".", "/"), "w") as file:
                 file.write(value)
         except OSError as exc:
             warnings.append(f"set {key}={value}: {exc.strerror or exc}")

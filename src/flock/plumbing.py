@@ -92,9 +92,10 @@ async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *ar
     return await asyncio.wait_for(future, seconds)
 
 
-def _conf(family: str, ifname: str, key: str) -> str:
-    # Interface names may contain dots, so build the /proc path directly.
-    return f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+def _conf(proc: str, family: str, ifname: str, key: str) -> str:
+    # Interface names may contain dots, so build the path directly. procfs shows the
+    # sysctls of the netns of the thread that opens the file, whichever mount it uses.
+    return f"{proc}/sys/net/{family}/conf/{ifname}/{key}"
 
 
 def _write(path: str, value: str) -> None:
@@ -119,7 +120,7 @@ def _family(ip: IPAddress) -> int:
 
 
 def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
-              protocol: int) -> str:
+              protocol: int, proc: str) -> str:
     with IPRoute() as ipr:
         stale = _index(ipr, host_ifname)
         if stale is not None:  # left by an ADD that did not finish; the record was released
@@ -132,10 +133,10 @@ def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[I
         index = _index(ipr, host_ifname)
         if index is None:
             raise OSError(errno.ENODEV, f"{host_ifname} vanished right after creation")
-        _write(_conf("ipv6", host_ifname, "accept_dad"), "0")
+        _write(_conf(proc, "ipv6", host_ifname, "accept_dad"), "0")
         # Loose reverse-path filtering: a terminating pod's in-flight replies (source = the
         # anycast IP) must pass once its next hop has left the anycast route.
-        _write(_conf("ipv4", host_ifname, "rp_filter"), "2")
+        _write(_conf(proc, "ipv4", host_ifname, "rp_filter"), "2")
         ipr.addr("add", index=index, address=GATEWAY_V4, prefixlen=32)
         ipr.addr("add", index=index, address=GATEWAY_V6, prefixlen=64, flags=_IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
@@ -145,12 +146,12 @@ def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[I
         return _mac(ipr, index)
 
 
-def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddress]) -> str:
+def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddress], proc: str) -> str:
     with IPRoute() as ipr:
         index = _index(ipr, ifname)
         if index is None:
             raise OSError(errno.ENODEV, f"{ifname} did not arrive in the pod's netns")
-        _write(_conf("ipv6", ifname, "accept_dad"), "0")
+        _write(_conf(proc, "ipv6", ifname, "accept_dad"), "0")
         for ip in pod_ips:
             ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, flags=_IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
@@ -222,17 +223,19 @@ def _pod_check(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAd
 class PodNetwork:
     """Sets up, checks and tears down pods' networks from the node's netns."""
 
-    def __init__(self, *, host_netns: str | None, protocol: int, timeout: float = 30.0) -> None:
+    def __init__(self, *, host_netns: str | None, protocol: int, timeout: float = 30.0,
+                 proc: str = "/proc") -> None:
         self.host_path = f"/run/netns/{host_netns}" if host_netns else None
         self.protocol = protocol
         self.timeout = timeout
+        self.proc = proc
 
     async def add(self, *, host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
                   anycast: Sequence[IPAddress]) -> PlumbedPod:
         try:
             host_mac = await in_netns(self.host_path, self.timeout, _host_add, host_ifname, ifname,
-                                      pod_netns, pod_ips, self.protocol)
-            pod_mac = await in_netns(pod_netns, self.timeout, _pod_add, ifname, pod_ips, anycast)
+                                      pod_netns, pod_ips, self.protocol, self.proc)
+            pod_mac = await in_netns(pod_netns, self.timeout, _pod_add, ifname, pod_ips, anycast, self.proc)
         except (OSError, NetlinkError, TimeoutError) as exc:
             raise PlumbingError(f"set up {host_ifname} <-> {ifname} in {pod_netns}: {_describe(exc)}") from exc
         return PlumbedPod(host_mac=host_mac, pod_mac=pod_mac)
@@ -258,7 +261,7 @@ class PodNetwork:
         """IPv4 and IPv6 forwarding in the node's netns (pods' traffic is routed). Warnings."""
         def write() -> list[str]:
             warnings = []
-            for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+            for path in (f"{self.proc}/sys/net/ipv4/ip_forward", f"{self.proc}/sys/net/ipv6/conf/all/forwarding"):
                 try:
                     with open(path, "w") as f:
                         f.write("1")

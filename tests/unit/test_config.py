@@ -62,3 +62,12 @@ def test_unreadable_and_non_yaml_files_are_config_errors(tmp_path: pathlib.Path)
     bad.write_text("nodeName: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_an_agent_pointed_at_a_missing_procfs_or_netns_refuses_to_start(tmp_path: pathlib.Path) -> None:
+    from flock.agent import check_host
+
+    with pytest.raises(ConfigError, match="procPath"):
+        check_host(parse_config({**BASE, "procPath": str(tmp_path)}, environ={}))
+    with pytest.raises(ConfigError, match="hostNetns"):
+        check_host(parse_config({**BASE, "hostNetns": "flk-never-made"}, environ={}))
