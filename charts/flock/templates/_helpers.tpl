@@ -1,0 +1,76 @@
+{{/* Names and labels shared by every manifest. */}}
+
+{{- define "flock.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "flock.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "flock.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flock.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "flock.labels" -}}
+{{ include "flock.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "flock.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "flock.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "flock.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The port of `listen` (host:port), for the probes and the metrics Service. */}}
+{{- define "flock.metricsPort" -}}
+{{- regexFind "[0-9]+$" .Values.listen -}}
+{{- end -}}
+
+{{/* Fixed paths inside the pod (not values: nothing outside the pod sees them). */}}
+{{- define "flock.configDir" -}}/etc/flock{{- end -}}
+{{- define "flock.birdConfigPath" -}}/etc/bird/bird.conf{{- end -}}
+{{- define "flock.birdSocket" -}}/run/bird/bird.ctl{{- end -}}
+
+{{/*
+flock-agent's config, from the values. routerId may be the placeholder `fromNodeIP`,
+which the render-config init container replaces with the node's IPv4 address (the
+agent's loader needs a concrete address and does not expand variables).
+*/}}
+{{- define "flock.agentConfig" -}}
+{{- $bird := dict
+    "configPath" (include "flock.birdConfigPath" .)
+    "socket" (include "flock.birdSocket" .)
+    "asn" .Values.bird.asn
+    "routerId" .Values.bird.routerId
+    "peers" (.Values.bird.peers | default list)
+    "timeoutSeconds" .Values.bird.timeoutSeconds -}}
+{{- $config := dict
+    "stateDir" .Values.stateDir
+    "cniSocket" .Values.cniSocket
+    "anycastPools" (.Values.anycastPools | default list)
+    "routeProtocol" .Values.routeProtocol
+    "tickSeconds" .Values.tickSeconds
+    "resyncSeconds" .Values.resyncSeconds
+    "listen" .Values.listen
+    "procPath" "/host/proc"
+    "bird" $bird -}}
+{{- if .Values.podCIDRs -}}
+{{- $_ := set $config "podCIDRs" .Values.podCIDRs -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
