@@ -6,15 +6,17 @@ pyroute2's ``AsyncIPRoute`` does not run on uvloop and its sync ``IPRoute`` cann
 called from inside a running loop. :class:`FakeRoutes` is the in-memory stand-in for
 unit tests. Every netlink failure leaves this module as a :class:`~flock.errors.RouteError`.
 
-Writes go through pyroute2 (``IPRoute(netns=..., flags=0)``: without ``flags=0`` a
-missing netns would silently be *created*). Every route is written with ``replace``
-(NLM_F_REPLACE|NLM_F_CREATE), ``proto=<routeProtocol>``, table main, scope universe and
+Writes go through pyroute2, opened on the worker thread after it entered ``hostNetns``
+(flock.netns). A prefix flock already routes is written with ``replace``
+(NLM_F_REPLACE|NLM_F_CREATE), a new one with ``add`` (NLM_F_CREATE|NLM_F_EXCL, see below);
+both with ``proto=<routeProtocol>``, table main, scope universe and
 no metric: the metric is part of a route's key, so all of flock's routes share the
 kernel default (0 for IPv4, 1024 for IPv6). One next hop is written in the plain
 ``via X dev Y`` shape, several as one RTA_MULTIPATH route. Deletes carry ``proto`` too,
 so the kernel never deletes another protocol's route for the same prefix (it answers
-ESRCH, which counts as "already gone"). Note that ``replace`` itself does not match on
-protocol: it takes over a foreign route of the same prefix and metric.
+ESRCH, which counts as "already gone"). ``replace`` itself does not match on protocol:
+it would take over a foreign route of the same prefix and metric, which is why a prefix
+flock does not route yet is added create-exclusive (EEXIST: flock leaves it alone).
 
 Reads do not go through pyroute2. Why, measured on this machine with
 bench/route_dump.py (5,000 flock routes: 508 IPv4 + 4,492 IPv6, a third of them
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import dataclasses
 import errno
 import functools
@@ -59,6 +60,8 @@ from pyroute2 import IPRoute, NetlinkError
 
 from flock.errors import RouteError
 from flock.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
+from flock.netns import enter as enter_netns
+from flock.netns import named as named_netns
 from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,6 @@ _RTA_TABLE: Final = 15
 _RTA_NH_ID: Final = 30
 _IFLA_IFNAME: Final = 3
 _IP6_RT_PRIO_USER: Final = 1024  # the kernel's metric for an IPv6 route written without one
-_CLONE_NEWNET: Final = 0x40000000
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags:
@@ -103,7 +105,6 @@ _U32 = struct.Struct("=I")
 _RECV_BUFFER: Final = 1 << 20  # far above the kernel's 32 KiB dump chunks
 _DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is redone
 _APPLY_SLICE: Final = 0.05  # seconds of edits per trip to the worker thread
-_NETNS_DIR: Final = "/var/run/netns"  # where `ip netns` keeps named namespaces
 
 
 def _align4(length: int) -> int:
@@ -365,7 +366,7 @@ class NetlinkRoutes:
         where = f" in netns {self.netns}" if self.netns else ""
         try:
             if self.netns is not None:
-                _enter_netns(self.netns)
+                enter_netns(named_netns(self.netns))
             self._ipr = IPRoute(groups=0)
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             self._dumper = _RtnlDumper(sock, self.timeout)
@@ -617,18 +618,6 @@ def _write_sysctls(keys: Sequence[str], value: str, proc: str = "/proc") -> list
         except OSError as exc:
             warnings.append(f"set {key}={value}: {exc.strerror or exc}")
     return warnings
-
-
-def _enter_netns(netns: str) -> None:
-    """Move the calling thread (only) into the named network namespace. Raises OSError."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(os.path.join(_NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            errno_ = ctypes.get_errno()
-            raise OSError(errno_, f"setns into {netns}: {os.strerror(errno_)}")
-    finally:
-        os.close(fd)
 
 
 class FakeRoutes:

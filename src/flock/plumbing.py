@@ -15,7 +15,6 @@ a pod's namespace.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import errno
 import logging
@@ -30,6 +29,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from flock.errors import FlockError
 from flock.model import IPAddress
+from flock.netns import enter as enter_netns
+from flock.netns import named as named_netns
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::1"
 GATEWAYS: dict[int, str] = {4: GATEWAY_V4, 6: GATEWAY_V6}
 
-_CLONE_NEWNET = 0x40000000
 _IFA_F_NODAD = 0x02
 _RT_SCOPE_LINK = 253
 
@@ -52,17 +52,6 @@ class PlumbingError(FlockError):
 class PlumbedPod:
     host_mac: str
     pod_mac: str
-
-
-def _enter_netns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"setns into {path}: {os.strerror(code)}")
-    finally:
-        os.close(fd)
 
 
 async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *args: Any) -> T:
@@ -81,7 +70,7 @@ async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *ar
     def target() -> None:
         try:
             if path is not None:
-                _enter_netns(path)
+                enter_netns(path)
             result = func(*args)
         except BaseException as exc:
             loop.call_soon_threadsafe(settle, None, exc)
@@ -225,7 +214,7 @@ class PodNetwork:
 
     def __init__(self, *, host_netns: str | None, protocol: int, timeout: float = 30.0,
                  proc: str = "/proc") -> None:
-        self.host_path = f"/run/netns/{host_netns}" if host_netns else None
+        self.host_path = named_netns(host_netns) if host_netns else None
         self.protocol = protocol
         self.timeout = timeout
         self.proc = proc

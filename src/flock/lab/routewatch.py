@@ -9,11 +9,9 @@ This is how the lab measures withdrawal latency and counts route changes at the 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import ipaddress
 import json
-import os
 import select
 import socket
 import struct
@@ -21,6 +19,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable
+
+from flock.netns import enter as enter_netns
+from flock.netns import named as named_netns
 
 _RTMGRP_IPV4_ROUTE = 0x40
 _RTMGRP_IPV6_ROUTE = 0x400
@@ -103,13 +104,7 @@ def _socket_in(netns: str) -> socket.socket:
 
     def opener() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, 0x40000000) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
+            enter_netns(named_netns(netns))
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE: never drop a change
