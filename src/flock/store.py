@@ -134,6 +134,7 @@ class AllocationStore:
         path = self.records_dir / f"{_safe_name(container_id)}.json"
         try:
             await aiofiles.os.remove(path)
+            await aiofiles.os.wrap(_fsync_dir)(path.parent)  # or a crash could bring it back
         except FileNotFoundError:
             pass
         except OSError as exc:

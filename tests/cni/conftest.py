@@ -106,7 +106,7 @@ async def cni_node(make_netns, birds, cluster: FakeCluster, agents, tmp_path: pa
     agents.append(agent)
     agent.start()
     node = CniNode(netns, cluster, agent, bin_dir, json.loads(conf.read_text()), make_netns)
-    await eventually(lambda: pathlib.Path(config["cniSocket"]).exists(), within=30, what="the agent's CNI socket")
+    await eventually(lambda: pathlib.Path(config["cniSocket"]).exists(), within=60, what="the agent's CNI socket")
     yield node
 
 

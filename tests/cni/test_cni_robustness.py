@@ -161,3 +161,24 @@ async def test_a_reference_plugin_chained_after_flock_accepts_its_result(cni_nod
     assert (await node.cni("DEL", "chained", path, pod="chained")).code == 0
     assert node_veths(node.netns) == set()
     await asyncio.sleep(0)
+
+
+# Two container ids whose SHA-256 share their first 8 hex digits (flockb640bc06).
+COLLIDING = ("61a18d75421cf0ad0cadd99639dec16c87eaeb7b563286cd3720bedbf25366e3",
+             "d6a097977506a1fe8bac88b21c8fa0f1720bb1ab90789763fdb4aa803843730a")
+
+
+async def test_containers_whose_veth_names_collide_keep_their_own_networks(cni_node: CniNode) -> None:
+    node = cni_node
+    (_, path_a), (_, path_b) = node.pod_netns(), node.pod_netns()
+    a = await node.cni("ADD", COLLIDING[0], path_a, pod="a")
+    b = await node.cni("ADD", COLLIDING[1], path_b, pod="b")
+    assert a.code == 0 and b.code == 0, a.raw + b.raw
+    veth_a, veth_b = a.output["interfaces"][0]["name"], b.output["interfaces"][0]["name"]
+    assert veth_a == "flockb640bc06" and veth_b != veth_a
+    assert (await node.cni("CHECK", COLLIDING[0], path_a, pod="a")).code == 0, "B's ADD broke A"
+
+    assert (await node.cni("DEL", COLLIDING[1], path_b, pod="b")).code == 0
+    assert (await node.cni("DEL", COLLIDING[1], "", pod="b")).code == 0  # containerd's second DEL
+    assert (await node.cni("CHECK", COLLIDING[0], path_a, pod="a")).code == 0, "B's DELs broke A"
+    assert node_veths(node.netns) == {veth_a}

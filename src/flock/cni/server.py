@@ -58,9 +58,14 @@ PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 """(namespace, name) -> the Pod as the API returns it, None if it does not exist."""
 
 
-def host_ifname(container_id: str) -> str:
-    """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256."""
-    return "flock" + hashlib.sha256(container_id.encode()).hexdigest()[:8]
+def host_ifname(container_id: str, attempt: int = 0) -> str:
+    """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256.
+
+    32 bits collide now and then over a node's life: ``attempt`` > 0 derives the next
+    candidate, for when another live container already owns the first.
+    """
+    seed = container_id if attempt == 0 else f"{container_id}#{attempt}"
+    return "flock" + hashlib.sha256(seed.encode()).hexdigest()[:8]
 
 
 @dataclasses.dataclass
@@ -157,7 +162,7 @@ class CniServer:
         pod = PodRef(request.pod_namespace, request.pod_name, request.pod_uid)
         anycast = await self._anycast_for(pod)
         pod_ips = self._choose_addresses()
-        allocation = Allocation(container, pod, host_ifname(container), pod_ips, (), AllocationState.PENDING)
+        allocation = Allocation(container, pod, self._free_ifname(container), pod_ips, (), AllocationState.PENDING)
         await self.store.put(allocation)  # durable before any plumbing: a crash leaves a record
         try:
             plumbed = await self.network.add(host_ifname=allocation.host_ifname, ifname=request.ifname,
@@ -206,6 +211,11 @@ class CniServer:
             self.events.post(Event(ref, "Warning", "AnycastRejected", f"{reason}; not configured on the pod"))
         return tuple(allowed)
 
+    def _free_ifname(self, container: ContainerID) -> str:
+        """The container's veth name, skipping names another container's record owns."""
+        owned = {a.host_ifname for a in self.store.all() if a.container_id != container}
+        return next(name for attempt in range(1000) if (name := host_ifname(container, attempt)) not in owned)
+
     def _choose_addresses(self) -> tuple[IPAddress, ...]:
         assert self.pod_cidrs is not None
         used = {ip for allocation in self.store.all() for ip in allocation.pod_ips}
@@ -231,8 +241,11 @@ class CniServer:
     async def _delete(self, request: CniRequest) -> None:
         allocation = self.store.get(ContainerID(request.container_id))
         if allocation is None:
-            # Unknown container, or a repeated DEL: make sure no veth is left, and succeed.
-            await self._remove_veth(host_ifname(request.container_id))
+            # Unknown container, or a repeated DEL: make sure no veth of its is left, and
+            # succeed. Never touch a veth whose name a live container's record owns.
+            name = host_ifname(request.container_id)
+            if not any(a.host_ifname == name for a in self.store.all()):
+                await self._remove_veth(name)
             return
         await self._release(allocation)
         logger.info("pod unplumbed pod=%s container=%s dev=%s", allocation.pod, request.container_id[:12],
