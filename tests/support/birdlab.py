@@ -37,7 +37,6 @@ import ipaddress
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
+from flock.lab.topology import tor_bird_config
 from tests.support.netns import sh
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -200,49 +200,12 @@ class Birds:
 # ---------------------------------------------------------------------------
 
 
-def peer_name(address: IPAddress) -> str:
-    return "node_" + re.sub(r"[^0-9A-Za-z]", "_", str(address))
-
-
 def tor_config(*, router_id: IPAddress | str, asn: int,
                neighbors: Iterable[tuple[IPAddress, int]]) -> str:
-    """bird.conf of a top-of-rack router: eBGP to each (address, asn) node neighbour.
-
-    The ToR accepts everything its nodes announce, announces nothing back, and writes its
-    best routes to its kernel table with ``merge paths on``, so an anycast prefix that
-    several nodes announce becomes one ECMP route (``ip route`` shows several nexthops).
-    """
-    sessions = []
-    for address, peer_asn in neighbors:
-        family = f"ipv{address.version}"
-        sessions.append(f"""
-protocol bgp {peer_name(address)} {{
-\tlocal as {asn};
-\tneighbor {address} as {peer_asn};
-\tconnect retry time 5;
-\t{family} {{
-\t\timport all;
-\t\texport none;
-\t}};
-}}
-""")
-    return f"""# top-of-rack router for flock tests (tests/support/birdlab.py)
-log stderr all;
-router id {router_id};
-
-protocol device {{
-}}
-
-protocol kernel kernel4 {{
-\tipv4 {{ import none; export all; }};
-\tmerge paths on;	# several equal BGP paths -> one multipath kernel route
-}}
-
-protocol kernel kernel6 {{
-\tipv6 {{ import none; export all; }};
-\tmerge paths on;
-}}
-{"".join(sessions)}"""
+    """bird.conf of a top-of-rack router: the lab's (flock.lab.topology), so the tests and
+    the lab run the same ToR. It accepts everything its nodes announce, announces nothing
+    back, and writes its best routes to its kernel with ``merge paths on`` (ECMP)."""
+    return tor_bird_config(str(router_id), [(str(address), peer_asn) for address, peer_asn in neighbors], asn)
 
 
 # ---------------------------------------------------------------------------

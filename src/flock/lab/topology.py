@@ -83,16 +83,17 @@ def connect(a: str, b: str, index: int) -> Link:
     return link
 
 
-def tor_bird_config(router_id: str, neighbors: Iterable[tuple[str, int]]) -> str:
-    """A top-of-rack BIRD: eBGP to every node address, ECMP (merge paths) into its kernel."""
+def tor_bird_config(router_id: str, neighbors: Iterable[tuple[str, int]], asn: int = TOR_ASN) -> str:
+    """A top-of-rack BIRD: eBGP to every node address (one session per address, its own
+    family), accepting everything, announcing nothing, ECMP (merge paths) into its kernel."""
     sessions = "".join(f"""
 protocol bgp node_{address.replace('.', '_').replace(':', '_')} {{
-\tlocal as {TOR_ASN};
-\tneighbor {address} as {asn};
+\tlocal as {asn};
+\tneighbor {address} as {peer_asn};
 \thold time 9; keepalive time 3; connect retry time 2;
 \tipv{ipaddress.ip_address(address).version} {{ import all; export none; }};
 }}
-""" for address, asn in neighbors)
+""" for address, peer_asn in neighbors)
     return f"""# top-of-rack router of flock's lab
 log stderr all;
 router id {router_id};
