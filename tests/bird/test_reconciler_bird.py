@@ -1,0 +1,68 @@
+"""The reconciler with a real BIRD: a config BIRD rejects is reported on the Node, the
+previous one stays live, and the next pass retries."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+
+from flock.bird import BirdControl, render_bird_conf
+from flock.birdview import bird_view
+from flock.kube import RecordingEvents
+from flock.metrics import Metrics
+from flock.model import IPAddress
+from flock.netlink import FakeRoutes
+from flock.podcache import PodCache
+from flock.reconciler import Reconciler
+from flock.store import AllocationStore
+from tests.support import birdlab
+from tests.unit.factories import alloc, config, pod_body
+
+pytestmark = [pytest.mark.bird, pytest.mark.netns]
+
+
+async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_config_stays(
+        make_netns: Any, birds: birdlab.Birds, tmp_path: pathlib.Path) -> None:
+    daemon = birds.start(make_netns("node"), "router id 192.0.2.2;\nprotocol device {}\n")
+    agent_config = config()
+    templates = {"template": None}  # None: flock's own; a path: the operator's replacement
+
+    def render(active: frozenset[IPAddress]) -> str:
+        view = bird_view(config=agent_config, anycast=active, pod_cidrs=agent_config.pod_cidrs or ())
+        return render_bird_conf(view, templates["template"])
+
+    store = AllocationStore(tmp_path / "state")
+    await store.load()
+    await store.put(alloc("web-1", anycast=("198.51.100.10",)))
+    pods = PodCache("node-a")
+    pods.observe("ADDED", pod_body("web-1"))
+    events = RecordingEvents()
+    reconciler = Reconciler(config=agent_config, store=store, pods=pods, routes=FakeRoutes(),
+                            bird=BirdControl(config_path=daemon.config_path, socket=daemon.socket, timeout=10),
+                            render_bird=render, events=events, metrics=Metrics())
+    await reconciler.reconcile()
+    good = daemon.config_path.read_text()
+    assert "198.51.100.10/32" in good
+    assert "flock_originate_v4" in daemon.birdc("show", "protocols")
+
+    # An operator's template that renders something BIRD cannot parse.
+    broken = tmp_path / "bird.conf.j2"
+    broken.write_text('{% include "_protocols.j2" %}\nprotocol bgp broken { neighbor ; }\n')
+    templates["template"] = broken  # type: ignore[assignment]
+    await store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), anycast=("198.51.100.11",)))
+    pods.observe("ADDED", pod_body("web-2"))
+    for _ in range(3):
+        await reconciler.reconcile()
+
+    failures = [e for e in events.events if e.reason == "BirdReloadFailed"]
+    assert len(failures) == 1, "one Event per distinct failure, not one per pass"
+    assert failures[0].type == "Warning" and failures[0].involved.kind == "Node"
+    assert "rejected the new config" in failures[0].message
+    assert daemon.config_path.read_text() == good, "the previous config stays in place"
+    assert daemon.running() and "flock_originate_v4" in daemon.birdc("show", "protocols")
+
+    templates["template"] = None  # the operator fixes the template: the next pass applies
+    await reconciler.reconcile()
+    assert "198.51.100.11/32" in daemon.config_path.read_text()
