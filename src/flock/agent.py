@@ -30,6 +30,7 @@ from flock.kube import Event, EventPoster, KubeApi, ObjectRef
 from flock.metrics import Metrics
 from flock.model import IPAddress, IPNetwork
 from flock.netlink import NetlinkRoutes
+from flock.netns import named as named_netns
 from flock.plumbing import PodNetwork
 from flock.podcache import PodCache
 from flock.reconciler import Reconciler
@@ -179,8 +180,9 @@ def check_host(config: AgentConfig) -> None:
     if not os.path.isdir(os.path.join(config.proc_path, "sys", "net", "ipv4")):
         raise ConfigError(f"procPath: {config.proc_path}/sys/net/ipv4 does not exist "
                           f"(in a container, is the host's /proc mounted at {config.proc_path}?)")
-    if config.host_netns is not None and not os.path.exists(f"/run/netns/{config.host_netns}"):
-        raise ConfigError(f"hostNetns: no network namespace named {config.host_netns!r} (/run/netns)")
+    if config.host_netns is not None and not os.path.exists(named_netns(config.host_netns)):
+        raise ConfigError(f"hostNetns: no network namespace named {config.host_netns!r} "
+                          f"({named_netns(config.host_netns)})")
 
 
 def config_from_environment() -> AgentConfig:

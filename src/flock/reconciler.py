@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from flock.config import AgentConfig
@@ -90,7 +90,7 @@ class Reconciler:
         self._triggers.add(trigger)
         self._wakeup.set()
 
-    async def run(self, on_resync: Callable[[], object] | None = None) -> None:
+    async def run(self, on_resync: Callable[[], Awaitable[None]] | None = None) -> None:
         """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""
         while True:
             try:
@@ -103,9 +103,7 @@ class Reconciler:
             full = time.monotonic() - self._last_resync >= self.config.resync_seconds
             try:
                 if full and on_resync is not None:
-                    result = on_resync()
-                    if asyncio.iscoroutine(result):
-                        await result
+                    await on_resync()
                 await self.reconcile(full_view=full, trigger=",".join(sorted(triggers)))
             except asyncio.CancelledError:
                 raise

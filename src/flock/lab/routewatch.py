@@ -3,7 +3,8 @@
 A raw rtnetlink socket opened inside the namespace joins the IPv4 and IPv6 route groups;
 a thread reads it, and for every change of a watched prefix records the time it was
 announced (CLOCK_MONOTONIC) and the route's next hops right after (read with ``ip -j``).
-This is how the lab measures withdrawal latency and counts route changes at the ToR.
+This is how the lab measures withdrawal latency and counts route changes at the ToR;
+the tests' netlink monitor uses the same socket and parser.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class RouteWatch:
         self.current = {p: nexthops(netns, p) for p in self.prefixes}
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._sock = _socket_in(netns)
+        self._sock = route_socket(netns)
         self._thread = threading.Thread(target=self._run, name=f"routewatch-{netns}", daemon=True)
         self._thread.start()
 
@@ -73,9 +74,10 @@ class RouteWatch:
             return [c for c in self.changes if c.prefix == prefix]
 
     def first_change_after(self, prefix: str, since: float, gone: str) -> float | None:
-        """When the next hop ``gone`` left ``prefix``'s route, first time after ``since``."""
+        """When no next hop starting with ``gone`` was left in ``prefix``'s route, first
+        time after ``since`` (``gone``: "via 192.0.2.6 dev fl1", or "via 203.0.113.2 dev ")."""
         for change in self.history(prefix):
-            if change.at >= since and gone not in change.nexthops:
+            if change.at >= since and not any(hop.startswith(gone) for hop in change.nexthops):
                 return change.at
         return None
 
@@ -89,7 +91,7 @@ class RouteWatch:
             except OSError:
                 continue
             now = time.monotonic()
-            touched = {p for p in _prefixes(data) if p in self.prefixes}
+            touched = {n.prefix for n in notifications(data) if n.prefix in self.prefixes}
             for prefix in sorted(touched):
                 hops = nexthops(self.netns, prefix)
                 with self._lock:
@@ -98,7 +100,7 @@ class RouteWatch:
                         self.changes.append(RouteChange(now, prefix, hops))
 
 
-def _socket_in(netns: str) -> socket.socket:
+def route_socket(netns: str) -> socket.socket:
     """A route-group netlink socket that belongs to ``netns`` (opened from a thread inside it)."""
     result: dict[str, socket.socket | BaseException] = {}
 
@@ -106,8 +108,8 @@ def _socket_in(netns: str) -> socket.socket:
         try:
             enter_netns(named_netns(netns))
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE: never drop a change
+            with contextlib.suppress(OSError):  # SO_RCVBUFFORCE: a burst of changes is not dropped
+                sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
             sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE))
             result["sock"] = sock
         except BaseException as exc:
@@ -121,26 +123,39 @@ def _socket_in(netns: str) -> socket.socket:
     return result["sock"]  # type: ignore[return-value]
 
 
-def _prefixes(data: bytes) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """One RTM_NEWROUTE / RTM_DELROUTE as the kernel announced it."""
+
+    kind: str  # "new" or "del"
+    prefix: str  # "198.51.100.10/32"; "default" / "default (v6)" for a default route
+    protocol: int  # rtm_protocol
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.prefix} proto {self.protocol}"
+
+
+def notifications(data: bytes) -> list[Notification]:
+    """The route notifications in one read from a route-group socket (others skipped)."""
     found = []
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+        length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
         if length < _NLMSGHDR.size:
             break
         if kind in (_RTM_NEWROUTE, _RTM_DELROUTE):
             body = offset + _NLMSGHDR.size
-            family, dst_len = data[body], data[body + 1]
+            family, dst_len, *_, protocol, _scope, _type, _flags = _RTMSG.unpack_from(data, body)
+            prefix = "default" if family == socket.AF_INET else "default (v6)"
             attr = body + _RTMSG.size
-            while attr + 4 <= offset + length:
-                alen, atype = _RTATTR.unpack_from(data, attr)
-                if alen < 4:
+            while attr + _RTATTR.size <= offset + length:
+                attr_len, attr_type = _RTATTR.unpack_from(data, attr)
+                if attr_len < _RTATTR.size:
                     break
-                if atype == _RTA_DST:
-                    raw = data[attr + 4:attr + alen]
-                    address = ipaddress.ip_address(bytes(raw)) if family in (socket.AF_INET, socket.AF_INET6) else None
-                    if address is not None:
-                        found.append(f"{address}/{dst_len}")
-                attr += (alen + 3) & ~3
+                if attr_type == _RTA_DST:
+                    raw = bytes(data[attr + _RTATTR.size:attr + attr_len])
+                    prefix = f"{ipaddress.ip_address(raw)}/{dst_len}"
+                attr += (attr_len + 3) & ~3
+            found.append(Notification("new" if kind == _RTM_NEWROUTE else "del", prefix, protocol))
         offset += (length + 3) & ~3
     return found

@@ -145,7 +145,7 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
             times = [watch.first_change_after(p, t0, tor_hop(pod.node, p)) for p in PREFIXES]
         else:
             where, watch = f"{pod.node.spec.name} drops the next hop", watches[pod.node.spec.netns]
-            times = [_first_without(watch, p, t0, pod_hop(pod, p)) for p in PREFIXES]
+            times = [watch.first_change_after(p, t0, pod_hop(pod, p)) for p in PREFIXES]
         latency = None if any(t is None for t in times) else max(times) - t0  # type: ignore[operator,type-var]
         pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency})
     changes = [{"at": c.at, "prefix": c.prefix, "where": "ToR" if netns == TOR else netns.removeprefix("flk-lab-"),
@@ -165,9 +165,3 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         "measuredAt": time.time(),
     }
 
-
-def _first_without(watch: RouteWatch, prefix: str, since: float, hop_start: str) -> float | None:
-    for change in watch.history(prefix):
-        if change.at >= since and not has_hop(change.nexthops, hop_start):
-            return change.at
-    return None
