@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import itertools
 import os
 import secrets
 import subprocess
@@ -26,10 +27,17 @@ def sh(*args: str, netns: str | None = None, check: bool = True, timeout: float 
     return done.stdout
 
 
+_serial = itertools.count()
+
+
 def new_name(role: str) -> str:
     # The creating process's pid is part of the name, so a test session only ever
     # clears namespaces whose creator is gone (several sessions may run at once).
-    return f"{PREFIX}{role}-{os.getpid()}-{secrets.token_hex(2)}"
+    # A per-process serial (everything before the last 4 hex digits) makes names unique
+    # within the process by construction: 16 random bits alone collided in CI, with a
+    # hundred pods in one test. The random part keeps a reused pid from meeting a
+    # leftover namespace of a dead creator.
+    return f"{PREFIX}{role}-{os.getpid()}-{next(_serial)}{secrets.token_hex(2)}"
 
 
 def create(name: str) -> str:
