@@ -96,3 +96,5 @@ class PodStatus:
     ref: PodRef
     eligible: bool
     reason: str = ""  # why not eligible: "terminating", "not ready"
+    anycast: frozenset[IPAddress] | None = None
+    """The valid IPs the pod's annotation lists now; None when not known (the allocation's count)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flock.annotation import ANNOTATION, parse_anycast
 from flock.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
 from flock.model import PodRef, PodStatus
 
@@ -21,7 +22,9 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
 
 def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING) -> PodStatus:
     reason = ineligibility_reason(body, rule)
-    return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "")
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    listed = frozenset(parse_anycast(annotations.get(ANNOTATION)).addresses)
+    return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "", anycast=listed)
 
 
 class PodCache:

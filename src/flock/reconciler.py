@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from flock.annotation import ANNOTATION
 from flock.config import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError, RouteError
 from flock.kube import Event, EventSink, ObjectRef
@@ -239,8 +240,7 @@ class Reconciler:
                 logger.info("anycast advertised pod=%s ip=%s", pod, address)
                 self.events.post(Event(ref, "Normal", "AnycastAdvertised", message))
             for address in sorted(before - after, key=lambda a: (a.version, int(a))):
-                status = pods.get((pod.namespace, pod.name))
-                why = status.reason if status is not None and status.reason else "deleted"
+                why = withdrawal_reason(pods.get((pod.namespace, pod.name)), address)
                 left = len(self._kernel.get(address, ()))
                 tail = (f"{left} next hop{'s' if left != 1 else ''} left" if left
                         else f"no next hop left, {node} no longer advertises it")
@@ -257,3 +257,13 @@ class Reconciler:
             self.events.post(Event(ref, "Warning", finding.reason, finding.message))
         self._reported = current
 
+
+def withdrawal_reason(status: PodStatus | None, address: IPAddress) -> str:
+    """Why a pod stopped serving an anycast IP, for the AnycastWithdrawn message."""
+    if status is None:
+        return "deleted"
+    if status.reason:
+        return status.reason
+    if status.anycast is not None and address not in status.anycast:
+        return f"no longer in its {ANNOTATION} annotation"
+    return "deleted"

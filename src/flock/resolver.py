@@ -1,9 +1,10 @@
 """The resolver: committed allocations × eligible pods -> anycast host routes.
 
-For every anycast IP of every committed allocation whose pod is eligible and whose
-address passes the pool policy, the route gets one next hop: the pod's eth0 address of
-the same family, on its host-side veth. Next hops are sorted (see model.sorted_nexthops),
-so the same inputs in any order give equal output, and a quiet pass diffs to nothing.
+For every anycast IP of every committed allocation whose pod is eligible, whose
+annotation still lists it and whose address passes the pool policy, the route gets one
+next hop: the pod's eth0 address of the same family, on its host-side veth. Next hops
+are sorted (see model.sorted_nexthops), so the same inputs in any order give equal
+output, and a quiet pass diffs to nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from flock.annotation import ANNOTATION
 from flock.config import AnycastPool
 from flock.model import (
     Allocation,
@@ -82,6 +84,11 @@ def resolve(
             continue
         status = matching_status(allocation, pods)
         eligible = status is not None and status.eligible
+        # The annotation may change after ADD. An IP taken off it stops being routed to the
+        # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
+        listed = status.anycast if status is not None else None
+        if listed is not None:
+            findings.extend(_added_after_start(allocation, listed, pools))
         for address in allocation.anycast:
             rejection = pool_rejection(address, allocation.pod.namespace, pools)
             if rejection:
@@ -94,7 +101,7 @@ def resolve(
                     f"{address} skipped: the pod has no IPv{address.version} address to route it to",
                 ))
                 continue
-            if eligible:
+            if eligible and (listed is None or address in listed):
                 nexthops[address].add(Nexthop(via=via, dev=allocation.host_ifname))
                 serving[allocation.pod].add(address)
     return Resolution(
@@ -102,6 +109,19 @@ def resolve(
         serving={pod: frozenset(addresses) for pod, addresses in serving.items()},
         findings=tuple(sorted(set(findings), key=_finding_order)),
     )
+
+
+def _added_after_start(allocation: Allocation, listed: frozenset[IPAddress],
+                       pools: Sequence[AnycastPool]) -> list[Finding]:
+    # IPs outside the pools were reported when the pod's network was set up (and are
+    # never routed anyway), so only the ones the pool policy allows are news.
+    return [
+        Finding(allocation.pod, address, REJECTED,
+                f"{address} not routed: added to {ANNOTATION} after the pod's network was set up, so it is "
+                f"not on the pod's lo; it takes effect when the pod is recreated")
+        for address in listed - set(allocation.anycast)
+        if pool_rejection(address, allocation.pod.namespace, pools) is None
+    ]
 
 
 def _finding_order(finding: Finding) -> tuple[str, str, int, int, str]:

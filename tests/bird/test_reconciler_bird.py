@@ -37,7 +37,7 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     await store.load()
     await store.put(alloc("web-1", anycast=("198.51.100.10",)))
     pods = PodCache("node-a")
-    pods.observe("ADDED", pod_body("web-1"))
+    pods.observe("ADDED", pod_body("web-1", anycast="198.51.100.10"))
     events = RecordingEvents()
     reconciler = Reconciler(config=agent_config, store=store, pods=pods, routes=FakeRoutes(),
                             bird=BirdControl(config_path=daemon.config_path, socket=daemon.socket, timeout=10),
@@ -52,7 +52,7 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     broken.write_text('{% include "_protocols.j2" %}\nprotocol bgp broken { neighbor ; }\n')
     templates["template"] = broken  # type: ignore[assignment]
     await store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), anycast=("198.51.100.11",)))
-    pods.observe("ADDED", pod_body("web-2"))
+    pods.observe("ADDED", pod_body("web-2", anycast="198.51.100.11"))
     for _ in range(3):
         await reconciler.reconcile()
 

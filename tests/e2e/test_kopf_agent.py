@@ -98,13 +98,29 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     assert "198.51.100.20/32" not in birdlab.kernel_prefixes(node), "another node's pod was routed"
     assert not any(e["involvedObject"]["name"] == "web-9" for e in cluster.events())
 
+    # kubectl annotate --overwrite on the running pod: the IP taken off is withdrawn...
+    await cluster.patch_pod("web-1", {"metadata": {"annotations": {"flock.io/anycast": "2001:db8:100::10"}}})
+    await eventually(lambda: node_routes(node) == {ANYCAST[1]}, within=10,
+                     what="the node stops routing the IP taken off the annotation")
+    await eventually(lambda: birdlab.has_none(tor, ANYCAST[:1]) and birdlab.has_all(tor, ANYCAST[1:]),
+                     within=10, what="the ToR loses only that prefix")
+    await eventually(lambda: len(cluster.events("AnycastWithdrawn")) == 1, within=10, what="one AnycastWithdrawn")
+    assert "no longer in its flock.io/anycast annotation" in cluster.events("AnycastWithdrawn")[0]["message"]
+    # ...and put back (it is still on the pod's lo from ADD), it is routed again.
+    await cluster.patch_pod("web-1", {"metadata": {"annotations": {
+        "flock.io/anycast": "198.51.100.10 2001:db8:100::10"}}})
+    await eventually(lambda: birdlab.has_all(tor, ANYCAST), within=10, what="the ToR learns the prefix again")
+    assert node_routes(node) == set(ANYCAST)
+    await eventually(lambda: len(cluster.events("AnycastAdvertised")) == 3, within=10,
+                     what="a third AnycastAdvertised Event")
+
     await cluster.mark_for_deletion("web-1")
     await eventually(lambda: birdlab.has_none(tor, ANYCAST), within=10,
                      what="the ToR loses the anycast prefixes once the pod is terminating")
     assert node_routes(node) == set()
-    await eventually(lambda: len(cluster.events("AnycastWithdrawn")) == 2, within=10,
-                     what="two AnycastWithdrawn Events")
-    assert all("pod terminating" in e["message"] for e in cluster.events("AnycastWithdrawn"))
+    await eventually(lambda: len(cluster.events("AnycastWithdrawn")) == 3, within=10,
+                     what="two more AnycastWithdrawn Events")
+    assert sum("pod terminating" in e["message"] for e in cluster.events("AnycastWithdrawn")) == 2
 
     # The agent's own requests: pods listed and watched for this node only, and never written.
     requests = cluster.agent_requests()

@@ -77,7 +77,8 @@ class Node:
         return self.reconciler
 
     def pod_event(self, index: int, **state: bool) -> None:
-        self.cache.observe("MODIFIED", pod_body(f"web-{index}", uid=f"uid-{index}", **state))
+        self.cache.observe("MODIFIED", pod_body(f"web-{index}", uid=f"uid-{index}",
+                                                    anycast="198.51.100.10, 2001:db8:100::10", **state))
 
 
 @pytest.fixture

@@ -28,15 +28,19 @@ def alloc(name: str, ips: tuple[str, ...] = ("192.0.2.10", "2001:db8::10"),
 
 
 def status(name: str, eligible: bool = True, *, namespace: str = "default", uid: str = "",
-           reason: str = "") -> tuple[tuple[str, str], PodStatus]:
+           reason: str = "", listed: tuple[str, ...] | None = None) -> tuple[tuple[str, str], PodStatus]:
+    """A pod's watched status; ``listed``: the IPs its annotation lists now (None: unknown)."""
     if not eligible and not reason:
         reason = "not ready"
-    return (namespace, name), PodStatus(PodRef(namespace, name, uid), eligible, reason)
+    anycast = None if listed is None else frozenset(ipaddress.ip_address(a) for a in listed)
+    return (namespace, name), PodStatus(PodRef(namespace, name, uid), eligible, reason, anycast)
 
 
 def pod_body(name: str, *, ready: bool = True, terminating: bool = False, node: str = "node-a",
-             namespace: str = "default", uid: str = "") -> dict[str, Any]:
+             namespace: str = "default", uid: str = "", anycast: str = "") -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}"}
+    if anycast:
+        meta["annotations"] = {"flock.io/anycast": anycast}
     if terminating:
         meta["deletionTimestamp"] = "2026-11-26T10:00:00Z"
     return {

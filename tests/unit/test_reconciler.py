@@ -77,7 +77,7 @@ async def add_pod(store: AllocationStore, pods: PodCache, name: str, ip4: str, i
                   ready: bool = True, anycast: tuple[str, ...] = ("198.51.100.10", "2001:db8:100::10"),
                   ) -> None:
     await store.put(alloc(name, ips=(ip4, ip6), anycast=anycast, uid=f"uid-{name}", dev=f"flock{name[-1]:0>8}"))
-    pods.observe("ADDED", pod_body(name, ready=ready))
+    pods.observe("ADDED", pod_body(name, ready=ready, anycast=",".join(anycast)))
 
 
 async def test_ready_pod_is_routed_then_advertised_and_announced(node) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +115,7 @@ async def test_terminating_pod_leaves_the_nexthop_set(node) -> None:  # type: ig
     recorder.log.clear()
     events.events.clear()
 
-    pods.observe("MODIFIED", pod_body("web-1", ready=True, terminating=True))
+    pods.observe("MODIFIED", pod_body("web-1", ready=True, terminating=True, anycast="198.51.100.10"))
     await reconciler.reconcile()
     assert recorder.log == ["replace 198.51.100.10/32 via 192.0.2.12 dev flock00000002"]  # no BIRD reload
     assert [(e.reason, e.message) for e in events.events] == [
@@ -127,7 +127,7 @@ async def test_last_pod_leaving_is_withdrawn_from_bird_before_the_route_goes(nod
     await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
     await reconciler.reconcile()
     recorder.log.clear()
-    pods.observe("MODIFIED", pod_body("web-1", ready=False))
+    pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
     await reconciler.reconcile()
     assert recorder.log == ["bird: ", "delete 198.51.100.10/32"]
     assert A4 not in recorder.routes.table
@@ -220,3 +220,23 @@ async def test_a_burst_of_wakeups_coalesces_into_a_few_passes(node) -> None:  # 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_annotation_edits_on_a_running_pod(node) -> None:  # type: ignore[no-untyped-def]
+    store, pods, recorder, events, reconciler = node
+    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
+    await reconciler.reconcile()
+    recorder.log.clear()
+    events.events.clear()
+
+    # kubectl annotate --overwrite: one IP taken off, one added.
+    pods.observe("MODIFIED", pod_body("web-1", anycast="2001:db8:100::10, 198.51.100.77"))
+    for _ in range(3):
+        await reconciler.reconcile()
+    assert recorder.log == ["bird: active 2001:db8:100::10", "delete 198.51.100.10/32"]
+    assert [(e.type, e.reason, e.message) for e in events.events] == [
+        ("Normal", "AnycastWithdrawn", "198.51.100.10/32 withdrawn from node-a: pod no longer in its "
+         "flock.io/anycast annotation; no next hop left, node-a no longer advertises it"),
+        ("Warning", "AnycastRejected", "198.51.100.77 not routed: added to flock.io/anycast after the pod's "
+         "network was set up, so it is not on the pod's lo; it takes effect when the pod is recreated"),
+    ]

@@ -155,3 +155,40 @@ def test_nothing_outside_the_pools_survives(specs) -> None:  # type: ignore[no-u
     result = resolve(allocations, pods, POOLS)
     for address in result.routes:
         assert any(address in pool.cidr for pool in POOLS if pool.cidr.version == address.version)
+
+
+# The annotation can change after the pod's network was set up (kubectl annotate).
+
+
+def test_ip_taken_off_the_annotation_is_no_longer_routed_to_the_pod() -> None:
+    a = alloc("web-1", anycast=("198.51.100.10", "2001:db8:100::10"))
+    result = resolve([a], dict([status("web-1", listed=("2001:db8:100::10",))]), POOLS)
+    assert set(result.routes) == {A6}
+    assert result.serving[a.pod] == frozenset({A6})
+    assert result.findings == ()
+
+
+def test_ip_added_to_the_annotation_is_reported_and_not_routed() -> None:
+    # It is not on the pod's lo: a route to the pod would black-hole it.
+    a = alloc("web-1", anycast=("198.51.100.10",))
+    added = ipaddress.ip_address("198.51.100.11")
+    result = resolve([a], dict([status("web-1", listed=("198.51.100.10", "198.51.100.11"))]), POOLS)
+    assert set(result.routes) == {A4}
+    [finding] = result.findings
+    assert (finding.address, finding.reason) == (added, REJECTED)
+    assert "after the pod's network was set up" in finding.message and "recreated" in finding.message
+
+
+def test_ip_added_to_the_annotation_outside_the_pools_is_not_reported_again() -> None:
+    # Pool rejections are reported by the CNI ADD, once; the resolver does not repeat them.
+    a = alloc("web-1", anycast=("198.51.100.10",))
+    result = resolve([a], dict([status("web-1", listed=("198.51.100.10", "203.0.113.5"))]), POOLS)
+    assert set(result.routes) == {A4}
+    assert result.findings == ()
+
+
+def test_annotation_changes_are_reported_even_while_the_pod_is_not_ready() -> None:
+    a = alloc("web-1", anycast=("198.51.100.10",))
+    result = resolve([a], dict([status("web-1", eligible=False, listed=("198.51.100.11",))]), POOLS)
+    assert result.routes == {}
+    assert [f.address for f in result.findings] == [ipaddress.ip_address("198.51.100.11")]
