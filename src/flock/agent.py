@@ -101,6 +101,10 @@ class Agent:
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()
         self.cni.pod_cidrs = self.pod_cidrs
+        # A new agent's pod cache is empty: a pass now would withdraw every anycast IP the
+        # previous agent left routed and advertised, and put each back as the watch
+        # delivers its pods. So nothing is routed or withdrawn before one full LIST.
+        await self._first_pod_list()
         await self.reconciler.adopt()
         logger.info("agent started node=%s pools=%s pod_cidrs=%s", self.config.node_name,
                     ",".join(str(p.cidr) for p in self.config.anycast_pools),
@@ -127,13 +131,33 @@ class Agent:
 
     async def relist_pods(self) -> None:
         """Repair the pod cache from a full LIST: kopf sends no DELETED for pods gone in a watch gap."""
+        since = self.pods.watch_serial()
         try:
             bodies = await self.api.node_pods(self.config.node_name)
         except Exception as exc:
             logger.warning("could not re-list this node's pods, keeping the watch's view: %s", exc)
             return
-        if self.pods.replace_all(bodies):
+        if self.pods.replace_all(bodies, since):
             logger.warning("pod cache repaired from a full list (watch events were missed)")
+
+    async def _first_pod_list(self) -> None:
+        """Fill the pod cache from one full LIST (retried until the API answers)."""
+        delay = 1.0
+        while True:
+            since = self.pods.watch_serial()
+            try:
+                bodies = await self.api.node_pods(self.config.node_name)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                logger.warning("cannot list this node's pods, routes stay as they are; retrying in %.0fs: %s",
+                               delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.pods.replace_all(bodies, since)
+            logger.info("pods listed node=%s pods=%d", self.config.node_name, len(self.pods.snapshot()))
+            return
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
         """podCIDRs from the config, else from the Node (retried until the API answers)."""

@@ -35,6 +35,13 @@ class PodCache:
         self.rule = rule
         self._pods: dict[tuple[str, str], PodStatus] = {}
         self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+        # Watch events are numbered, so a full LIST answered before an event cannot undo it.
+        self._serial = 0
+        self._watched: dict[tuple[str, str], int] = {}  # pod -> number of its latest watch event
+
+    def watch_serial(self) -> int:
+        """Take this before sending a LIST, and give it to :meth:`replace_all`."""
+        return self._serial
 
     def snapshot(self) -> dict[tuple[str, str], PodStatus]:
         return dict(self._pods)
@@ -50,6 +57,8 @@ class PodCache:
         """Apply one watch event. True if eligibility changed (the reconciler should run now)."""
         ref = pod_ref(body)
         key = (ref.namespace, ref.name)
+        self._serial += 1
+        self._watched[key] = self._serial
         before = self._pods.get(key)
         if event_type == "DELETED" or not self._on_this_node(body):
             self._pods.pop(key, None)
@@ -60,15 +69,21 @@ class PodCache:
         self._bodies[key] = body
         return before != after
 
-    def replace_all(self, bodies: Iterable[Mapping[str, Any]]) -> bool:
-        """Replace the cache with a full list (repairs events lost across a watch gap)."""
-        new_pods: dict[tuple[str, str], PodStatus] = {}
+    def replace_all(self, bodies: Iterable[Mapping[str, Any]], since: int) -> bool:
+        """Replace the cache with a full list (repairs events lost across a watch gap).
+
+        ``since`` is :meth:`watch_serial` from before the LIST was sent: a pod with a watch
+        event after it keeps the watch's view (e.g. a deletionTimestamp the list predates).
+        """
+        newer = {key for key, serial in self._watched.items() if serial > since}
         new_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         for body in bodies:
-            if self._on_this_node(body):
-                status = pod_status(body, self.rule)
-                new_pods[(status.ref.namespace, status.ref.name)] = status
-                new_bodies[(status.ref.namespace, status.ref.name)] = body
+            ref = pod_ref(body)
+            if self._on_this_node(body) and (ref.namespace, ref.name) not in newer:
+                new_bodies[(ref.namespace, ref.name)] = body
+        new_bodies.update({key: self._bodies[key] for key in newer if key in self._bodies})
+        new_pods = {key: pod_status(body, self.rule) for key, body in new_bodies.items()}
         changed = new_pods != self._pods
         self._pods, self._bodies = new_pods, new_bodies
+        self._watched = {key: serial for key, serial in self._watched.items() if serial > since}
         return changed

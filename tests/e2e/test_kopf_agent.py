@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import re
+import urllib.request
+from typing import Any
 
 import pytest
 
@@ -18,6 +21,7 @@ from flock.store import AllocationStore
 from tests.support import birdlab
 from tests.support.agent import AgentProcess, eventually, free_port
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
+from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import plumb_pod, sh
 
 pytestmark = [pytest.mark.bird, pytest.mark.netns, pytest.mark.kopf, pytest.mark.slow]
@@ -30,16 +34,38 @@ def node_routes(netns: str) -> set[str]:
     return birdlab.kernel_prefixes(netns, proto="201")
 
 
-async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
-    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
-) -> None:
+def tor_and_node(make_netns, birds):  # type: ignore[no-untyped-def]
+    """A ToR and a node netns on link 0, BIRD in each; the node's BIRD waits for flock's config."""
     tor, node = make_netns("tor"), make_netns("node")
     wire = birdlab.link(tor, node, 0)
     birds.start(tor, birdlab.tor_config(router_id=wire.a_v4.ip, asn=TOR_ASN,
                                         neighbors=[(wire.b_v4.ip, NODE_ASN), (wire.b_v6.ip, NODE_ASN)]))
-    node_bird_dir = birds.directory("node")
     node_bird = birds.start(node, f"router id {wire.b_v4.ip};\nprotocol device {{}}\n",
-                            directory=node_bird_dir)
+                            directory=birds.directory("node"))
+    return tor, node, wire, node_bird
+
+
+def agent_config(node: str, wire: birdlab.Link, node_bird: birdlab.RunningBird, tmp_path: pathlib.Path,
+                 tick_seconds: float) -> dict[str, Any]:
+    return {
+        "nodeName": "node-a",
+        "hostNetns": node,
+        "stateDir": str(tmp_path / "state"),
+        "cniSocket": str(tmp_path / "cni.sock"),
+        "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
+        "tickSeconds": tick_seconds,
+        "listen": f"127.0.0.1:{free_port()}",
+        "bird": {"configPath": str(node_bird.config_path), "socket": str(node_bird.socket),
+                 "routerId": str(wire.b_v4.ip), "asn": NODE_ASN,
+                 "peers": [{"address": str(wire.a_v4.ip), "asn": TOR_ASN},
+                           {"address": str(wire.a_v6.ip), "asn": TOR_ASN}]},
+    }
+
+
+async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
+    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    tor, node, wire, node_bird = tor_and_node(make_netns, birds)
 
     web1 = plumb_pod(node, make_netns("pod"), "c-web-1", ["203.0.113.11", "2001:db8:200::11"],
                      ["198.51.100.10", "2001:db8:100::10"])
@@ -56,19 +82,9 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     cluster.create_node("node-a", ["203.0.113.0/26", "2001:db8:200::/64"])
     cluster.create_node("node-b", ["203.0.113.64/26", "2001:db8:201::/64"])
 
-    agent = AgentProcess(tmp_path, {
-        "nodeName": "node-a",
-        "hostNetns": node,
-        "stateDir": str(tmp_path / "state"),
-        "cniSocket": str(tmp_path / "cni.sock"),
-        "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
-        "tickSeconds": 0.5,
-        "listen": f"127.0.0.1:{free_port()}",
-        "bird": {"configPath": str(node_bird.config_path), "socket": str(node_bird.socket),
-                 "routerId": str(wire.b_v4.ip), "asn": NODE_ASN,
-                 "peers": [{"address": str(wire.a_v4.ip), "asn": TOR_ASN},
-                           {"address": str(wire.a_v6.ip), "asn": TOR_ASN}]},
-    }, write_kubeconfig(tmp_path / "kubeconfig", cluster.url))
+    # A long tick: every change below must come from the watch waking the reconciler.
+    agent = AgentProcess(tmp_path, agent_config(node, wire, node_bird, tmp_path, tick_seconds=30),
+                         write_kubeconfig(tmp_path / "kubeconfig", cluster.url))
     agents.append(agent)
     agent.start()
 
@@ -133,3 +149,69 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
                   and r.method.value.upper() in ("POST", "PUT", "PATCH", "DELETE")]
     assert pod_writes == []
     assert agent.alive(), agent.log()
+
+
+def reconcile_passes(config: dict[str, Any]) -> int | None:
+    """flock_reconcile_passes_total from the agent's /metrics (None: not answering yet)."""
+    try:
+        with urllib.request.urlopen(f"http://{config['listen']}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    return int(sum(float(v) for v in re.findall(r"^flock_reconcile_passes_total\S* (\S+)$", text, re.M)))
+
+
+def last_reconfiguration(bird: birdlab.RunningBird) -> str:
+    found = re.search(r"Last reconfiguration on (.+)", bird.birdc("show", "status"))
+    assert found, "birdc show status has no 'Last reconfiguration' line"
+    return found.group(1)
+
+
+async def test_agent_restart_waits_for_the_pod_list_and_changes_nothing(
+    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A new agent knows no pods until the API answers: it must not withdraw what is routed."""
+    tor, node, wire, node_bird = tor_and_node(make_netns, birds)
+    anycast = {"web-1": ["198.51.100.10", "2001:db8:100::10"], "web-2": ["198.51.100.11", "2001:db8:100::11"]}
+    prefixes = ["198.51.100.10/32", "2001:db8:100::10/128", "198.51.100.11/32", "2001:db8:100::11/128"]
+    store = AllocationStore(tmp_path / "state")
+    await store.load()
+    cluster.create_namespace("default")
+    cluster.create_node("node-a", ["203.0.113.0/26", "2001:db8:200::/64"])
+    for i, (name, ips) in enumerate(anycast.items(), start=1):
+        pod = plumb_pod(node, make_netns("pod"), f"c-{name}", [f"203.0.113.1{i}", f"2001:db8:200::1{i}"], ips)
+        await store.put(Allocation(ContainerID(pod.container_id), PodRef("default", name),
+                                   pod.host_ifname, pod.ips, pod.anycast, AllocationState.COMMITTED))
+        await cluster.create_pod(pod_manifest(name, node="node-a", anycast=" ".join(ips), ready=True))
+    config = agent_config(node, wire, node_bird, tmp_path, tick_seconds=0.5)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
+    first = AgentProcess(tmp_path, config, kubeconfig)
+    agents.append(first)
+    first.start()
+    await eventually(lambda: birdlab.has_all(tor, prefixes), within=30, what="the ToR learns both pods' prefixes")
+    first.stop()
+    reconfigured = last_reconfiguration(node_bird)
+
+    # The API holds every pod LIST and WATCH (a slow or unreachable API server) while the
+    # new agent starts: several ticks pass with nothing known of the pods.
+    api_open = asyncio.Event()
+
+    async def hold() -> None:
+        await api_open.wait()  # then fall through to the emulator's answer
+
+    cluster.api["get /api/v1/pods"] << hold
+    with watch_routes(node) as node_changes, watch_routes(tor) as tor_changes:
+        second = AgentProcess(tmp_path, config, kubeconfig)
+        agents.append(second)
+        second.start()
+        await eventually(lambda: reconcile_passes(config) == 0, within=30,
+                         what="the new agent serves /metrics")
+        await asyncio.sleep(3)  # six ticks
+        assert reconcile_passes(config) == 0, "a pass ran before the pods were listed"
+        api_open.set()
+        await eventually(lambda: (reconcile_passes(config) or 0) >= 3, within=30,
+                         what="the new agent lists its pods and makes a few passes")
+    assert node_changes.changes() == [], "the restart changed the node's routes"
+    assert tor_changes.changes() == [], "the restart changed the ToR's routes"
+    assert last_reconfiguration(node_bird) == reconfigured, "the restart reconfigured BIRD"
+    assert second.alive(), second.log()
