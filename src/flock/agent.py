@@ -57,12 +57,13 @@ class Agent:
         self.events = EventPoster(api)
         self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol,
                                   proc=config.proc_path)
-        self.cni = CniServer(config=config, store=self.store, network=self.network,
-                             lookup_pod=self.lookup_pod, events=self.events)
         self.pod_cidrs: tuple[IPNetwork, ...] = ()
         self.reconciler = Reconciler(
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
             render_bird=self.render_bird, events=self.events, metrics=self.metrics)
+        self.cni = CniServer(config=config, store=self.store, network=self.network,
+                             lookup_pod=self.lookup_pod, events=self.events,
+                             routes_via=self.reconciler.routes_via, unroute=self.unroute)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
         self._web: web.AppRunner | None = None
@@ -128,6 +129,16 @@ class Agent:
         if cached is not None:
             return cached
         return await self.api.pod(namespace, name)
+
+    async def unroute(self, dev: str) -> None:
+        """Wait until the reconciler has taken every next hop on ``dev`` out of the kernel."""
+        limit = self.config.bird.timeout_seconds + 5  # a pass may wait for one BIRD reload
+        try:
+            async with asyncio.timeout(limit):
+                while self.reconciler.routes_via(dev):
+                    await self.reconciler.next_pass("cni-del")
+        except TimeoutError:
+            logger.warning("next hops on %s still routed after %.0fs; deleting it anyway", dev, limit)
 
     async def relist_pods(self) -> None:
         """Repair the pod cache from a full LIST: kopf sends no DELETED for pods gone in a watch gap."""

@@ -59,6 +59,7 @@ class AllocationState(enum.Enum):
 
     PENDING = "pending"  # CNI ADD in progress: addresses reserved, not yet routed
     COMMITTED = "committed"  # plumbing done: the reconciler may route its anycast IPs
+    RELEASING = "releasing"  # CNI DEL in progress: next hops removed before the veth goes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,6 +74,7 @@ class Reconciler:
         self.metrics = metrics
         self._wakeup = asyncio.Event()
         self._triggers: set[str] = set()
+        self._waiting: list[asyncio.Future[None]] = []  # callers of next_pass
         self._kernel: dict[IPAddress, Nexthops] = {}
         self._advertised: frozenset[IPAddress] = frozenset()
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
@@ -91,6 +92,20 @@ class Reconciler:
         self._triggers.add(trigger)
         self._wakeup.set()
 
+    async def next_pass(self, trigger: str) -> None:
+        """Wake the reconciler; return once a pass that started after this call has ended.
+
+        Only :meth:`run` ends such passes: bound the wait with a timeout.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(done)
+        self.wake(trigger)
+        await done
+
+    def routes_via(self, dev: str) -> bool:
+        """Whether a kernel route of flock's, as this reconciler last wrote or saw it, uses ``dev``."""
+        return any(hop.dev == dev for hops in self._kernel.values() for hop in hops)
+
     async def run(self, on_resync: Callable[[], Awaitable[None]] | None = None) -> None:
         """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""
         while True:
@@ -101,6 +116,7 @@ class Reconciler:
                 self._triggers.add("tick")
             self._wakeup.clear()
             triggers, self._triggers = self._triggers, set()
+            waiting, self._waiting = self._waiting, []
             full = time.monotonic() - self._last_resync >= self.config.resync_seconds
             try:
                 if full and on_resync is not None:
@@ -111,6 +127,10 @@ class Reconciler:
             except Exception:
                 # One bad pass must not stop routing for every other pod: log, retry next tick.
                 logger.exception("reconcile pass failed; retrying on the next tick")
+            finally:
+                for done in waiting:
+                    if not done.done():
+                        done.set_result(None)
 
     # --- start-up ------------------------------------------------------------------------
 

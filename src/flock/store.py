@@ -117,7 +117,7 @@ class AllocationStore:
         path = self.records_dir / f"{_safe_name(allocation.container_id)}.json"
         await self._write_atomically(path, encode_allocation(allocation))
         self._records[allocation.container_id] = allocation
-        if allocation.state is AllocationState.COMMITTED:
+        if allocation.state is not AllocationState.PENDING:  # what the reconciler routes changed
             self._notify()
 
     async def commit(self, container_id: ContainerID, anycast: tuple[IPAddress, ...]) -> Allocation:

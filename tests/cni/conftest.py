@@ -82,10 +82,11 @@ class CniNode:
         return name, f"/run/netns/{name}"
 
 
-def agent_config(netns: str, tmp: pathlib.Path, bird: birdlab.RunningBird) -> dict[str, Any]:
+def agent_config(netns: str, tmp: pathlib.Path, bird: birdlab.RunningBird,
+                 pod_cidrs: list[str] = POD_CIDRS) -> dict[str, Any]:
     return {
         "nodeName": NODE, "hostNetns": netns, "stateDir": str(tmp / "state"),
-        "cniSocket": str(tmp / "run" / "cni.sock"), "podCIDRs": POD_CIDRS, "anycastPools": POOLS,
+        "cniSocket": str(tmp / "run" / "cni.sock"), "podCIDRs": pod_cidrs, "anycastPools": POOLS,
         "tickSeconds": 0.5, "listen": f"127.0.0.1:{free_port()}",
         "bird": {"configPath": str(bird.config_path), "socket": str(bird.socket),
                  "routerId": "192.0.2.2", "asn": 65101, "peers": []},
@@ -93,13 +94,15 @@ def agent_config(netns: str, tmp: pathlib.Path, bird: birdlab.RunningBird) -> di
 
 
 @pytest.fixture
-async def cni_node(make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
-                   ) -> AsyncIterator[CniNode]:
+async def cni_node(request, make_netns, birds, cluster: FakeCluster, agents,  # type: ignore[no-untyped-def]
+                   tmp_path: pathlib.Path) -> AsyncIterator[CniNode]:
+    """Indirect parameter (optional): the node's pod CIDRs."""
+    pod_cidrs = getattr(request, "param", POD_CIDRS)
     netns = make_netns("node")
     bird = birds.start(netns, "router id 192.0.2.2;\nprotocol device {}\n", directory=birds.directory("node"))
     cluster.create_namespace("default")
-    cluster.create_node(NODE, POD_CIDRS)
-    config = agent_config(netns, tmp_path, bird)
+    cluster.create_node(NODE, pod_cidrs)
+    config = agent_config(netns, tmp_path, bird, pod_cidrs)
     bin_dir, conf_dir = tmp_path / "cni" / "bin", tmp_path / "cni" / "net.d"
     _, conf = install(bin_dir, conf_dir, config["cniSocket"], NODE_PYTHON)
     agent = AgentProcess(tmp_path, config, write_kubeconfig(tmp_path / "kubeconfig", cluster.url))
@@ -108,6 +111,13 @@ async def cni_node(make_netns, birds, cluster: FakeCluster, agents, tmp_path: pa
     node = CniNode(netns, cluster, agent, bin_dir, json.loads(conf.read_text()), make_netns)
     await eventually(lambda: pathlib.Path(config["cniSocket"]).exists(), within=60, what="the agent's CNI socket")
     yield node
+
+
+def node_veths(netns: str) -> set[str]:
+    """flock's host-side veths in a node netns."""
+    links = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True,
+                                      text=True, check=True).stdout)
+    return {link["ifname"] for link in links if link["ifname"].startswith("flock")}
 
 
 def has_tool(name: str) -> bool:

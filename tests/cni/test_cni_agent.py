@@ -9,10 +9,11 @@ import subprocess
 
 import pytest
 
-from tests.cni.conftest import CniNode
-from tests.support import birdlab
+from flock.cnispec import NO_ADDRESS_LEFT
+from tests.cni.conftest import CniNode, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
@@ -104,7 +105,23 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
         server.kill()
         server.wait()
 
-    # DEL: everything goes, and the addresses are handed out again later.
+    # DEL of web-1 while it is still Ready (no graceful termination first, e.g. a sandbox
+    # torn down after a crash): web-2 keeps the shared route all along. Deleting a veth that
+    # is one next hop of an IPv4 multipath route makes the kernel drop the whole route.
+    web1_v4 = pods["web-1"][2]["ips"][0]["address"].split("/")[0]
+    web2_hop = [hop for hop in node_anycast(node.netns, "198.51.100.10/32") if hop[0] != web1_v4]
+    web1_veth = pods["web-1"][2]["interfaces"][0]["name"]
+    with watch_routes(node.netns, links=True) as seen:
+        assert (await node.cni("DEL", "ctr-web-1", pods["web-1"][1], pod="web-1")).code == 0
+        assert node_anycast(node.netns, "198.51.100.10/32") == web2_hop
+    # The kernel announces no RTM_DELROUTE for the routes a deleted device takes with it:
+    # the order of the route's replacement and the veth's deletion tells.
+    order = [(c.kind, c.prefix) for c in seen.seen if c.prefix in ("198.51.100.10/32", web1_veth)]
+    assert order == [("new", "198.51.100.10/32"), ("link-del", web1_veth)], \
+        "web-1 must leave the shared route before its veth goes"
+    assert len(node_anycast(node.netns, "2001:db8:100::10/128")) == 1
+
+    # DEL: everything goes.
     for name in pods:
         netns, path, _ = pods[name]
         assert (await node.cni("DEL", f"ctr-{name}", path, pod=name)).code == 0
@@ -112,11 +129,27 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
     assert "flock" not in sh("ip", "-br", "link", netns=node.netns)
     await eventually(lambda: node_anycast(node.netns, "198.51.100.10/32") == [], within=20,
                      what="the anycast routes go with the pods")
-    given_again: set[str] = set()
-    for i in range(4):
+
+
+@pytest.mark.parametrize("cni_node", [["203.0.113.0/29", "2001:db8:200::/64"]], indirect=True)
+async def test_a_full_pod_cidr_says_so_and_freed_addresses_are_handed_out_again(cni_node: CniNode) -> None:
+    # 203.0.113.0/29: .0, .1 (flock's) and .7 are reserved, so five pods fit.
+    node = cni_node
+    given: dict[str, list[str]] = {}
+    for i in range(5):
         _, path = node.pod_netns()
-        result = await node.cni("ADD", f"again-{i}", path, pod=f"again-{i}")
+        result = await node.cni("ADD", f"ctr-{i}", path, pod=f"pod-{i}")
         assert result.code == 0, result.raw
-        given_again |= {ip["address"] for ip in result.output["ips"]}
-    assert len(given_again) == 8
-    assert birdlab.kernel_prefixes(node.netns, proto="201")  # the new pods' host routes
+        given[f"ctr-{i}"] = [ip["address"] for ip in result.output["ips"]]
+    assert sorted(ips[0] for ips in given.values()) == [f"203.0.113.{n}/32" for n in range(2, 7)]
+
+    _, path = node.pod_netns()
+    full = await node.cni("ADD", "ctr-late", path, pod="pod-late")
+    assert full.code != 0 and full.output["code"] == NO_ADDRESS_LEFT, full.raw
+    assert "no free IPv4 address left in 203.0.113.0/29" in full.output["msg"]
+    assert len(node_veths(node.netns)) == 5, "the failed ADD left nothing behind"
+
+    assert (await node.cni("DEL", "ctr-2", "", pod="pod-2")).code == 0
+    again = await node.cni("ADD", "ctr-late", path, pod="pod-late")
+    assert again.code == 0, again.raw
+    assert again.output["ips"][0]["address"] == given["ctr-2"][0], "the freed address is handed out again"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.cni.conftest import CniNode
+from tests.cni.conftest import CniNode, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
 from tests.support.netns import sh
@@ -20,11 +20,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark
 
 def records(state: pathlib.Path) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted((state / "allocations").glob("*.json"))]
-
-
-def node_veths(netns: str) -> set[str]:
-    links = json.loads(sh("ip", "-j", "link", "show", netns=netns))
-    return {link["ifname"] for link in links if link["ifname"].startswith("flock")}
 
 
 def state_dir(node: CniNode) -> pathlib.Path:

@@ -37,9 +37,12 @@ class RouteChanges:
 
 
 @contextlib.contextmanager
-def watch_routes(netns: str, *, settle: float = 0.5) -> Iterator[RouteChanges]:
-    """Record route notifications in ``netns`` during the block (plus ``settle`` s after)."""
-    sock = route_socket(netns)  # bound to the route groups: nothing from here on is missed
+def watch_routes(netns: str, *, settle: float = 0.5, links: bool = False) -> Iterator[RouteChanges]:
+    """Record route notifications in ``netns`` during the block (plus ``settle`` s after).
+
+    ``links``: link deletions too (kind "link-del"), in the order the kernel made them.
+    """
+    sock = route_socket(netns, links=links)  # bound to the route groups: nothing from here on is missed
     result = RouteChanges(netns)
     try:
         yield result

@@ -55,6 +55,8 @@ from flock.store import AllocationStore
 logger = logging.getLogger(__name__)
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+Unroute = Callable[[str], Awaitable[None]]
+"""Waits until no anycast route has a next hop on the named host veth."""
 """(namespace, name) -> the Pod as the API returns it, None if it does not exist."""
 
 
@@ -76,6 +78,9 @@ class CniServer:
     lookup_pod: PodLookup
     events: EventSink
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
+    routes_via: Callable[[str], bool] = lambda dev: False
+    """Whether an anycast route has a next hop on the named host veth (the reconciler's view)."""
+    unroute: Unroute | None = None
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -267,6 +272,12 @@ class CniServer:
             raise CniError(NETWORK_STATE_DIFFERS, "; ".join(problems))
 
     async def _release(self, allocation: Allocation) -> None:
+        if self.unroute is not None and self.routes_via(allocation.host_ifname):
+            # Deleting a veth that is one next hop of an IPv4 multipath route makes the
+            # kernel drop the whole route, and every other replica's traffic with it. Take
+            # the pod out of the route first (a DEL without a graceful termination before it).
+            await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
+            await self.unroute(allocation.host_ifname)
         await self._remove_veth(allocation.host_ifname)
         await self.store.remove(allocation.container_id)
 
@@ -277,10 +288,11 @@ class CniServer:
             raise CniError(TRY_AGAIN_LATER, str(exc)) from exc
 
     async def recover(self) -> None:
-        """Release every pending allocation: ADDs cut short by an agent crash."""
+        """Release every unfinished allocation: ADDs and DELs cut short by an agent crash."""
         for allocation in self.store.all():
-            if allocation.state is AllocationState.PENDING:
-                logger.warning("releasing an unfinished ADD container=%s pod=%s ips=%s",
+            if allocation.state is not AllocationState.COMMITTED:
+                logger.warning("releasing an unfinished %s container=%s pod=%s ips=%s",
+                               "ADD" if allocation.state is AllocationState.PENDING else "DEL",
                                allocation.container_id[:12], allocation.pod, ",".join(map(str, allocation.pod_ips)))
                 try:
                     await self._release(allocation)

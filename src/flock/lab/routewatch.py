@@ -19,18 +19,22 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flock.netns import enter as enter_netns
 from flock.netns import named as named_netns
 
+_RTMGRP_LINK = 0x1
 _RTMGRP_IPV4_ROUTE = 0x40
 _RTMGRP_IPV6_ROUTE = 0x400
+_RTM_DELLINK = 17
 _RTM_NEWROUTE, _RTM_DELROUTE = 24, 25
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 _RTA_DST = 1
+_IFLA_IFNAME = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +104,13 @@ class RouteWatch:
                         self.changes.append(RouteChange(now, prefix, hops))
 
 
-def route_socket(netns: str) -> socket.socket:
-    """A route-group netlink socket that belongs to ``netns`` (opened from a thread inside it)."""
+def route_socket(netns: str, *, links: bool = False) -> socket.socket:
+    """A route-group netlink socket that belongs to ``netns`` (opened from a thread inside it).
+
+    ``links``: also join the link group, for link deletions. The kernel announces no
+    RTM_DELROUTE for the IPv4 routes it flushes with a deleted device: only the link's
+    deletion shows that they are gone.
+    """
     result: dict[str, socket.socket | BaseException] = {}
 
     def opener() -> None:
@@ -110,7 +119,7 @@ def route_socket(netns: str) -> socket.socket:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             with contextlib.suppress(OSError):  # SO_RCVBUFFORCE: a burst of changes is not dropped
                 sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
-            sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE))
+            sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE | (_RTMGRP_LINK if links else 0)))
             result["sock"] = sock
         except BaseException as exc:
             result["error"] = exc
@@ -125,37 +134,44 @@ def route_socket(netns: str) -> socket.socket:
 
 @dataclasses.dataclass(frozen=True)
 class Notification:
-    """One RTM_NEWROUTE / RTM_DELROUTE as the kernel announced it."""
+    """One RTM_NEWROUTE / RTM_DELROUTE (or RTM_DELLINK) as the kernel announced it."""
 
-    kind: str  # "new" or "del"
-    prefix: str  # "198.51.100.10/32"; "default" / "default (v6)" for a default route
-    protocol: int  # rtm_protocol
+    kind: str  # "new" or "del"; "link-del" for a deleted link
+    prefix: str  # "198.51.100.10/32"; "default" / "default (v6)" for a default route; a link's name
+    protocol: int  # rtm_protocol (0 for a link)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.prefix} proto {self.protocol}"
 
 
 def notifications(data: bytes) -> list[Notification]:
-    """The route notifications in one read from a route-group socket (others skipped)."""
+    """The route (and link deletion) notifications in one read from the socket (others skipped)."""
     found = []
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
         if length < _NLMSGHDR.size:
             break
+        body, end = offset + _NLMSGHDR.size, offset + length
         if kind in (_RTM_NEWROUTE, _RTM_DELROUTE):
-            body = offset + _NLMSGHDR.size
             family, dst_len, *_, protocol, _scope, _type, _flags = _RTMSG.unpack_from(data, body)
             prefix = "default" if family == socket.AF_INET else "default (v6)"
-            attr = body + _RTMSG.size
-            while attr + _RTATTR.size <= offset + length:
-                attr_len, attr_type = _RTATTR.unpack_from(data, attr)
-                if attr_len < _RTATTR.size:
-                    break
+            for attr_type, raw in _attributes(data, body + _RTMSG.size, end):
                 if attr_type == _RTA_DST:
-                    raw = bytes(data[attr + _RTATTR.size:attr + attr_len])
                     prefix = f"{ipaddress.ip_address(raw)}/{dst_len}"
-                attr += (attr_len + 3) & ~3
             found.append(Notification("new" if kind == _RTM_NEWROUTE else "del", prefix, protocol))
+        elif kind == _RTM_DELLINK:
+            for attr_type, raw in _attributes(data, body + _IFINFOMSG.size, end):
+                if attr_type == _IFLA_IFNAME:
+                    found.append(Notification("link-del", raw.rstrip(b"\0").decode(), 0))
         offset += (length + 3) & ~3
     return found
+
+
+def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    while start + _RTATTR.size <= end:
+        attr_len, attr_type = _RTATTR.unpack_from(data, start)
+        if attr_len < _RTATTR.size:
+            return
+        yield attr_type, bytes(data[start + _RTATTR.size:start + attr_len])
+        start += (attr_len + 3) & ~3
