@@ -22,6 +22,6 @@ RUN pip install --no-cache-dir . \
  && cd / && rm -rf /src/flock
 WORKDIR /
 
-# Root. The chart runs the agent privileged by default (it writes per-interface sysctls,
-# and runtimes mount /proc/sys read-only otherwise), BIRD with NET_BIND_SERVICE only.
+# Root. The chart gives the agent NET_ADMIN and SYS_ADMIN and the host's /proc/sys/net
+# (runtimes mount a container's own /proc/sys read-only), BIRD NET_BIND_SERVICE only.
 CMD ["flock-agent", "--config", "/etc/flock/agent.yaml"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import pathlib
 import stat
 import subprocess
@@ -153,7 +154,9 @@ def test_install_cni_writes_the_plugin_and_a_conflist_naming_the_agent_socket(tm
     assert plugin.stat().st_mode & stat.S_IXUSR
     assert plugin.read_text().splitlines()[0].startswith(f"#!{values['cni']['interpreter']}")
     conflist = json.loads((tmp_path / "net.d" / values["cni"]["confName"]).read_text())
-    assert conflist["plugins"][0]["type"] == "flock-cni"
+    assert conflist["plugins"][0]["type"] == "flock"
+    # A runtime execs <bin dir>/<type>: flock -> flock-cni, relative, so it holds on the host.
+    assert os.readlink(tmp_path / "bin" / "flock") == "flock-cni"
     assert conflist["plugins"][0]["socket"] == values["cniSocket"]
 
 

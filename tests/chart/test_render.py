@@ -7,6 +7,7 @@ from typing import Any
 import helm_python
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.chart.rendering import CHART, DUALSTACK, load_values, render
 
@@ -94,9 +95,13 @@ def test_containers_get_only_the_capabilities_they_need() -> None:
 
 def test_agent_privileged_is_an_explicit_opt_in() -> None:
     # The workaround for the agent's sysctl writes on a read-only /proc/sys (values.yaml).
-    context = render(SCENARIOS["privileged"]).container("agent")["securityContext"]
-    assert context == {"privileged": True, "readOnlyRootFilesystem": True}
-    assert _capabilities(render(SCENARIOS["privileged"]).container("bird")) == (["ALL"], {"NET_BIND_SERVICE"})
+    rendered = render(SCENARIOS["privileged"])
+    assert rendered.container("agent")["securityContext"] == {"privileged": True, "readOnlyRootFilesystem": True}
+    assert _capabilities(rendered.container("bird")) == (["ALL"], {"NET_BIND_SERVICE"})
+    # A privileged container's own /proc/sys is writable: no hostPath into the host's procfs.
+    assert yaml.safe_load(rendered.agent_yaml)["procPath"] == "/proc"
+    assert not any(v.get("hostPath", {}).get("path", "").startswith("/proc") for v in rendered.pod_spec["volumes"])
+    assert not any(m["mountPath"].startswith("/host/proc") for m in rendered.container("agent")["volumeMounts"])
 
 
 @pytest.mark.parametrize("scenario", ["default", "dualstack"])
@@ -122,6 +127,12 @@ def test_agent_container_runs_flock_agent_with_node_name_probes_and_host_mounts(
     assert mounts["cni-socket"]["mountPath"] == rendered.host_path("cni-socket") == socket_dir
     assert mounts["netns"]["mountPath"] == rendered.host_path("netns") == "/var/run/netns"
     assert mounts["netns"]["mountPropagation"] == "HostToContainer"
+    # Of the host's procfs only the net sysctls, writable, where procPath points.
+    assert rendered.host_path("host-proc-sys-net") == "/proc/sys/net"
+    assert mounts["host-proc-sys-net"] == {"name": "host-proc-sys-net", "mountPath": "/host/proc/sys/net"}
+    assert yaml.safe_load(rendered.agent_yaml)["procPath"] == "/host/proc"
+    host_paths = [v["hostPath"]["path"] for v in rendered.pod_spec["volumes"] if "hostPath" in v]
+    assert not any(p == "/proc" or (p.startswith("/proc/") and p != "/proc/sys/net") for p in host_paths)
 
 
 def test_bird_container_shares_config_and_socket_with_the_agent() -> None:

@@ -69,12 +69,16 @@ class CniNode:
 
     async def cni(self, command: str, container_id: str, netns: str = "", *, pod: str = "",
                   namespace: str = "default", uid: str = "", **kwargs: Any) -> CniResult:
-        """flock-cni with the CNI_ARGS kubelet's runtime passes for a pod."""
+        """flock-cni with the CNI_ARGS kubelet's runtime passes for a pod.
+
+        Exec'd as a runtime finds it: ``<bin dir>/<type>``, i.e. ``flock`` -> ``flock-cni``.
+        """
         args = kwargs.pop("args", None)
         if args is None and pod:
             args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};"
                     f"K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}")
-        return await self.exec_plugin("flock-cni", command, container_id, netns, args=args or "", **kwargs)
+        plugin_type = self.conflist["plugins"][0]["type"]
+        return await self.exec_plugin(plugin_type, command, container_id, netns, args=args or "", **kwargs)
 
     def pod_netns(self) -> tuple[str, str]:
         """A new pod sandbox netns: (name, path)."""

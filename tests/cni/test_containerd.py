@@ -86,7 +86,8 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     node = cni_node
     pod = await node.cluster.create_pod(pod_manifest("web-ctr", node=NODE, anycast=ANYCAST))
     uid = pod["metadata"]["uid"]
-    plugin = containerd.rundir / "cni" / "bin" / "flock-cni"
+    # containerd execs <bin dir>/<type>: "flock", the link to flock-cni.
+    plugin = containerd.rundir / "cni" / "bin" / "flock"
 
     # RunPodSandbox → ADD, with the pod's K8S_POD_* args.
     with PluginExecWatch(plugin) as run:

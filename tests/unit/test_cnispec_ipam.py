@@ -23,7 +23,7 @@ from flock.cnispec import (
 )
 from flock.ipam import AddressesExhausted, choose_address, reserved_addresses
 
-CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock-cni", "socket": "/run/x.sock"})
+CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock", "socket": "/run/x.sock"})
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/cni-1",
        "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=api-7;K8S_POD_UID=u1"}
 
@@ -75,7 +75,7 @@ def test_the_plugin_answers_version_without_the_agent() -> None:
 
 
 def test_the_plugin_reports_try_again_later_when_the_agent_is_absent(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock-cni",
+    config = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock",
                          "socket": str(tmp_path / "nobody.sock")})
     code, out = plugin.run(dict(ENV), config)
     error = json.loads(out)

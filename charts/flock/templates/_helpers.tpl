@@ -67,7 +67,7 @@ agent's loader needs a concrete address and does not expand variables).
     "tickSeconds" .Values.tickSeconds
     "resyncSeconds" .Values.resyncSeconds
     "listen" .Values.listen
-    "procPath" "/host/proc"
+    "procPath" (ternary "/proc" "/host/proc" .Values.agent.privileged)
     "bird" $bird -}}
 {{- if .Values.podCIDRs -}}
 {{- $_ := set $config "podCIDRs" .Values.podCIDRs -}}

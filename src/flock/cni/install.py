@@ -3,6 +3,9 @@
 Both files are written atomically (temp file in the same directory, fsync, rename), so
 a runtime never execs a half-written plugin or reads a half-written conflist. The
 plugin runs with the node's own Python 3 (``--interpreter``); it needs nothing else.
+
+The plugin type is ``flock``, and a runtime execs ``<bin dir>/<type>``: so the bin dir
+gets the executable ``flock-cni`` and the link ``flock -> flock-cni``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import sys
 from flock.cni import plugin
 
 PLUGIN_NAME = "flock-cni"
+PLUGIN_TYPE = "flock"
 
 
 def conflist(socket_path: str, name: str = "flock") -> dict[str, object]:
     return {
         "cniVersion": "1.0.0",
         "name": name,
-        "plugins": [{"type": PLUGIN_NAME, "socket": socket_path}],
+        "plugins": [{"type": PLUGIN_TYPE, "socket": socket_path}],
     }
 
 
@@ -34,6 +38,16 @@ def write_atomically(path: pathlib.Path, data: bytes, mode: int) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def link_atomically(path: pathlib.Path, target: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -52,6 +66,7 @@ def install(bin_dir: pathlib.Path, conf_dir: pathlib.Path, socket_path: str, int
     conf_dir.mkdir(parents=True, exist_ok=True)
     binary = bin_dir / PLUGIN_NAME
     write_atomically(binary, plugin_source(interpreter), 0o755)
+    link_atomically(bin_dir / PLUGIN_TYPE, PLUGIN_NAME)  # relative: valid on the host too
     conf = conf_dir / conf_name
     write_atomically(conf, (json.dumps(conflist(socket_path), indent=2) + "\n").encode(), 0o644)
     return binary, conf
