@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from flock.agent import Agent, config_from_environment
+from flock.errors import FlockError
 from flock.kube import KubeApi
 
 registry = kopf.get_default_registry()
@@ -19,7 +20,12 @@ registry = kopf.get_default_registry()
 
 @kopf.on.startup(registry=registry)
 async def start_agent(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = config_from_environment()
+    try:
+        config = config_from_environment()
+    except FlockError as exc:
+        # Not retried: a bad config file stays bad. kopf stops the operator on a
+        # permanent start-up failure (`kopf run` exits non-zero).
+        raise kopf.PermanentError(f"flock-agent: {exc}") from None
     # Key spelling matters: ('v1', 'pods'); 'v1/pods' silently matches nothing.
     settings.watching.field_selectors[("v1", "pods")] = f"spec.nodeName={config.node_name}"
     settings.scanning.disabled = True
