@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,13 +17,23 @@ pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark
 FLOCK = str(pathlib.Path(sys.executable).with_name("flock"))
 
 
-def lab_leftovers(run_dir: pathlib.Path) -> list[str]:
+def lab_leftovers(run_dir: pathlib.Path, lab_id: str) -> list[str]:
+    """This lab's namespaces and processes, and any veth of the lab's in the root namespace."""
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found = [line.split()[0] for line in names.splitlines() if line.startswith("flk-lab-")]
-    for pattern in (str(run_dir), "flock.lab.(apiserver|podserver|load)"):
+    found = [line.split()[0] for line in names.splitlines() if line.startswith(f"flk-lab-{lab_id}-")]
+    for pattern in (str(run_dir), f"flk-lab-{lab_id}-"):
         procs = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
         found += [line for line in procs.splitlines() if "pgrep" not in line]
+    veths = json.loads(subprocess.run(["ip", "-j", "link", "show", "type", "veth"], capture_output=True,
+                                      text=True).stdout or "[]")
+    found += [f"veth {v['ifname']}" for v in veths if re.fullmatch(r"fl\d+|flock[0-9a-f]{8}", v["ifname"])]
     return found
+
+
+def lab_id_of(run_dir: pathlib.Path) -> str:
+    lab_id = (run_dir / "lab-id").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{6}", lab_id), lab_id
+    return lab_id
 
 
 @pytest.mark.timeout(600)
@@ -44,7 +57,8 @@ def test_rolling_restart_loses_almost_nothing_where_ready_only_loses_many(tmp_pa
     assert flock["events"]["byReason"].get("AnycastWithdrawn", 0) >= 6  # 3 pods x 2 families
     assert "flock rule" in done.stdout and "ready-only rule" in done.stdout
 
-    assert lab_leftovers(run_dir) == []
+    for run in (flock, ready_only):
+        assert lab_leftovers(run_dir, run["labId"]) == []
     assert not run_dir.exists()
 
 
@@ -55,14 +69,42 @@ def test_down_on_a_clean_machine_is_a_no_op(tmp_path: pathlib.Path) -> None:
     assert "nothing to remove" in done.stdout
 
 
-def test_down_cleans_up_after_a_killed_run(tmp_path: pathlib.Path) -> None:
-    run_dir = tmp_path / "lab"
-    up = subprocess.run([FLOCK, "lab", "up", "--run-dir", str(run_dir), "--replicas", "2"],
-                        capture_output=True, text=True, timeout=180)
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert lab_leftovers(run_dir), "the lab should be running now"
-    (run_dir / "state.json").unlink()  # as if the controller died before it could save
+def lab_down(run_dir: pathlib.Path) -> None:
     down = subprocess.run([FLOCK, "lab", "down", "--run-dir", str(run_dir)], capture_output=True, text=True,
                           timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert lab_leftovers(run_dir) == []
+
+
+@pytest.mark.timeout(400)
+def test_down_cleans_up_after_a_killed_run_and_leaves_another_lab_alone(tmp_path: pathlib.Path) -> None:
+    other_dir, run_dir = tmp_path / "other", tmp_path / "lab"
+    up = subprocess.run([FLOCK, "lab", "up", "--run-dir", str(other_dir), "--replicas", "2"],
+                        capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        other_id = lab_id_of(other_dir)
+        other_running = lab_leftovers(other_dir, other_id)
+
+        # `flock lab run` killed mid-restart: its BIRDs, agents, API server, pods and load
+        # generator (each in a session of its own) keep running, orphaned.
+        run = subprocess.Popen([FLOCK, "lab", "run", "--run-dir", str(run_dir), "--rate", "50"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 240
+            while not (run_dir / "load.log").exists() and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert run.poll() is None, "the run ended before it could be killed"
+            time.sleep(3)  # into the rolling restart
+        finally:
+            run.send_signal(signal.SIGKILL)
+            run.wait(10)
+        lab_id = lab_id_of(run_dir)
+        assert len(lab_leftovers(run_dir, lab_id)) > 5, "the killed run's lab should still be running"
+
+        lab_down(run_dir)
+        assert lab_leftovers(run_dir, lab_id) == []
+        assert not run_dir.exists()
+        assert lab_leftovers(other_dir, other_id) == other_running, "down touched another lab"
+    finally:
+        lab_down(other_dir)
+    assert lab_leftovers(other_dir, other_id) == []

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import itertools
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Sequence
@@ -53,8 +54,8 @@ def delete(name: str) -> None:
 def stale() -> list[str]:
     """``flk-<role>-<pid>-<hex>`` namespaces whose creating test process no longer exists.
 
-    Only names of that shape are judged: the lab's ``flk-lab-*`` namespaces belong to
-    ``flock lab``, which removes its own (``flock lab down``).
+    Only names of exactly that shape are judged: the lab's ``flk-lab-<id>-*`` namespaces
+    belong to ``flock lab``, which removes its own (``flock lab down``).
     """
     out = sh("ip", "netns", "list", check=False)
     names = [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
@@ -62,9 +63,13 @@ def stale() -> list[str]:
     return [name for name, pid in pids.items() if pid is not None and not os.path.exists(f"/proc/{pid}")]
 
 
+# flk-<role>-<pid>-<serial><hex>; never the lab's flk-lab-<id>-<role>[-<name>].
+_TEST_NAME = re.compile(r"^flk-(?!lab-)[a-z]+-(\d+)-[0-9a-f]+$")
+
+
 def _creator_pid(name: str) -> str | None:
-    parts = name.split("-")
-    return parts[-2] if len(parts) >= 4 and parts[-2].isdigit() else None
+    found = _TEST_NAME.match(name)
+    return found.group(1) if found else None
 
 
 def host_ifname(container_id: str) -> str:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flock lab down: removed {len(removed)} namespaces and processes" if removed
               else "flock lab down: nothing to remove")
         return 0
-    if topology.lab_namespaces() or (args.run_dir / "state.json").exists():
+    if topology.lab_id(args.run_dir) or (args.run_dir / "state.json").exists():
         print(f"flock lab: a lab is already up (run `flock lab down --run-dir {args.run_dir}` first)",
               file=sys.stderr)
         return 1
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             fabric, _, session, pods = await scenario.up(_options(args, args.eligibility))  # type: ignore[arg-type]
             await session.close()
             print(f"flock lab is up: {len(fabric.nodes)} nodes, {len(pods)} pods; run dir {fabric.run_dir}")
-            print(f"  try: ip netns exec {topology.CLIENT} curl -s http://{topology.ANYCAST[0]}/")
-            print(f"       ip -n {topology.TOR} route show {topology.ANYCAST[0]}")
+            print(f"  try: ip netns exec {fabric.names.client} curl -s http://{topology.ANYCAST[0]}/")
+            print(f"       ip -n {fabric.names.tor} route show {topology.ANYCAST[0]}")
             print(f"       birdc -s {fabric.run_dir}/node-a/bird.ctl show route")
             print("  then: flock lab down")
         try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from flock.lab.topology import PREFIX, Fabric, Node, python, stop_process
+from flock.lab.topology import Fabric, Node, python, stop_process
 from flock.plumbing import in_netns
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Kubelet:
         return result
 
     async def start_pod(self, name: str, node: Node) -> LabPod:
-        pod = LabPod(name, str(uuid.uuid4()), node, f"{PREFIX}pod-{name}", uuid.uuid4().hex)
+        pod = LabPod(name, str(uuid.uuid4()), node, self.fabric.names.pod(name), uuid.uuid4().hex)
         await self._api("POST", "/api/v1/namespaces/default/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "uid": pod.uid, "finalizers": [FINALIZER],

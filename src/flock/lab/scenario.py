@@ -24,7 +24,7 @@ from flock.eligibility import READY_AND_NOT_TERMINATING
 from flock.lab import report as reports
 from flock.lab.kubelet import Kubelet, LabPod
 from flock.lab.routewatch import RouteWatch
-from flock.lab.topology import ANYCAST, CLIENT, TOR, Fabric, Node, build, python, stop_process, teardown, wait_for
+from flock.lab.topology import ANYCAST, Fabric, Node, build, python, stop_process, teardown, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,18 @@ async def up(options: Options) -> tuple[Fabric, Kubelet, aiohttp.ClientSession, 
         for slot, node_index in enumerate(placement(options)):
             pods[slot] = await kubelet.start_pod(f"web-{slot}-1", fabric.nodes[node_index])
         used_nodes = {fabric.nodes[i] for i in set(placement(options))}
-        await asyncio.to_thread(wait_for, lambda: _tor_routes_to(used_nodes), 60, "the ToR routing to every node")
+        await asyncio.to_thread(wait_for, lambda: _tor_routes_to(fabric, used_nodes), 60,
+                                "the ToR routing to every node")
     except BaseException:
         await session.close()
         raise
     return fabric, kubelet, session, pods
 
 
-def _tor_routes_to(nodes: set[Node]) -> bool:
+def _tor_routes_to(fabric: Fabric, nodes: set[Node]) -> bool:
     from flock.lab.routewatch import nexthops
-    return all(has_hop(nexthops(TOR, prefix), tor_hop(node, prefix)) for prefix in PREFIXES for node in nodes)
+    return all(has_hop(nexthops(fabric.names.tor, prefix), tor_hop(node, prefix))
+               for prefix in PREFIXES for node in nodes)
 
 
 async def rolling_restart(options: Options) -> dict[str, Any]:
@@ -102,14 +104,15 @@ async def rolling_restart(options: Options) -> dict[str, Any]:
 
 
 async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[int, LabPod]) -> dict[str, Any]:
-    watches = {TOR: RouteWatch(TOR, PREFIXES)}
+    # By where they watch: "ToR", "node-a", ...
+    watches = {"ToR": RouteWatch(fabric.names.tor, PREFIXES)}
     for node in fabric.nodes:
-        watches[node.spec.netns] = RouteWatch(node.spec.netns, PREFIXES)
+        watches[node.spec.name] = RouteWatch(node.spec.netns, PREFIXES)
     results = options.run_dir / "load.json"
     load = await asyncio.to_thread(
         fabric.state.spawn,
         [python(), "-m", "flock.lab.load", *[f"--target={a}" for a in ANYCAST], "--rate", str(options.rate),
-         "--out", str(results)], options.run_dir / "load.log", CLIENT)
+         "--out", str(results)], options.run_dir / "load.log", fabric.names.client)
     terminated: list[dict[str, Any]] = []
     try:
         await asyncio.sleep(options.warmup)
@@ -121,7 +124,7 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
             generation = int(old.name.rsplit("-", 1)[1]) + 1
             pods[slot] = await kubelet.start_pod(f"web-{slot}-{generation}", old.node)
             back = {old.node}
-            await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, back), 30,
+            await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, fabric, back), 30,
                                     f"the ToR routing to {old.node.spec.name} again")
             await asyncio.sleep(options.settle)
         await asyncio.sleep(options.warmup)
@@ -131,7 +134,7 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
             watch.close()
     requests = json.loads(results.read_text()) if results.exists() else []
     events = await kubelet.events()
-    return build_report(options, requests, terminated, watches, events)
+    return {"labId": fabric.names.lab_id, **build_report(options, requests, terminated, watches, events)}
 
 
 def build_report(options: Options, requests: list[dict[str, Any]], terminated: list[dict[str, Any]],
@@ -141,16 +144,15 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         pod: LabPod = item["pod"]
         t0 = pod.marked_for_deletion
         if item["lastOnNode"]:
-            where, watch = f"ToR stops routing to {pod.node.spec.name}", watches[TOR]
+            where, watch = f"ToR stops routing to {pod.node.spec.name}", watches["ToR"]
             times = [watch.first_change_after(p, t0, tor_hop(pod.node, p)) for p in PREFIXES]
         else:
-            where, watch = f"{pod.node.spec.name} drops the next hop", watches[pod.node.spec.netns]
+            where, watch = f"{pod.node.spec.name} drops the next hop", watches[pod.node.spec.name]
             times = [watch.first_change_after(p, t0, pod_hop(pod, p)) for p in PREFIXES]
         latency = None if any(t is None for t in times) else max(times) - t0  # type: ignore[operator,type-var]
         pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency})
-    changes = [{"at": c.at, "prefix": c.prefix, "where": "ToR" if netns == TOR else netns.removeprefix("flk-lab-"),
-                "nexthops": sorted(c.nexthops)}
-               for netns, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
+    changes = [{"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
+               for where, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
     flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
     samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
                f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]

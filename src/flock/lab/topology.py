@@ -1,9 +1,11 @@
 """The lab's fabric: namespaces, links, BIRDs, agents and their bookkeeping.
 
-Everything lives in network namespaces named ``flk-lab-*`` and a run directory
+Everything lives in network namespaces named ``flk-lab-<id>-*`` (``<id>``: random, one
+per run, written to ``<run dir>/lab-id`` before anything is made) and a run directory
 (default /run/flock-lab). Every namespace and process is recorded in
 ``<run dir>/state.json`` the moment it exists, so ``flock lab down`` can remove it all
-even after a crash or a killed run. Nothing is ever changed in the root namespace.
+even after a crash or a killed run, and nothing of another lab. Nothing is ever changed
+in the root namespace.
 
 Addressing (documentation ranges only):
 - ToR <-> node i: link i, 192.0.2.4i/30 (ToR .4i+1, node .4i+2), 2001:db8:ffff:i::/64
@@ -20,6 +22,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import socket
@@ -34,7 +37,6 @@ import yaml
 from flock.cni.install import install as install_cni
 
 PREFIX = "flk-lab-"
-TOR, CLIENT = f"{PREFIX}tor", f"{PREFIX}client"
 TOR_ASN = 65000
 CLIENT_LINK = 31
 ANYCAST = ("198.51.100.10", "2001:db8:100::10")
@@ -117,11 +119,39 @@ class NodeSpec:
         return str(self.link.b_v4.ip)
 
 
-def node_specs(count: int) -> list[NodeSpec]:
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """The namespace names of one lab run: ``flk-lab-<id>-<role>``."""
+
+    lab_id: str
+
+    def netns(self, role: str) -> str:
+        return f"{PREFIX}{self.lab_id}-{role}"
+
+    @property
+    def tor(self) -> str:
+        return self.netns("tor")
+
+    @property
+    def client(self) -> str:
+        return self.netns("client")
+
+    def pod(self, name: str) -> str:
+        return self.netns(f"pod-{name}")
+
+
+def lab_id(run_dir: pathlib.Path) -> str | None:
+    """The id of the lab whose run dir this is (None: no lab was started there)."""
+    with contextlib.suppress(OSError):
+        return (run_dir / "lab-id").read_text().strip() or None
+    return None
+
+
+def node_specs(count: int, names: Names) -> list[NodeSpec]:
     specs = []
     for i in range(count):
         letter = "abcd"[i]
-        specs.append(NodeSpec(i, f"node-{letter}", f"{PREFIX}node-{letter}", link_addresses(i), 65101 + i,
+        specs.append(NodeSpec(i, f"node-{letter}", names.netns(f"node-{letter}"), link_addresses(i), 65101 + i,
                               (f"203.0.113.{64 * i}/26", f"2001:db8:200:{i:x}::/64")))
     return specs
 
@@ -223,6 +253,7 @@ class Node:
 @dataclasses.dataclass
 class Fabric:
     state: State
+    names: Names
     api_url: str
     api: subprocess.Popen[bytes]
     tor_bird: subprocess.Popen[bytes]
@@ -236,22 +267,26 @@ class Fabric:
 
 def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
     """Bring the whole fabric up and wait until every BGP session is established."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names = Names(secrets.token_hex(3))
+    (run_dir / "lab-id").write_text(names.lab_id + "\n")  # before anything that `down` must find
     state = State(run_dir)
     state.save()
-    specs = node_specs(node_count)
+    specs = node_specs(node_count, names)
+    tor, client = names.tor, names.client
 
-    state.add_netns(TOR)
-    sysctl(TOR, "net.ipv4.ip_forward", "1")
-    sysctl(TOR, "net.ipv6.conf.all.forwarding", "1")
-    hash_fields(TOR)
-    state.add_netns(CLIENT)
-    client_link = connect(TOR, CLIENT, CLIENT_LINK)
-    sh("ip", "route", "add", "default", "via", str(client_link.a_v4.ip), netns=CLIENT)
-    sh("ip", "-6", "route", "add", "default", "via", str(client_link.a_v6.ip), netns=CLIENT)
+    state.add_netns(tor)
+    sysctl(tor, "net.ipv4.ip_forward", "1")
+    sysctl(tor, "net.ipv6.conf.all.forwarding", "1")
+    hash_fields(tor)
+    state.add_netns(client)
+    client_link = connect(tor, client, CLIENT_LINK)
+    sh("ip", "route", "add", "default", "via", str(client_link.a_v4.ip), netns=client)
+    sh("ip", "-6", "route", "add", "default", "via", str(client_link.a_v6.ip), netns=client)
 
     for spec in specs:
         state.add_netns(spec.netns)
-        connect(TOR, spec.netns, spec.index)
+        connect(tor, spec.netns, spec.index)
         sh("ip", "route", "add", "default", "via", str(spec.link.a_v4.ip), netns=spec.netns)
         sh("ip", "-6", "route", "add", "default", "via", str(spec.link.a_v6.ip), netns=spec.netns)
         # Strict reverse-path filtering, as many production nodes run; flock sets its veths loose.
@@ -263,7 +298,7 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
     tor_dir.mkdir(parents=True, exist_ok=True)
     (tor_dir / "bird.conf").write_text(tor_bird_config(str(client_link.a_v4.ip), neighbors))
     tor_bird = state.spawn(["bird", "-f", "-c", str(tor_dir / "bird.conf"), "-s", str(tor_dir / "bird.ctl")],
-                           tor_dir / "bird.log", netns=TOR)
+                           tor_dir / "bird.log", netns=tor)
 
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
@@ -280,7 +315,7 @@ current-context: lab
 """)
 
     nodes = [start_node(state, spec, run_dir, kubeconfig, eligibility) for spec in specs]
-    fabric = Fabric(state, api_url, api, tor_bird, nodes, client_link)
+    fabric = Fabric(state, names, api_url, api, tor_bird, nodes, client_link)
     wait_for(lambda: bgp_established(tor_dir / "bird.ctl", 2 * len(specs)), 60, "BGP sessions ToR <-> nodes")
     return fabric
 
@@ -338,19 +373,22 @@ def bgp_established(socket_path: pathlib.Path, count: int) -> bool:
     return done.stdout.count("Established") >= count
 
 
-def lab_namespaces() -> list[str]:
+def lab_namespaces(names: Names) -> list[str]:
+    """The namespaces of one lab run, whether or not state.json recorded them."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+    return [line.split()[0] for line in out.splitlines() if line.startswith(names.netns(""))]
 
 
 def teardown(run_dir: pathlib.Path) -> list[str]:
-    """Stop every recorded process, delete every lab namespace, remove the run dir.
+    """Stop every recorded process, delete every namespace of this run dir's lab, remove the run dir.
 
-    Safe on a clean machine (does nothing) and after a crash. Returns what it removed.
+    Safe on a clean machine (does nothing) and after a crash; leaves other labs alone.
+    Returns what it removed.
     """
     removed: list[str] = []
     state = State(run_dir) if run_dir.exists() else None
-    names = (state.data.get("namespaces", []) if state else []) + lab_namespaces()
+    found = lab_id(run_dir)
+    names = (state.data.get("namespaces", []) if state else []) + (lab_namespaces(Names(found)) if found else [])
     pids = list(reversed(state.data.get("pids", []))) if state else []
     pids += _stray_pids(run_dir)
     for name in dict.fromkeys(names):  # whatever still runs inside a lab namespace
