@@ -12,7 +12,7 @@ fi
 had_bird=0; command -v bird >/dev/null 2>&1 && had_bird=1
 had_containerd=0; command -v containerd >/dev/null 2>&1 && had_containerd=1
 need_apt=0
-for bin in bird birdc ip ping python3 containerd ctr runc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+for bin in bird birdc ip ping sysctl python3 containerd ctr runc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
 [ -x /usr/lib/cni/tuning ] || need_apt=1  # reference CNI plugins: real peers in the CNI tests
 # containerd as a real runtime in the CNI tests; its sandbox image is a static busybox.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt=1
@@ -20,7 +20,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  packages="bird2 iproute2 iputils-ping containernetworking-plugins containerd runc busybox-static"
+  packages="bird2 iproute2 iputils-ping procps containernetworking-plugins busybox-static"
+  # Docker's containerd.io brings containerd and runc and conflicts with Debian's packages.
+  dpkg-query -W -f='${Status}' containerd.io 2>/dev/null | grep -q 'ok installed' \
+    || packages="$packages containerd runc"
   # Debian's own python3 needs python3-venv for `python3 -m venv`.
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages="$packages python3 python3-venv"
   apt-get install -y -qq --no-install-recommends $packages >/dev/null

@@ -102,7 +102,6 @@ def plumb_pod(node_netns: str, pod_netns: str, container_id: str,
     sh("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", netns=pod_netns)
     sh("ip", "addr", "add", "169.254.1.1/32", "dev", ifname, netns=node_netns)
     sh("ip", "addr", "add", "fe80::1/64", "dev", ifname, netns=node_netns)
-    sh("sysctl", "-qw", f"net.ipv4.conf.{ifname}.proxy_arp=1", netns=node_netns)
     sh("ip", "link", "set", ifname, "up", netns=node_netns)
     sh("ip", "link", "set", "eth0", "up", netns=pod_netns)
     parsed = tuple(ipaddress.ip_address(ip) for ip in ips)
