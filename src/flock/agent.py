@@ -110,6 +110,7 @@ class Agent:
         logger.info("agent started node=%s pools=%s pod_cidrs=%s", self.config.node_name,
                     ",".join(str(p.cidr) for p in self.config.anycast_pools),
                     ",".join(map(str, self.pod_cidrs)))
+        self.reconciler.wake("start")  # the first pass now, not a tick later
         await self.reconciler.run(on_resync=self.relist_pods)
 
     async def stop(self) -> None:

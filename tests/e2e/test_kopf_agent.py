@@ -18,7 +18,8 @@ import pytest
 
 from flock.model import Allocation, AllocationState, ContainerID, PodRef
 from flock.store import AllocationStore
-from tests.support import birdlab
+from tests.chart.rendering import render
+from tests.support import birdlab, rbac
 from tests.support.agent import AgentProcess, eventually, free_port
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
 from tests.support.netlink_monitor import watch_routes
@@ -142,12 +143,18 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     requests = cluster.agent_requests()
     pod_reads = [r for r in requests if r.resource is not None and r.resource.plural == "pods"
                  and r.method.value.upper() == "GET"]
-    assert pod_reads, "the agent never listed or watched pods"
-    assert all(r.params.get("fieldSelector") == "spec.nodeName=node-a" for r in pod_reads), \
-        [str(r.url) for r in pod_reads]
+    assert any(r.params.get("watch") == "true" for r in pod_reads), "the agent never watched pods"
+    assert any(r.params.get("watch") != "true" and not r.url.path.endswith("/web-1") for r in pod_reads), \
+        "the agent never listed pods"
+    assert all(r.params.get("fieldSelector") == "spec.nodeName=node-a" for r in pod_reads
+               if not r.url.path.startswith("/api/v1/namespaces/")), [str(r.url) for r in pod_reads]
     pod_writes = [r for r in requests if r.resource is not None and r.resource.plural == "pods"
                   and r.method.value.upper() in ("POST", "PUT", "PATCH", "DELETE")]
     assert pod_writes == []
+    # The chart's ClusterRole covers every call the agent made here.
+    needed = {p for r in requests if isinstance(p := rbac.required(r), rbac.Permission)}
+    granted = rbac.granted(render().one("ClusterRole")["rules"])
+    assert needed <= granted, f"the chart's ClusterRole lacks {sorted(map(str, needed - granted))}"
     assert agent.alive(), agent.log()
 
 
