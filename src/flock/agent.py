@@ -234,9 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flock-agent", description="flock's node agent")
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument("--check-config", action="store_true",
+                        help="only check the config file (not this host), print one line, and exit")
     args = parser.parse_args(argv)
     try:
-        check_host(load_config(args.config))  # fail fast, with one line, before kopf starts
+        config = load_config(args.config)
+        if args.check_config:
+            print(f"flock-agent: {args.config}: config ok (node {config.node_name})")
+            return 0
+        check_host(config)  # fail fast, with one line, before kopf starts
     except FlockError as exc:
         print(f"flock-agent: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pathlib
 import subprocess
+import sys
 from typing import Any
 
 import helm_python
@@ -86,7 +87,9 @@ def run_render_config(rendered: Rendered, workdir: pathlib.Path, *, host_ips: st
     assert command[:2] == ["sh", "-ec"] and len(command) == 6, command
     source, target = workdir / "configmap-agent.yaml", workdir / "agent.yaml"
     source.write_text(rendered.agent_yaml)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_NAME": node,
+    # flock-agent on PATH, as in the image.
+    path = f"{pathlib.Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env = {"PATH": path, "NODE_NAME": node,
            "HOST_IPS": host_ips, "HOST_IP": host_ip}
     done = subprocess.run([*command[:4], str(source), str(target)], env=env, capture_output=True,
                           text=True, timeout=30, check=False)

@@ -78,6 +78,18 @@ def test_router_id_from_an_ipv6_only_node_fails_with_a_clear_message(tmp_path: p
     assert not path.exists()
 
 
+def test_a_config_the_agent_refuses_stops_render_config_before_the_cni_goes_in(tmp_path: pathlib.Path) -> None:
+    # The schema checks shapes; the agent's loader knows more (here: host bits set).
+    rendered = render({"anycastPools": [{"cidr": "198.51.100.1/24"}]})
+    done, path = run_render_config(rendered, tmp_path, host_ips="192.0.2.7")
+    assert done.returncode != 0
+    assert "flock-agent: " in done.stderr and "198.51.100.1/24" in done.stderr, done.stderr
+    assert not path.exists()
+    # install-cni runs after render-config: a refused config never brings flock's conflist.
+    order = [c["name"] for c in rendered.pod_spec["initContainers"]]
+    assert order.index("render-config") < order.index("install-cni"), order
+
+
 def test_unsubstituted_config_is_refused_by_the_agent(tmp_path: pathlib.Path) -> None:
     # Guard for the placeholder: if the init step were skipped, the agent must not start.
     path = tmp_path / "agent.yaml"

@@ -74,7 +74,7 @@ def test_daemonset_runs_on_every_node_one_node_at_a_time() -> None:
     assert daemonset["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
     assert spec["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
-    assert [c["name"] for c in spec["initContainers"]] == ["install-cni", "render-config"]
+    assert [c["name"] for c in spec["initContainers"]] == ["render-config", "install-cni"]
     assert [c["name"] for c in spec["containers"]] == ["agent", "bird"]
 
 
