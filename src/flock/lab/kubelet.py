@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from flock.annotation import parse_anycast
 from flock.lab.topology import Fabric, Node, python, stop_process
 from flock.plumbing import in_netns
 
@@ -102,7 +103,9 @@ class Kubelet:
         result = await self._cni(pod, "ADD")
         pod.ips = [ip["address"].split("/")[0] for ip in result["ips"]]
         pod.server = await asyncio.to_thread(
-            self.fabric.state.spawn, [python(), "-m", "flock.lab.podserver", "--name", name],
+            self.fabric.state.spawn,
+            [python(), "-m", "flock.lab.podserver", "--name", name,
+             *[f"--listen={address}" for address in [*map(str, parse_anycast(self.anycast).addresses), *pod.ips]]],
             self.fabric.run_dir / "pods" / f"{name}.log", pod.netns)
         await self._until_answers(pod)
         await self._patch(pod, {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})

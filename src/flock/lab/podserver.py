@@ -1,9 +1,11 @@
 """A pod's HTTP server for the lab: answers every request with ``served-by <pod>``.
 
-Run inside a pod's netns: ``python -m flock.lab.podserver --name web-a-1 --port 80``.
-Listens on every address (the anycast IPs on lo and the pod's own IP, which the
-kubelet emulator probes). On SIGTERM it stops accepting, finishes what is in flight,
-and exits — what a well-behaved server does during a pod's termination.
+Run inside a pod's netns:
+``python -m flock.lab.podserver --name web-a-1 --listen 198.51.100.10 --listen 203.0.113.2``.
+Listens on each address given, as an anycast service binds its anycast IPs (on lo) and
+the pod's own IPs (which the kubelet emulator probes). On SIGTERM it stops accepting,
+finishes what is in flight, and exits — what a well-behaved server does during a pod's
+termination.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import socket
 
 
-async def serve(name: str, port: int) -> None:
+async def serve(name: str, port: int, addresses: list[str]) -> None:
     body = f"served-by {name}\n".encode()
     in_flight: set[asyncio.Task[None]] = set()
 
@@ -37,12 +38,8 @@ async def serve(name: str, port: int) -> None:
                 await writer.wait_closed()
             in_flight.discard(task)
 
-    # asyncio marks IPv6 listeners IPV6_V6ONLY, so 0.0.0.0 and :: can both bind the port.
-    servers = [
-        await asyncio.start_server(handle, host="0.0.0.0", port=port, reuse_address=True, backlog=1024),
-        await asyncio.start_server(handle, host="::", port=port, reuse_address=True, backlog=1024,
-                                   family=socket.AF_INET6, flags=socket.AI_PASSIVE),
-    ]
+    servers = [await asyncio.start_server(handle, host=address, port=port, reuse_address=True, backlog=1024)
+               for address in addresses]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -58,8 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="flock-lab-podserver")
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--listen", action="append", required=True, help="an address to serve on (repeat)")
     args = parser.parse_args()
-    asyncio.run(serve(args.name, args.port))
+    asyncio.run(serve(args.name, args.port, args.listen))
 
 
 if __name__ == "__main__":
