@@ -48,6 +48,7 @@ class LabPod:
     ips: list[str] = dataclasses.field(default_factory=list)
     server: subprocess.Popen[bytes] | None = None
     marked_for_deletion: float = 0.0  # time.monotonic() of the deletionTimestamp patch
+    server_stopped: float | None = None  # time.monotonic() when its server was told to stop
 
     @property
     def ipv4(self) -> str:
@@ -127,6 +128,7 @@ class Kubelet:
         await self._patch(pod, {"metadata": {"deletionTimestamp": now, "deletionGracePeriodSeconds": 30}})
         await asyncio.sleep(self.grace)  # preStop: still serving
         if pod.server is not None:
+            pod.server_stopped = time.monotonic()
             await asyncio.to_thread(stop_process, pod.server)
             self.fabric.state.forget(pod.server)
         await asyncio.sleep(self.detection)  # kubelet notices the container is gone

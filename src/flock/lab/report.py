@@ -26,24 +26,33 @@ def request_figures(requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """For each failed request: the route changes that happened while it was in flight."""
+def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]],
+              stopped: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For each failed request, the cause the observations support, or "unexplained".
+
+    ``changes``: route changes of the anycast prefixes (``at``, ``prefix``, ``where``).
+    ``stopped``: per terminated pod, when its server stopped (``from``) and when traffic
+    stopped being sent to it (``to``; None if never seen). A refused connection started
+    in such a window went to a pod with no server; a failure of another kind in flight
+    while the next hops of its own prefix changed was moved by an ECMP re-hash.
+    """
     attributed = []
     for request in requests:
         if request["outcome"] == "ok":
             continue
-        near = [c for c in changes if request["start"] - NEAR <= c["at"] <= request["end"] + NEAR]
+        started, ended, target = request["start"], request["end"], request["target"]
         if request["outcome"] == "refused":
-            # Nothing listened where the fabric sent the connection: a pod that had stopped
-            # serving still attracted new connections (the bug flock's rule removes).
-            cause = "refused: sent to a pod whose server had stopped but that was still routed"
-        elif near:
-            cause = (f"{request['outcome']}: in flight while the next hops of {near[0]['prefix']} changed at "
-                     f"{near[0]['where']} (ECMP re-hash moved an existing flow to another pod)")
+            culprits = [s["pod"] for s in stopped
+                        if s["from"] <= started + NEAR and (s["to"] is None or started <= s["to"] + NEAR)]
+            cause = (f"refused: sent while {', '.join(culprits)} still attracted traffic with its server stopped"
+                     if culprits else "refused: unexplained (no pod was stopped and still routed then)")
         else:
-            cause = f"{request['outcome']}: no route change nearby"
-        attributed.append({"start": request["start"], "target": request["target"], "outcome": request["outcome"],
-                           "cause": cause})
+            near = [c for c in changes if c["prefix"].split("/")[0] == target
+                    and started - NEAR <= c["at"] <= ended + NEAR]
+            cause = (f"{request['outcome']}: in flight while the next hops of {near[0]['prefix']} changed at "
+                     f"{near[0]['where']} (ECMP re-hash moved an existing flow to another pod)" if near
+                     else f"{request['outcome']}: unexplained (no change of {target}'s route nearby)")
+        attributed.append({"start": started, "target": target, "outcome": request["outcome"], "cause": cause})
     return attributed
 
 

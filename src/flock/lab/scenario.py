@@ -140,6 +140,7 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
 def build_report(options: Options, requests: list[dict[str, Any]], terminated: list[dict[str, Any]],
                  watches: dict[str, RouteWatch], events: list[dict[str, Any]]) -> dict[str, Any]:
     pods = []
+    stopped: list[dict[str, Any]] = []  # when each terminated pod had no server
     for item in terminated:
         pod: LabPod = item["pod"]
         t0 = pod.marked_for_deletion
@@ -151,6 +152,9 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
             times = [watch.first_change_after(p, t0, pod_hop(pod, p)) for p in PREFIXES]
         latency = None if any(t is None for t in times) else max(times) - t0  # type: ignore[operator,type-var]
         pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency})
+        if pod.server_stopped is not None:
+            withdrawn = None if latency is None else t0 + latency
+            stopped.append({"pod": pod.name, "from": pod.server_stopped, "to": withdrawn})
     changes = [{"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
                for where, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
     flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
@@ -163,7 +167,7 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         "torRouteChanges": len([c for c in changes if c["where"] == "ToR"]),
         "routeChanges": sorted(changes, key=lambda c: c["at"]),
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
-        "attributed": reports.attribute(requests, changes),
+        "attributed": reports.attribute(requests, changes, stopped),
         "measuredAt": time.time(),
     }
 
