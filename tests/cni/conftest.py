@@ -51,13 +51,17 @@ class CniNode:
 
     async def exec_plugin(self, plugin: str, command: str, container_id: str, netns: str, *,
                     ifname: str = "eth0", args: str = "", config: dict[str, Any] | str | None = None,
-                    extra_env: dict[str, str] | None = None) -> CniResult:
-        """Exec a CNI plugin as a runtime does: CNI_* environment only, config on stdin."""
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-               "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": f"{self.bin_dir}:/usr/lib/cni",
-               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        env.update(extra_env or {})
-        env = {k: v for k, v in env.items() if v is not None}
+                    extra_env: dict[str, str | None] | None = None) -> CniResult:
+        """Exec a CNI plugin as a runtime does: CNI_* environment only, config on stdin.
+
+        ``extra_env`` overrides the CNI_* variables; None leaves one out.
+        """
+        given: dict[str, str | None] = {
+            "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": f"{self.bin_dir}:/usr/lib/cni",
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        given.update(extra_env or {})
+        env = {k: v for k, v in given.items() if v is not None}
         stdin = config if isinstance(config, str) else json.dumps(config or self.net_config)
         binary = self.bin_dir / plugin if (self.bin_dir / plugin).exists() else pathlib.Path("/usr/lib/cni") / plugin
         # In a thread: the emulated API server runs on this test's event loop, and the agent

@@ -97,6 +97,7 @@ async def test_bad_input_gets_spec_errors_and_other_pods_are_unaffected(cni_node
         ({"config": "{this is not json"}, 6),
         ({"config": {**node.net_config, "cniVersion": "0.3.1"}}, 1),
         ({"extra_env": {"CNI_NETNS": ""}}, 4),
+        ({"extra_env": {"CNI_NETNS": None}}, 4),  # not set at all
         ({"extra_env": {"CNI_NETNS": "/var/run/netns/flk-no-such-netns"}}, 4),
     ]
     for kwargs, code in cases:

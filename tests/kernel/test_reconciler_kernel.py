@@ -7,6 +7,8 @@ causes (seen by a route monitor in the node namespace).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import pathlib
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +24,7 @@ from flock.netlink import NetlinkRoutes
 from flock.podcache import PodCache
 from flock.reconciler import Reconciler
 from flock.store import AllocationStore
+from tests.support.agent import eventually
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import PlumbedPod, plumb_pod, sh
 from tests.unit.factories import config, pod_body
@@ -61,8 +64,11 @@ class Node:
         self.reconciler: Reconciler | None = None
         self.store = AllocationStore(state)
 
-    async def start_agent(self) -> Reconciler:
-        """What the agent does at start-up: load the store, open netlink, adopt the kernel."""
+    async def start_agent(self, **settings: Any) -> Reconciler:
+        """What the agent does at start-up: load the store, open netlink, adopt the kernel.
+
+        ``settings``: config keys, e.g. ``resyncSeconds=0.5``.
+        """
         if self.routes is not None:
             await self.routes.close()
         self.store = AllocationStore(self.state)
@@ -70,7 +76,7 @@ class Node:
         self.routes = NetlinkRoutes(protocol=PROTO, netns=self.netns)
         await self.routes.start()
         self.reconciler = Reconciler(
-            config=config(hostNetns=self.netns), store=self.store, pods=self.cache, routes=self.routes,
+            config=config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache, routes=self.routes,
             bird=self.bird, render_bird=lambda active: ",".join(sorted(map(str, active))),
             events=self.events, metrics=Metrics())
         await self.reconciler.adopt()
@@ -168,3 +174,27 @@ async def test_a_route_deleted_by_hand_is_repaired_on_the_next_full_view(node: N
     assert hops(node.netns, V4) == []
     await reconciler.reconcile(full_view=True)
     assert hops(node.netns, V4) == [hop(node.pods[0], 4)]
+
+
+async def test_the_running_loop_relists_pods_and_repairs_drift_every_resync(node: Node) -> None:
+    reconciler = await node.start_agent(resyncSeconds=0.5)
+    node.pod_event(0, ready=True)
+    relists = 0
+
+    async def relist() -> None:
+        nonlocal relists
+        relists += 1
+
+    running = asyncio.create_task(reconciler.run(on_resync=relist))
+    try:
+        reconciler.wake("test")
+        await eventually(lambda: hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
+                         what="the loop routes the Ready pod")
+        sh("ip", "-n", node.netns, "route", "del", V4, "proto", str(PROTO))
+        await eventually(lambda: hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
+                         what="a resync puts back the route deleted by hand")
+        assert relists >= 1, "each resync re-lists the pods first"
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flock.config import AnycastPool
 from flock.model import Nexthop
 from flock.resolver import FAMILY_MISMATCH, REJECTED, resolve
 from tests.unit.factories import POOLS, alloc, status
@@ -149,12 +151,29 @@ def test_every_nexthop_is_an_eligible_committed_pod_of_the_same_family(specs) ->
             assert hop.via.version == address.version and hop.via in owner.pod_ips
 
 
-@given(pod_specs)
-def test_nothing_outside_the_pools_survives(specs) -> None:  # type: ignore[no-untyped-def]
+# Pools that may be restricted to namespaces; pods live in one of three namespaces.
+restricted_pools = st.lists(
+    st.builds(AnycastPool, st.sampled_from([ipaddress.ip_network(c) for c in (
+        "198.51.100.0/24", "198.51.100.8/29", "2001:db8:100::/64", "2001:db8:100::/120")]),
+        st.none() | st.frozensets(st.sampled_from(["default", "payments", "web"]), max_size=2)),
+    max_size=4)
+
+
+@given(pod_specs, restricted_pools, st.lists(st.sampled_from(["default", "payments", "web"]), min_size=201,
+                                              max_size=201))
+def test_nothing_outside_the_pools_survives(specs, pools, namespaces) -> None:  # type: ignore[no-untyped-def]
     allocations, pods = build(specs)
-    result = resolve(allocations, pods, POOLS)
-    for address in result.routes:
-        assert any(address in pool.cidr for pool in POOLS if pool.cidr.version == address.version)
+    # Move each pod to its namespace, keeping allocation and status in step.
+    allocations = [dataclasses.replace(a, pod=dataclasses.replace(a.pod, namespace=namespaces[i]))
+                   for i, a in enumerate(allocations)]
+    pods = {(namespaces[i], key[1]): dataclasses.replace(status_, ref=dataclasses.replace(
+        status_.ref, namespace=namespaces[i])) for i, (key, status_) in enumerate(pods.items())}
+    result = resolve(allocations, pods, pools)
+    for address, hops in result.routes.items():
+        owners = [a for a in allocations if a.host_ifname in {hop.dev for hop in hops}]
+        for owner in owners:
+            assert any(address in pool.cidr and (pool.namespaces is None or owner.pod.namespace in pool.namespaces)
+                       for pool in pools if pool.cidr.version == address.version), (address, owner.pod, pools)
 
 
 # The annotation can change after the pod's network was set up (kubectl annotate).
