@@ -15,8 +15,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import kopf
 from aiohttp import web
@@ -35,6 +35,8 @@ from flock.plumbing import PodNetwork
 from flock.podcache import PodCache
 from flock.reconciler import Reconciler
 from flock.store import AllocationStore
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,11 @@ class Agent:
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
             render_bird=self.render_bird, events=self.events, metrics=self.metrics)
         self.cni = CniServer(config=config, store=self.store, network=self.network,
-                             lookup_pod=self.lookup_pod, events=self.events,
-                             routes_via=self.reconciler.routes_via, unroute=self.unroute)
+                             lookup_pod=self.lookup_pod,
+                             shares_route=self.reconciler.shares_route, unroute=self.unroute)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
+        self._passing: asyncio.Task[None] | None = None  # Reconciler.run, once the pods are listed
         self._web: web.AppRunner | None = None
 
     def render_bird(self, anycast: frozenset[IPAddress]) -> str:
@@ -86,8 +89,9 @@ class Agent:
         for problem in await self.store.load():
             self.events.post(Event(ObjectRef(kind="Node", name=self.config.node_name), "Warning",
                                    "AllocationQuarantined", problem))
-        await self.cni.recover()
         await self.routes.start()
+        # What the previous agent left routed: a DEL then knows which veths share a route.
+        await self.reconciler.adopt()
         for warning in await self.routes.set_multipath_hash_policy():
             logger.warning("multipath hashing not set (flows may not spread): %s", warning)
         for warning in await self.network.enable_forwarding():
@@ -106,12 +110,17 @@ class Agent:
         # previous agent left routed and advertised, and put each back as the watch
         # delivers its pods. So nothing is routed or withdrawn before one full LIST.
         await self._first_pod_list()
-        await self.reconciler.adopt()
         logger.info("agent started node=%s pools=%s pod_cidrs=%s", self.config.node_name,
                     ",".join(str(p.cidr) for p in self.config.anycast_pools),
                     ",".join(map(str, self.pod_cidrs)))
         self.reconciler.wake("start")  # the first pass now, not a tick later
-        await self.reconciler.run(on_resync=self.relist_pods)
+        self._passing = asyncio.create_task(self.reconciler.run(on_resync=self.relist_pods), name="flock passes")
+        try:
+            # ADDs and DELs a previous agent left unfinished; a DEL may need passes first.
+            await self.cni.recover()
+            await self._passing
+        finally:
+            self._passing.cancel()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -131,15 +140,18 @@ class Agent:
             return cached
         return await self.api.pod(namespace, name)
 
-    async def unroute(self, dev: str) -> None:
-        """Wait until the reconciler has taken every next hop on ``dev`` out of the kernel."""
+    async def unroute(self, dev: str) -> bool:
+        """Wait until no route of several next hops uses ``dev``. False: no passes run yet."""
+        if self._passing is None or self._passing.done():
+            return False
         limit = self.config.bird.timeout_seconds + 5  # a pass may wait for one BIRD reload
         try:
             async with asyncio.timeout(limit):
-                while self.reconciler.routes_via(dev):
+                while self.reconciler.shares_route(dev):
                     await self.reconciler.next_pass("cni-del")
         except TimeoutError:
-            logger.warning("next hops on %s still routed after %.0fs; deleting it anyway", dev, limit)
+            logger.warning("%s is still one of several next hops after %.0fs; deleting it anyway", dev, limit)
+        return True
 
     async def relist_pods(self) -> None:
         """Repair the pod cache from a full LIST: kopf sends no DELETED for pods gone in a watch gap."""
@@ -154,40 +166,23 @@ class Agent:
 
     async def _first_pod_list(self) -> None:
         """Fill the pod cache from one full LIST (retried until the API answers)."""
-        delay = 1.0
-        while True:
+        async def list_once() -> None:
             since = self.pods.watch_serial()
-            try:
-                bodies = await self.api.node_pods(self.config.node_name)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                logger.warning("cannot list this node's pods, routes stay as they are; retrying in %.0fs: %s",
-                               delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            self.pods.replace_all(bodies, since)
-            logger.info("pods listed node=%s pods=%d", self.config.node_name, len(self.pods.snapshot()))
-            return
+            self.pods.replace_all(await self.api.node_pods(self.config.node_name), since)
+
+        await _until_it_works(list_once, "cannot list this node's pods, routes stay as they are")
+        logger.info("pods listed node=%s pods=%d", self.config.node_name, len(self.pods.snapshot()))
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
         """podCIDRs from the config, else from the Node (retried until the API answers)."""
         if self.config.pod_cidrs is not None:
             return self.config.pod_cidrs
-        delay = 1.0
-        while True:
-            try:
-                node = await self.api.node(self.config.node_name)
-                cidrs = (node.get("spec") or {}).get("podCIDRs") or []
-                return tuple(ipaddress.ip_network(c) for c in cidrs)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                logger.warning("cannot read Node %s for its podCIDRs, retrying in %.0fs: %s",
-                               self.config.node_name, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        async def read_node() -> tuple[IPNetwork, ...]:
+            node = await self.api.node(self.config.node_name)
+            return tuple(ipaddress.ip_network(c) for c in (node.get("spec") or {}).get("podCIDRs") or [])
+
+        return await _until_it_works(read_node, f"cannot read Node {self.config.node_name} for its podCIDRs")
 
     async def _serve_http(self) -> None:
         app = web.Application()
@@ -219,6 +214,18 @@ def check_host(config: AgentConfig) -> None:
     if config.host_netns is not None and not os.path.exists(named_netns(config.host_netns)):
         raise ConfigError(f"hostNetns: no network namespace named {config.host_netns!r} "
                           f"({named_netns(config.host_netns)})")
+
+
+async def _until_it_works(call: Callable[[], Awaitable[T]], failing: str) -> T:
+    """``call()``, retried with backoff (1 s doubling to 30 s) until it returns."""
+    delay = 1.0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            logger.warning("%s; retrying in %.0fs: %s", failing, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def config_from_environment() -> AgentConfig:

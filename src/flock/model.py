@@ -99,3 +99,5 @@ class PodStatus:
     reason: str = ""  # why not eligible: "terminating", "not ready"
     anycast: frozenset[IPAddress] | None = None
     """The valid IPs the pod's annotation lists now; None when not known (the allocation's count)."""
+    annotation_errors: tuple[str, ...] = ()
+    """One message per entry of the annotation that does not parse."""

@@ -23,8 +23,9 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
 def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING) -> PodStatus:
     reason = ineligibility_reason(body, rule)
     annotations = (body.get("metadata") or {}).get("annotations") or {}
-    listed = frozenset(parse_anycast(annotations.get(ANNOTATION)).addresses)
-    return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "", anycast=listed)
+    parsed = parse_anycast(annotations.get(ANNOTATION))
+    return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "",
+                     anycast=frozenset(parsed.addresses), annotation_errors=parsed.errors)
 
 
 class PodCache:

@@ -102,9 +102,9 @@ class Reconciler:
         self.wake(trigger)
         await done
 
-    def routes_via(self, dev: str) -> bool:
-        """Whether a kernel route of flock's, as this reconciler last wrote or saw it, uses ``dev``."""
-        return any(hop.dev == dev for hops in self._kernel.values() for hop in hops)
+    def shares_route(self, dev: str) -> bool:
+        """Whether ``dev`` is one of several next hops of a route of flock's (as last written or seen)."""
+        return any(len(hops) > 1 and any(hop.dev == dev for hop in hops) for hops in self._kernel.values())
 
     async def run(self, on_resync: Callable[[], Awaitable[None]] | None = None) -> None:
         """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""

@@ -37,7 +37,7 @@ class Finding:
     """A pod's anycast IP that cannot be routed, and why (becomes a Warning Event)."""
 
     pod: PodRef
-    address: IPAddress
+    address: IPAddress | None  # None: an annotation entry that is not an address
     reason: str  # REJECTED or FAMILY_MISMATCH
     message: str
 
@@ -86,9 +86,12 @@ def resolve(
         eligible = status is not None and status.eligible
         # The annotation may change after ADD. An IP taken off it stops being routed to the
         # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
+        # While an entry does not parse, nothing changes: a typo never withdraws an IP.
         listed = status.anycast if status is not None else None
-        if listed is not None:
-            findings.extend(_added_after_start(allocation, listed, pools))
+        if status is not None:
+            findings.extend(_annotation_findings(allocation, status, pools))
+            if status.annotation_errors:
+                listed = None
         for address in allocation.anycast:
             rejection = pool_rejection(address, allocation.pod.namespace, pools)
             if rejection:
@@ -111,18 +114,22 @@ def resolve(
     )
 
 
-def _added_after_start(allocation: Allocation, listed: frozenset[IPAddress],
-                       pools: Sequence[AnycastPool]) -> list[Finding]:
-    # IPs outside the pools were reported when the pod's network was set up (and are
-    # never routed anyway), so only the ones the pool policy allows are news.
-    return [
-        Finding(allocation.pod, address, REJECTED,
-                f"{address} not routed: added to {ANNOTATION} after the pod's network was set up, so it is "
-                f"not on the pod's lo; it takes effect when the pod is recreated")
-        for address in listed - set(allocation.anycast)
-        if pool_rejection(address, allocation.pod.namespace, pools) is None
-    ]
+def _annotation_findings(allocation: Allocation, status: PodStatus, pools: Sequence[AnycastPool]) -> list[Finding]:
+    """What the pod's annotation asks for that its network does not have, and why."""
+    pod = allocation.pod
+    findings = [Finding(pod, None, REJECTED, f"{ANNOTATION}: {error}; ignored, and edits of the annotation take "
+                        "effect only once every entry parses") for error in status.annotation_errors]
+    for address in (status.anycast or frozenset()) - set(allocation.anycast):
+        rejection = pool_rejection(address, pod.namespace, pools)
+        if rejection:
+            findings.append(Finding(pod, address, REJECTED, f"{rejection}; not configured on the pod"))
+        else:
+            findings.append(Finding(pod, address, REJECTED,
+                                    f"{address} not routed: added to {ANNOTATION} after the pod's network was set "
+                                    "up, so it is not on the pod's lo; it takes effect when the pod is recreated"))
+    return findings
 
 
-def _finding_order(finding: Finding) -> tuple[str, str, int, int, str]:
-    return (finding.pod.namespace, finding.pod.name, *address_sort_key(finding.address), finding.reason)
+def _finding_order(finding: Finding) -> tuple[str, str, int, int, str, str]:
+    where = address_sort_key(finding.address) if finding.address is not None else (0, -1)
+    return (finding.pod.namespace, finding.pod.name, *where, finding.reason, finding.message)

@@ -13,6 +13,7 @@ import pytest
 from tests.cni.conftest import CniNode, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
@@ -24,6 +25,15 @@ def records(state: pathlib.Path) -> list[dict[str, object]]:
 
 def state_dir(node: CniNode) -> pathlib.Path:
     return node.agent.workdir / "state"
+
+
+ANY_SHARED = "198.51.100.10 2001:db8:100::10"
+
+
+def anycast_hops(netns: str) -> list[tuple[str, str]]:
+    """(via, dev) of flock's IPv4 route to the shared anycast IP."""
+    shown = json.loads(sh("ip", "-j", "route", "show", "198.51.100.10/32", "proto", "201", netns=netns) or "[]")
+    return sorted((h["gateway"], h["dev"]) for route in shown for h in route.get("nexthops", [route]))
 
 
 async def test_a_hundred_adds_never_give_an_address_twice(cni_node: CniNode) -> None:
@@ -178,3 +188,53 @@ async def test_containers_whose_veth_names_collide_keep_their_own_networks(cni_n
     assert (await node.cni("DEL", COLLIDING[1], "", pod="b")).code == 0  # containerd's second DEL
     assert (await node.cni("CHECK", COLLIDING[0], path_a, pod="a")).code == 0, "B's DELs broke A"
     assert node_veths(node.netns) == {veth_a}
+
+
+async def test_a_del_cut_short_by_a_crash_is_finished_without_dropping_the_shared_route(cni_node: CniNode) -> None:
+    """The agent died after marking web-1 'releasing' (a DEL in progress), and comes back
+    while the API is slow: web-1's veth must stay until a pass has taken it out of the
+    multipath route, or the kernel drops the IPv4 route of web-2 with it."""
+    node = cni_node
+    pods = {}
+    for name in ("web-1", "web-2"):
+        created = await node.cluster.create_pod(pod_manifest(name, node="node-a", anycast=ANY_SHARED, ready=True))
+        _, path = node.pod_netns()
+        result = await node.cni("ADD", f"ctr-{name}", path, pod=name, uid=created["metadata"]["uid"])
+        assert result.code == 0, result.raw
+        pods[name] = (path, result.output)
+    await eventually(lambda: len(anycast_hops(node.netns)) == 2, within=20, what="a route with two next hops")
+    web1_veth = pods["web-1"][1]["interfaces"][0]["name"]
+    web2_hop = [h for h in anycast_hops(node.netns) if h[1] != web1_veth]
+
+    node.agent.stop()
+    record = next(p for p in (state_dir(node) / "allocations").glob("*.json")
+                  if json.loads(p.read_text())["containerID"] == "ctr-web-1")
+    record.write_text(record.read_text().replace('"committed"', '"releasing"'))
+
+    api_open = asyncio.Event()
+
+    async def hold() -> None:
+        await api_open.wait()  # then the emulator answers
+
+    node.cluster.api["get /api/v1/pods"] << hold
+    with watch_routes(node.netns, links=True) as seen:
+        node.agent.start()
+        # A DEL before the agent's passes run cannot take web-1 out of the route yet.
+        deadline = time.monotonic() + 30
+        while True:
+            retry = await node.cni("DEL", "ctr-web-1", pods["web-1"][0], pod="web-1")
+            if "must leave its anycast route" in retry.output.get("msg", "") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert retry.code != 0 and retry.output["code"] == 11, retry.raw
+        await asyncio.sleep(1)
+        assert web1_veth in node_veths(node.netns) and len(anycast_hops(node.netns)) == 2
+
+        api_open.set()
+        await eventually(lambda: web1_veth not in node_veths(node.netns), within=30,
+                         what="the restarted agent finishes the DEL")
+        assert anycast_hops(node.netns) == web2_hop
+    order = [(c.kind, c.prefix) for c in seen.seen if c.prefix in ("198.51.100.10/32", web1_veth)]
+    assert order == [("new", "198.51.100.10/32"), ("link-del", web1_veth)], order
+    assert (await node.cni("DEL", "ctr-web-1", pods["web-1"][0], pod="web-1")).code == 0
+    assert not any(r["containerID"] == "ctr-web-1" for r in records(state_dir(node)))

@@ -198,12 +198,26 @@ def test_ip_added_to_the_annotation_is_reported_and_not_routed() -> None:
     assert "after the pod's network was set up" in finding.message and "recreated" in finding.message
 
 
-def test_ip_added_to_the_annotation_outside_the_pools_is_not_reported_again() -> None:
-    # Pool rejections are reported by the CNI ADD, once; the resolver does not repeat them.
+def test_an_annotation_ip_outside_the_pools_is_reported_as_such() -> None:
+    # Listed at ADD or added later: either way the pod does not have it, and the pool is why.
     a = alloc("web-1", anycast=("198.51.100.10",))
     result = resolve([a], dict([status("web-1", listed=("198.51.100.10", "203.0.113.5"))]), POOLS)
     assert set(result.routes) == {A4}
-    assert result.findings == ()
+    [finding] = result.findings
+    assert (str(finding.address), finding.reason) == ("203.0.113.5", REJECTED)
+    assert finding.message.startswith("203.0.113.5 is outside the anycast pools")
+
+
+def test_a_typo_in_an_annotation_edit_withdraws_nothing_and_is_reported() -> None:
+    # kubectl annotate --overwrite flock.io/anycast="198.51.100.10/32, 2001:db8:100::10"
+    a = alloc("web-1", anycast=("198.51.100.10", "2001:db8:100::10"))
+    key, pod = status("web-1", listed=("2001:db8:100::10",))
+    pod = dataclasses.replace(pod, annotation_errors=("'198.51.100.10/32' is not an IP address",))
+    result = resolve([a], {key: pod}, POOLS)
+    assert set(result.routes) == {A4, A6}, "a typo must not withdraw the IP it mangled"
+    [finding] = result.findings
+    assert finding.address is None and finding.reason == REJECTED
+    assert "'198.51.100.10/32' is not an IP address" in finding.message
 
 
 def test_annotation_changes_are_reported_even_while_the_pod_is_not_ready() -> None:

@@ -3,13 +3,15 @@
 ADD: validate, learn the pod's anycast IPs (annotation, pool policy), pick addresses,
 write a *pending* allocation record (durable, before any plumbing), plumb the veth,
 addresses and routes, then *commit* the record with its anycast list (which wakes the
-reconciler). DEL: remove the veth and the record (idempotent). CHECK: compare the
-pod's network with the record.
+reconciler). DEL: if the pod's veth is one of several next hops of an anycast route,
+mark the record *releasing* and wait for a reconcile pass to take it out; then remove
+the veth and the record (idempotent). CHECK: compare the pod's network with the record.
 
 Requests are handled one at a time (one lock), so two ADDs never pick the same address
-and the store never changes under a reconcile pass. A pending record found at start-up
-is an ADD that was cut short (agent killed): its veth is removed and the record
-released; the runtime retries the ADD.
+and the store never changes under a reconcile pass. A pending or releasing record
+found at start-up is an ADD or DEL that was cut short (agent killed): it is finished
+once the agent's passes run (the veth removed, the record released); the runtime
+retries an ADD.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from flock.cnispec import (
 from flock.config import AgentConfig
 from flock.errors import FlockError
 from flock.ipam import AddressesExhausted, choose_address
-from flock.kube import Event, EventSink, ObjectRef
 from flock.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
 from flock.plumbing import GATEWAYS, PlumbingError, PodNetwork
 from flock.pools import pool_rejection
@@ -55,9 +56,9 @@ from flock.store import AllocationStore
 logger = logging.getLogger(__name__)
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
-Unroute = Callable[[str], Awaitable[None]]
-"""Waits until no anycast route has a next hop on the named host veth."""
 """(namespace, name) -> the Pod as the API returns it, None if it does not exist."""
+Unroute = Callable[[str], Awaitable[bool]]
+"""Waits until no anycast route of several next hops uses the named host veth (False: cannot yet)."""
 
 
 def host_ifname(container_id: str, attempt: int = 0) -> str:
@@ -76,10 +77,9 @@ class CniServer:
     store: AllocationStore
     network: PodNetwork
     lookup_pod: PodLookup
-    events: EventSink
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
-    routes_via: Callable[[str], bool] = lambda dev: False
-    """Whether an anycast route has a next hop on the named host veth (the reconciler's view)."""
+    shares_route: Callable[[str], bool] = lambda dev: False
+    """Whether the named host veth is one of several next hops of an anycast route."""
     unroute: Unroute | None = None
 
     def __post_init__(self) -> None:
@@ -190,7 +190,11 @@ class CniServer:
         )
 
     async def _anycast_for(self, pod: PodRef) -> tuple[IPAddress, ...]:
-        """The pod's anycast IPs that pass the pool policy; the rest get an AnycastRejected Event."""
+        """The pod's anycast IPs that pass the pool policy.
+
+        What is left out is logged here; the reconciler reports it on the Pod (one
+        AnycastRejected Event per problem), as it does for later edits of the annotation.
+        """
         if not pod.name:
             return ()
         try:
@@ -210,10 +214,8 @@ class CniServer:
                 reasons.append(rejection)
             else:
                 allowed.append(address)
-        ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
         for reason in reasons:
-            logger.warning("anycast rejected pod=%s: %s", pod, reason)
-            self.events.post(Event(ref, "Warning", "AnycastRejected", f"{reason}; not configured on the pod"))
+            logger.warning("anycast rejected pod=%s: %s; not configured on the pod", pod, reason)
         return tuple(allowed)
 
     def _free_ifname(self, container: ContainerID) -> str:
@@ -272,12 +274,15 @@ class CniServer:
             raise CniError(NETWORK_STATE_DIFFERS, "; ".join(problems))
 
     async def _release(self, allocation: Allocation) -> None:
-        if self.unroute is not None and self.routes_via(allocation.host_ifname):
+        if self.unroute is not None and self.shares_route(allocation.host_ifname):
             # Deleting a veth that is one next hop of an IPv4 multipath route makes the
             # kernel drop the whole route, and every other replica's traffic with it. Take
             # the pod out of the route first (a DEL without a graceful termination before it).
-            await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
-            await self.unroute(allocation.host_ifname)
+            if allocation.state is not AllocationState.RELEASING:
+                await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
+            if not await self.unroute(allocation.host_ifname):
+                raise CniError(TRY_AGAIN_LATER, f"the agent is starting: pod {allocation.pod} must leave its "
+                               "anycast route before its network goes; try again")
         await self._remove_veth(allocation.host_ifname)
         await self.store.remove(allocation.container_id)
 
@@ -289,6 +294,10 @@ class CniServer:
 
     async def recover(self) -> None:
         """Release every unfinished allocation: ADDs and DELs cut short by an agent crash."""
+        async with self._lock:
+            await self._recover()
+
+    async def _recover(self) -> None:
         for allocation in self.store.all():
             if allocation.state is not AllocationState.COMMITTED:
                 logger.warning("releasing an unfinished %s container=%s pod=%s ips=%s",
