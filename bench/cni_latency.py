@@ -9,7 +9,9 @@ stdin, and takes the wall time from exec to result (process exited, stdout read)
 
   * ``flock-cni`` VERSION: the cost of merely starting the shim (answered without the agent)
   * ``flock-cni`` ADD for N pods in sequence (Ready pods with anycast IPs, so the agent's
-    reconciler installs routes and reloads BIRD as the ADDs arrive), then DEL for each
+    reconciler installs routes and reloads BIRD as the ADDs arrive), then DEL for each:
+    half of them after a deletionTimestamp took them out of their routes (a rolling
+    restart), half while still next hops of a shared route (DEL waits for a pass)
   * the reference plugins from Debian's containernetworking-plugins doing the same job in
     the same pod namespaces: ``ptp`` with ``host-local`` IPAM (dual stack; a veth pair,
     addresses, routes; all in-process, Go): VERSION, ADD, DEL. IPv6 duplicate address
@@ -58,6 +60,8 @@ from tests.support.apiserver import FakeCluster, declare_core_resources, pod_man
 T = TypeVar("T")
 
 NODE = "node-a"
+DEL_TERMINATED = "flock-cni DEL (pod terminated first)"
+DEL_ROUTED = "flock-cni DEL (pod still a next hop)"
 POD_CIDRS = ["203.0.113.0/24", "2001:db8:200::/64"]
 POOLS = [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}]
 REFERENCE_RANGES = ["192.0.2.0/24", "2001:db8:300::/64"]
@@ -295,16 +299,26 @@ async def bench(pods: int, work: pathlib.Path) -> None:
                         adds.append(seconds)
                     if len(given) != 2 * pods:
                         raise RuntimeError(f"flock-cni handed out duplicate addresses: {len(given)} for {pods} pods")
-                    for name in names:
-                        container = f"flock-{name}"
-                        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
-                        seconds, code, out = await runtime.exec(plugin, "DEL", container, f"/run/netns/{netns[name]}",
-                                                                flock_config, args)
-                        if code != 0:
-                            raise RuntimeError(f"flock-cni DEL {name} failed ({code}): {out}")
-                        dels.append(seconds)
+                    # Half the pods are terminated first, as in a rolling restart: by DEL time
+                    # they are no next hop any more. The other half are DELeted while still
+                    # next hops of a shared route, so each DEL first waits for a reconcile
+                    # pass to take its veth out of the route.
+                    terminated, routed = names[::2], names[1::2]
+                    for name in terminated:
+                        await cluster.mark_for_deletion(name)
+                    await asyncio.sleep(2)  # the agent drops their next hops (ms) and reloads BIRD
+                    for label, group in ((DEL_TERMINATED, terminated), (DEL_ROUTED, routed)):
+                        dels = []
+                        for name in group:
+                            container = f"flock-{name}"
+                            args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
+                            seconds, code, out = await runtime.exec(plugin, "DEL", container,
+                                                                    f"/run/netns/{netns[name]}", flock_config, args)
+                            if code != 0:
+                                raise RuntimeError(f"flock-cni DEL {name} failed ({code}): {out}")
+                            dels.append(seconds)
+                        figures[label] = dels
                     figures[f"flock-cni ADD ({pods} pods in sequence)"] = adds
-                    figures["flock-cni DEL"] = dels
 
                     adds, dels = [], []
                     for name in names:
@@ -329,8 +343,8 @@ async def bench(pods: int, work: pathlib.Path) -> None:
             finally:
                 agent.stop()
 
-    order = ["flock-cni VERSION (process start only)", f"flock-cni ADD ({pods} pods in sequence)", "flock-cni DEL",
-             "ptp VERSION (process start only)", f"ptp + host-local ADD ({pods} pods in sequence)",
+    order = ["flock-cni VERSION (process start only)", f"flock-cni ADD ({pods} pods in sequence)", DEL_TERMINATED,
+             DEL_ROUTED, "ptp VERSION (process start only)", f"ptp + host-local ADD ({pods} pods in sequence)",
              "ptp + host-local DEL"]
     print()
     print(f"{'exec → result (ms)':<44} {'n':>4} {'p50':>8} {'p99':>8} {'mean':>8} {'max':>8}")
@@ -338,9 +352,11 @@ async def bench(pods: int, work: pathlib.Path) -> None:
         print(row(label, figures[label]))
     start = statistics.median(figures["flock-cni VERSION (process start only)"])
     add = statistics.median(figures[f"flock-cni ADD ({pods} pods in sequence)"])
-    delete = statistics.median(figures["flock-cni DEL"])
+    delete = statistics.median(figures[DEL_TERMINATED])
+    unroute = statistics.median(figures[DEL_ROUTED])
     print(f"\nflock-cni: the agent's share of a median ADD is {(add - start) * 1000:.1f} ms, "
-          f"of a median DEL {(delete - start) * 1000:.1f} ms (median minus the median process start).")
+          f"of a median DEL {(delete - start) * 1000:.1f} ms, {(unroute - start) * 1000:.1f} ms when the pod "
+          "is still a next hop (median minus the median process start).")
 
 
 def main() -> int:
