@@ -57,11 +57,6 @@ class SubprocessSpy:
         monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
 
 
-def last_reconfiguration(bird: birdlab.RunningBird) -> str:
-    return next(line for line in bird.birdc("show", "status").splitlines()
-                if "Last reconfiguration" in line)
-
-
 def leftovers(directory: pathlib.Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
 
@@ -103,16 +98,13 @@ async def test_applying_the_same_text_again_runs_no_birdc(
         running: birdlab.RunningBird, monkeypatch: pytest.MonkeyPatch) -> None:
     control = control_for(running)
     assert await control.apply(ACTIVE) is True
-    before = last_reconfiguration(running)
     spy = SubprocessSpy(monkeypatch)
-    await asyncio.sleep(0.01)  # BIRD's timestamps have ms resolution
 
     assert await control.apply(ACTIVE) is False
     # A restarted agent adopts the file BIRD runs: no reload either.
     assert await control_for(running).apply(ACTIVE) is False
 
-    assert spy.argv == []
-    assert last_reconfiguration(running) == before
+    assert spy.argv == [], "neither bird -p nor birdc ran"
 
 
 def protocols(running: birdlab.RunningBird) -> list[tuple[str, str]]:
