@@ -135,6 +135,19 @@ def test_agent_container_runs_flock_agent_with_node_name_probes_and_host_mounts(
     assert not any(p == "/proc" or (p.startswith("/proc/") and p != "/proc/sys/net") for p in host_paths)
 
 
+@pytest.mark.parametrize("scenario", ["default", "dualstack"])
+def test_a_node_without_the_cni_interpreter_fails_the_pod_at_its_hostpath_check(scenario: str) -> None:
+    # flock-cni runs on the host's Python; the kubelet checks a hostPath of type File
+    # before the pod starts, and names the missing file in the pod's events.
+    values = SCENARIOS[scenario] or {}
+    rendered = render(values)
+    interpreter = values.get("cni", {}).get("interpreter", "/usr/bin/python3")
+    [volume] = [v for v in rendered.pod_spec["volumes"] if v["name"] == "cni-interpreter"]
+    assert volume["hostPath"] == {"path": interpreter, "type": "File"}
+    mounts = {m["name"]: m for m in rendered.container("install-cni")["volumeMounts"]}
+    assert mounts["cni-interpreter"]["readOnly"] is True
+
+
 def test_bird_container_shares_config_and_socket_with_the_agent() -> None:
     rendered = render()
     agent = {m["name"]: m for m in rendered.container("agent")["volumeMounts"]}
