@@ -121,6 +121,8 @@ class Agent:
             await self._passing
         finally:
             self._passing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._passing
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -141,13 +143,13 @@ class Agent:
         return await self.api.pod(namespace, name)
 
     async def unroute(self, dev: str) -> bool:
-        """Wait until no route of several next hops uses ``dev``. False: no passes run yet."""
-        if self._passing is None or self._passing.done():
-            return False
+        """Wait until no route shares ``dev`` with a pod that stays. False: no passes run (yet)."""
         limit = self.config.bird.timeout_seconds + 5  # a pass may wait for one BIRD reload
         try:
             async with asyncio.timeout(limit):
                 while self.reconciler.shares_route(dev):
+                    if self._passing is None or self._passing.done():
+                        return False
                     await self.reconciler.next_pass("cni-del")
         except TimeoutError:
             logger.warning("%s is still one of several next hops after %.0fs; deleting it anyway", dev, limit)

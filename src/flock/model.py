@@ -100,4 +100,5 @@ class PodStatus:
     anycast: frozenset[IPAddress] | None = None
     """The valid IPs the pod's annotation lists now; None when not known (the allocation's count)."""
     annotation_errors: tuple[str, ...] = ()
-    """One message per entry of the annotation that does not parse."""
+    """One message per entry of the annotation that does not parse (``anycast`` is then the
+    set of the pod's last annotation that parsed, or None)."""

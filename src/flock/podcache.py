@@ -11,7 +11,7 @@ from typing import Any
 
 from flock.annotation import ANNOTATION, parse_anycast
 from flock.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
-from flock.model import PodRef, PodStatus
+from flock.model import IPAddress, PodRef, PodStatus
 
 
 def pod_ref(body: Mapping[str, Any]) -> PodRef:
@@ -20,12 +20,24 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
                   uid=str(meta.get("uid") or ""))
 
 
-def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING) -> PodStatus:
+def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING,
+               before: PodStatus | None = None) -> PodStatus:
+    """The pod's status; ``before``: the pod's previous status, if any.
+
+    While an entry of the annotation does not parse, the pod keeps the anycast IPs of its
+    last annotation that did (``before``), so a typo in an edit withdraws nothing and
+    brings nothing back. The errors name the annotation as written, so each such edit is
+    reported.
+    """
     reason = ineligibility_reason(body, rule)
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    parsed = parse_anycast(annotations.get(ANNOTATION))
+    text = ((body.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+    parsed = parse_anycast(text)
+    anycast: frozenset[IPAddress] | None = frozenset(parsed.addresses)
+    errors = tuple(f"{ANNOTATION}={text!r}: {error}" for error in parsed.errors)
+    if errors:
+        anycast = before.anycast if before is not None else None
     return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "",
-                     anycast=frozenset(parsed.addresses), annotation_errors=parsed.errors)
+                     anycast=anycast, annotation_errors=errors)
 
 
 class PodCache:
@@ -65,7 +77,7 @@ class PodCache:
             self._pods.pop(key, None)
             self._bodies.pop(key, None)
             return before is not None
-        after = pod_status(body, self.rule)
+        after = pod_status(body, self.rule, before)
         self._pods[key] = after
         self._bodies[key] = body
         return before != after
@@ -78,12 +90,15 @@ class PodCache:
         """
         newer = {key for key, serial in self._watched.items() if serial > since}
         new_bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+        new_pods: dict[tuple[str, str], PodStatus] = {}
         for body in bodies:
             ref = pod_ref(body)
-            if self._on_this_node(body) and (ref.namespace, ref.name) not in newer:
-                new_bodies[(ref.namespace, ref.name)] = body
-        new_bodies.update({key: self._bodies[key] for key in newer if key in self._bodies})
-        new_pods = {key: pod_status(body, self.rule) for key, body in new_bodies.items()}
+            key = (ref.namespace, ref.name)
+            if self._on_this_node(body) and key not in newer:
+                new_bodies[key] = body
+                new_pods[key] = pod_status(body, self.rule, self._pods.get(key))
+        for key in newer & set(self._pods):  # the watch's view, as it is
+            new_bodies[key], new_pods[key] = self._bodies[key], self._pods[key]
         changed = new_pods != self._pods
         self._pods, self._bodies = new_pods, new_bodies
         self._watched = {key: serial for key, serial in self._watched.items() if serial > since}

@@ -29,7 +29,7 @@ from flock.config import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError, RouteError
 from flock.kube import Event, EventSink, ObjectRef
 from flock.metrics import Metrics
-from flock.model import IPAddress, Nexthops, PodRef, PodStatus, RouteTable, host_prefix
+from flock.model import AllocationState, IPAddress, Nexthops, PodRef, PodStatus, RouteTable, host_prefix
 from flock.podcache import PodCache
 from flock.resolver import Finding, resolve
 from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
@@ -103,11 +103,25 @@ class Reconciler:
         await done
 
     def shares_route(self, dev: str) -> bool:
-        """Whether ``dev`` is one of several next hops of a route of flock's (as last written or seen)."""
-        return any(len(hops) > 1 and any(hop.dev == dev for hop in hops) for hops in self._kernel.values())
+        """Whether ``dev`` and a pod that stays (committed) are next hops of one route of flock's.
+
+        The route as last written or seen; a pod whose DEL is also under way does not count.
+        """
+        staying = {a.host_ifname for a in self.store.all()
+                   if a.state is AllocationState.COMMITTED and a.host_ifname != dev}
+        return any(any(hop.dev == dev for hop in hops) and any(hop.dev in staying for hop in hops)
+                   for hops in self._kernel.values())
 
     async def run(self, on_resync: Callable[[], Awaitable[None]] | None = None) -> None:
         """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""
+        try:
+            await self._pass_forever(on_resync)
+        finally:
+            for done in self._waiting:  # no pass will come: let next_pass callers look again
+                if not done.done():
+                    done.set_result(None)
+
+    async def _pass_forever(self, on_resync: Callable[[], Awaitable[None]] | None) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.config.tick_seconds):

@@ -86,12 +86,10 @@ def resolve(
         eligible = status is not None and status.eligible
         # The annotation may change after ADD. An IP taken off it stops being routed to the
         # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
-        # While an entry does not parse, nothing changes: a typo never withdraws an IP.
+        # (While an entry does not parse, the pod cache holds the last set that did.)
         listed = status.anycast if status is not None else None
         if status is not None:
             findings.extend(_annotation_findings(allocation, status, pools))
-            if status.annotation_errors:
-                listed = None
         for address in allocation.anycast:
             rejection = pool_rejection(address, allocation.pod.namespace, pools)
             if rejection:
@@ -117,8 +115,8 @@ def resolve(
 def _annotation_findings(allocation: Allocation, status: PodStatus, pools: Sequence[AnycastPool]) -> list[Finding]:
     """What the pod's annotation asks for that its network does not have, and why."""
     pod = allocation.pod
-    findings = [Finding(pod, None, REJECTED, f"{ANNOTATION}: {error}; ignored, and edits of the annotation take "
-                        "effect only once every entry parses") for error in status.annotation_errors]
+    findings = [Finding(pod, None, REJECTED, f"{error}; the pod keeps the anycast IPs of its last annotation that "
+                        "parsed until every entry does") for error in status.annotation_errors]
     for address in (status.anycast or frozenset()) - set(allocation.anycast):
         rejection = pool_rejection(address, pod.namespace, pools)
         if rejection:

@@ -105,6 +105,9 @@ async def test_applying_the_same_text_again_runs_no_birdc(
     assert await control_for(running).apply(ACTIVE) is False
 
     assert spy.argv == [], "neither bird -p nor birdc ran"
+    # The spy does see them when there is something to apply.
+    assert await control.apply(MINIMAL) is True
+    assert any("birdc" in argv[0] for argv in spy.argv) and any("-p" in argv for argv in spy.argv), spy.argv
 
 
 def protocols(running: birdlab.RunningBird) -> list[tuple[str, str]]:

@@ -10,11 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flock.config import AnycastPool
-from flock.model import Nexthop
+from flock.model import IPAddress, Nexthop
+from flock.podcache import PodCache
 from flock.resolver import FAMILY_MISMATCH, REJECTED, resolve
-from tests.unit.factories import POOLS, alloc, status
+from tests.unit.factories import POOLS, alloc, pod_body, status
 
 A4 = ipaddress.ip_address("198.51.100.10")
+B4 = ipaddress.ip_address("198.51.100.11")
 A6 = ipaddress.ip_address("2001:db8:100::10")
 
 
@@ -208,16 +210,25 @@ def test_an_annotation_ip_outside_the_pools_is_reported_as_such() -> None:
     assert finding.message.startswith("203.0.113.5 is outside the anycast pools")
 
 
-def test_a_typo_in_an_annotation_edit_withdraws_nothing_and_is_reported() -> None:
-    # kubectl annotate --overwrite flock.io/anycast="198.51.100.10/32, 2001:db8:100::10"
-    a = alloc("web-1", anycast=("198.51.100.10", "2001:db8:100::10"))
-    key, pod = status("web-1", listed=("2001:db8:100::10",))
-    pod = dataclasses.replace(pod, annotation_errors=("'198.51.100.10/32' is not an IP address",))
-    result = resolve([a], {key: pod}, POOLS)
-    assert set(result.routes) == {A4, A6}, "a typo must not withdraw the IP it mangled"
-    [finding] = result.findings
-    assert finding.address is None and finding.reason == REJECTED
-    assert "'198.51.100.10/32' is not an IP address" in finding.message
+def test_annotation_edits_with_typos_change_nothing_and_are_reported() -> None:
+    # The pod cache keeps the last set that parsed; the resolver routes that and reports.
+    a = alloc("web-1", anycast=("198.51.100.10", "198.51.100.11"))
+    cache = PodCache("node-a")
+
+    def routed_after(annotation: str) -> tuple[set[IPAddress], list[str]]:
+        cache.observe("MODIFIED", pod_body("web-1", uid="", anycast=annotation))
+        result = resolve([a], cache.snapshot(), POOLS)
+        return set(result.routes), [f.message for f in result.findings if f.address is None]
+
+    assert routed_after("198.51.100.10, 198.51.100.11") == ({A4, B4}, [])
+    assert routed_after("198.51.100.10") == ({A4}, [])  # .11 taken off: withdrawn
+    routes, problems = routed_after("198.51.100.10/32, 198.51.100.11")  # a typo: nothing changes
+    assert routes == {A4}, "a typo must neither withdraw .10 nor bring back .11"
+    assert len(problems) == 1 and "'198.51.100.10/32'" in problems[0] and "last annotation that parsed" in problems[0]
+    # Another edit while the typo stays: reported again (the message names what was written).
+    _, again = routed_after("198.51.100.10/32")
+    assert len(again) == 1 and again != problems
+    assert routed_after("198.51.100.11") == ({B4}, [])  # fixed: it counts again
 
 
 def test_annotation_changes_are_reported_even_while_the_pod_is_not_ready() -> None:

@@ -46,7 +46,6 @@ from flock.cnispec import (
     parse_request,
 )
 from flock.config import AgentConfig
-from flock.errors import FlockError
 from flock.ipam import AddressesExhausted, choose_address
 from flock.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
 from flock.plumbing import GATEWAYS, PlumbingError, PodNetwork
@@ -281,8 +280,8 @@ class CniServer:
             if allocation.state is not AllocationState.RELEASING:
                 await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
             if not await self.unroute(allocation.host_ifname):
-                raise CniError(TRY_AGAIN_LATER, f"the agent is starting: pod {allocation.pod} must leave its "
-                               "anycast route before its network goes; try again")
+                raise CniError(TRY_AGAIN_LATER, f"flock-agent is starting or stopping: pod {allocation.pod} "
+                               "must leave its anycast route before its network goes; try again")
         await self._remove_veth(allocation.host_ifname)
         await self.store.remove(allocation.container_id)
 
@@ -305,7 +304,7 @@ class CniServer:
                                allocation.container_id[:12], allocation.pod, ",".join(map(str, allocation.pod_ips)))
                 try:
                     await self._release(allocation)
-                except (CniError, FlockError) as exc:
+                except Exception as exc:  # one record must not keep the others, or the agent, from going on
                     logger.error("could not release container=%s: %s", allocation.container_id[:12], exc)
 
 
