@@ -23,6 +23,7 @@ from tests.support.apiserver import FakeCluster, write_kubeconfig
 
 NODE = "node-a"
 POD_CIDRS = ["203.0.113.0/24", "2001:db8:200::/64"]
+ANY_SHARED = "198.51.100.10 2001:db8:100::10"  # an anycast IP pair several test pods share
 POOLS = [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}]
 NODE_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -119,6 +120,19 @@ async def cni_node(request, make_netns, birds, cluster: FakeCluster, agents,  # 
     node = CniNode(netns, cluster, agent, bin_dir, json.loads(conf.read_text()), make_netns)
     await eventually(lambda: pathlib.Path(config["cniSocket"]).exists(), within=60, what="the agent's CNI socket")
     yield node
+
+
+def node_anycast(netns: str, prefix: str) -> list[tuple[str, str]]:
+    """(via, dev) of flock's route to an anycast prefix in a node netns: [] when there is none."""
+    family = "-6" if ":" in prefix else "-4"
+    shown = json.loads(subprocess.run(["ip", "-n", netns, family, "-j", "route", "show", prefix, "proto", "201"],
+                                   capture_output=True, text=True, check=True).stdout or "[]")
+    if not shown:
+        return []
+    route = shown[0]
+    if "nexthops" in route:
+        return sorted((h["gateway"], h["dev"]) for h in route["nexthops"])
+    return [(route["gateway"], route["dev"])]
 
 
 def node_veths(netns: str) -> set[str]:

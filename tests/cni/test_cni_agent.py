@@ -10,16 +10,13 @@ import subprocess
 import pytest
 
 from flock.cnispec import NO_ADDRESS_LEFT
-from tests.cni.conftest import CniNode, node_veths
+from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
-
-ANY_SHARED = "198.51.100.10 2001:db8:100::10"
-
 
 def addresses(netns: str, dev: str) -> set[str]:
     shown = json.loads(sh("ip", "-j", "addr", "show", "dev", dev, netns=netns))
@@ -32,17 +29,6 @@ def default_gateways(netns: str) -> set[str]:
         for route in json.loads(sh("ip", family, "-j", "route", "show", "default", netns=netns) or "[]"):
             found.add(f"{route['gateway']} dev {route['dev']}")
     return found
-
-
-def node_anycast(netns: str, prefix: str) -> list[tuple[str, str]]:
-    family = "-6" if ":" in prefix else "-4"
-    shown = json.loads(sh("ip", family, "-j", "route", "show", prefix, "proto", "201", netns=netns) or "[]")
-    if not shown:
-        return []
-    route = shown[0]
-    if "nexthops" in route:
-        return sorted((h["gateway"], h["dev"]) for h in route["nexthops"])
-    return [(route["gateway"], route["dev"])]
 
 
 async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node: CniNode) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.cni.conftest import CniNode, node_veths
+from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
 from tests.support.netlink_monitor import watch_routes
@@ -25,15 +25,6 @@ def records(state: pathlib.Path) -> list[dict[str, object]]:
 
 def state_dir(node: CniNode) -> pathlib.Path:
     return node.agent.workdir / "state"
-
-
-ANY_SHARED = "198.51.100.10 2001:db8:100::10"
-
-
-def anycast_hops(netns: str) -> list[tuple[str, str]]:
-    """(via, dev) of flock's IPv4 route to the shared anycast IP."""
-    shown = json.loads(sh("ip", "-j", "route", "show", "198.51.100.10/32", "proto", "201", netns=netns) or "[]")
-    return sorted((h["gateway"], h["dev"]) for route in shown for h in route.get("nexthops", [route]))
 
 
 async def test_a_hundred_adds_never_give_an_address_twice(cni_node: CniNode) -> None:
@@ -202,9 +193,10 @@ async def test_a_del_cut_short_by_a_crash_is_finished_without_dropping_the_share
         result = await node.cni("ADD", f"ctr-{name}", path, pod=name, uid=created["metadata"]["uid"])
         assert result.code == 0, result.raw
         pods[name] = (path, result.output)
-    await eventually(lambda: len(anycast_hops(node.netns)) == 2, within=20, what="a route with two next hops")
+    await eventually(lambda: len(node_anycast(node.netns, "198.51.100.10/32")) == 2, within=20,
+                     what="a route with two next hops")
     web1_veth = pods["web-1"][1]["interfaces"][0]["name"]
-    web2_hop = [h for h in anycast_hops(node.netns) if h[1] != web1_veth]
+    web2_hop = [h for h in node_anycast(node.netns, "198.51.100.10/32") if h[1] != web1_veth]
 
     node.agent.stop()
     record = next(p for p in (state_dir(node) / "allocations").glob("*.json")
@@ -228,12 +220,12 @@ async def test_a_del_cut_short_by_a_crash_is_finished_without_dropping_the_share
             await asyncio.sleep(0.2)
         assert retry.code != 0 and retry.output["code"] == 11, retry.raw
         await asyncio.sleep(1)
-        assert web1_veth in node_veths(node.netns) and len(anycast_hops(node.netns)) == 2
+        assert web1_veth in node_veths(node.netns) and len(node_anycast(node.netns, "198.51.100.10/32")) == 2
 
         api_open.set()
         await eventually(lambda: web1_veth not in node_veths(node.netns), within=30,
                          what="the restarted agent finishes the DEL")
-        assert anycast_hops(node.netns) == web2_hop
+        assert node_anycast(node.netns, "198.51.100.10/32") == web2_hop
     order = [(c.kind, c.prefix) for c in seen.seen if c.prefix in ("198.51.100.10/32", web1_veth)]
     assert order == [("new", "198.51.100.10/32"), ("link-del", web1_veth)], order
     assert (await node.cni("DEL", "ctr-web-1", pods["web-1"][0], pod="web-1")).code == 0
