@@ -51,7 +51,7 @@ class Agent:
         self.api = api
         self.metrics = Metrics()
         self.store = AllocationStore(config.state_dir)
-        self.pods = PodCache(config.node_name, config.eligibility)
+        self.pods = PodCache(config.node_name, config.eligibility, config.max_anycast_per_pod)
         self.routes = NetlinkRoutes(protocol=config.route_protocol, netns=config.host_netns,
                                     proc=config.proc_path)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,

@@ -1,9 +1,17 @@
 """Parse the ``flock.io/anycast`` Pod annotation.
 
 Entries are separated by commas and/or whitespace, IPv4 and IPv6 mixed:
-``198.51.100.10, 2001:db8:100::10``. Each bad entry is reported on its own; the good
-ones still count. Addresses come back canonical (``2001:DB8::0A`` -> ``2001:db8::a``),
-deduplicated, in the order first seen.
+``198.51.100.10, 2001:db8:100::10``. Addresses come back canonical
+(``2001:DB8::0A`` -> ``2001:db8::a``), deduplicated, in the order first seen.
+
+Anyone who may create a pod writes this value, so the parser bounds everything it
+keeps and says:
+
+- an annotation over :data:`MAX_ANNOTATION_BYTES` is not parsed at all (one error);
+- at most ``limit`` addresses are kept (the agent's ``maxAnycastPerPod``); the number
+  of further valid ones is counted in ``excess``;
+- of the entries that are not usable, the first :data:`MAX_LISTED` are described (each
+  quoted value cut to :data:`MAX_QUOTED` characters) and all are counted.
 """
 
 from __future__ import annotations
@@ -16,40 +24,81 @@ from flock.model import IPAddress
 
 ANNOTATION = "flock.io/anycast"
 
+MAX_ANNOTATION_BYTES = 4096
+"""Longest annotation value parsed: 64 full-length IPv6 addresses fit with room to spare."""
+MAX_ANYCAST_PER_POD_LIMIT = 64
+"""Highest value ``maxAnycastPerPod`` may take (so :data:`MAX_ANNOTATION_BYTES` always suffices)."""
+MAX_LISTED = 3
+"""How many bad entries a message describes; the rest are counted."""
+MAX_QUOTED = 64
+"""Longest piece of a pod-written value quoted back in a message or log line."""
+
 _SEPARATORS = re.compile(r"[,\s]+")
+
+
+def quoted(value: str) -> str:
+    """``repr`` of a pod-written value, cut to :data:`MAX_QUOTED` characters."""
+    if len(value) <= MAX_QUOTED:
+        return repr(value)
+    return repr(value[:MAX_QUOTED]) + f"… ({len(value)} chars)"
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedAnnotation:
-    addresses: tuple[IPAddress, ...]
-    errors: tuple[str, ...]  # one message per rejected entry
+    addresses: tuple[IPAddress, ...] = ()
+    """Usable addresses, at most ``limit`` of them."""
+    errors: tuple[str, ...] = ()
+    """What is wrong with the first :data:`MAX_LISTED` distinct unusable entries."""
+    error_count: int = 0
+    """How many entries are unusable in all (``errors`` describes the first few)."""
+    excess: int = 0
+    """Usable addresses beyond ``limit``, left out."""
+    limit: int = MAX_ANYCAST_PER_POD_LIMIT
+    """The most addresses kept (the agent's ``maxAnycastPerPod``)."""
 
 
-def parse_anycast(text: str | None) -> ParsedAnnotation:
+def parse_anycast(text: str | None, limit: int = MAX_ANYCAST_PER_POD_LIMIT) -> ParsedAnnotation:
     """Parse an annotation value (``None`` or blank: no anycast IPs, no errors)."""
+    text = text or ""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ANNOTATION_BYTES:
+        return ParsedAnnotation(errors=(f"the value is {size} bytes, over the limit of {MAX_ANNOTATION_BYTES}; "
+                                        "not read at all",), error_count=1, limit=limit)
     addresses: list[IPAddress] = []
     errors: list[str] = []
-    for entry in _SEPARATORS.split(text or ""):
+    error_count = excess = 0
+    for entry in _SEPARATORS.split(text):
         if not entry:
             continue
+        problem = None
+        address = None
         try:
             address = ipaddress.ip_address(entry)
         except ValueError:
             hint = " (a prefix length is not allowed: give the bare address)" if "/" in entry else ""
-            errors.append(f"{entry!r} is not an IP address{hint}")
-            continue
-        problem = _unusable(address)
-        if problem:
-            errors.append(f"{entry!r} {problem}")
+            problem = f"is not an IP address{hint}"
+        if address is not None:
+            problem = unusable(address)
+        if problem is not None or address is None:
+            error_count += 1
+            message = f"{quoted(entry)} {problem}"
+            if len(errors) < MAX_LISTED and message not in errors:
+                errors.append(message)
         elif address not in addresses:
-            addresses.append(address)
-    return ParsedAnnotation(tuple(addresses), tuple(errors))
+            if len(addresses) < limit:
+                addresses.append(address)
+            else:
+                excess += 1
+    return ParsedAnnotation(tuple(addresses), tuple(errors), error_count, excess, limit)
 
 
-def _unusable(address: IPAddress) -> str | None:
+def unusable(address: IPAddress) -> str | None:
     """Why an address can never be an anycast service address, or None."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return "is an IPv4-mapped IPv6 address: write the IPv4 address"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return "has a zone index: an anycast IP is global, write it without %zone"
+        if address.ipv4_mapped is not None:
+            return "is an IPv4-mapped IPv6 address: write the IPv4 address"
     if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
         return "is not a unicast service address (unspecified, loopback, multicast or link-local)"
     return None

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flock.annotation import MAX_ANYCAST_PER_POD_LIMIT
 from flock.eligibility import READY_AND_NOT_TERMINATING, RULES
 from flock.errors import ConfigError
 from flock.model import IPAddress, IPNetwork, NodeName
@@ -86,6 +87,9 @@ class AgentConfig:
     proc_path: str = "/proc"
     """Where procfs is mounted, for sysctl writes. In a container, a host /proc mount
     (e.g. /host/proc): runtimes mount the container's own /proc/sys read-only. Default /proc."""
+    max_anycast_per_pod: int = 32
+    """Most anycast IPs one pod may have (1-64); the rest of its annotation is ignored and
+    reported. Default 32."""
     eligibility: str = READY_AND_NOT_TERMINATING
     """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
     old rule, kept only for the lab's comparison run; never use it in production."""
@@ -190,7 +194,7 @@ def _parse_bird(value: Any) -> BirdConfig:
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
     "routeProtocol", "tickSeconds", "resyncSeconds", "bird", "listen", "eligibility",
-    "procPath",
+    "procPath", "maxAnycastPerPod",
 }
 
 
@@ -229,6 +233,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
     if eligibility not in RULES:
         raise ConfigError(f"eligibility: {eligibility!r} is not one of {', '.join(RULES)}")
 
+    max_anycast = data.get("maxAnycastPerPod", 32)
+    if isinstance(max_anycast, bool) or not isinstance(max_anycast, int) \
+            or not 1 <= max_anycast <= MAX_ANYCAST_PER_POD_LIMIT:
+        raise ConfigError(f"maxAnycastPerPod: {max_anycast!r} must be an integer 1-{MAX_ANYCAST_PER_POD_LIMIT}")
+
     host_netns = data.get("hostNetns")
     return AgentConfig(
         node_name=NodeName(_string(node_name, "nodeName")),
@@ -244,6 +253,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
         bird=_parse_bird(data["bird"]),
         listen=listen,
         eligibility=eligibility,
+        max_anycast_per_pod=max_anycast,
         proc_path=_string(data.get("procPath", "/proc"), "procPath"),
     )
 

@@ -9,7 +9,10 @@ import dataclasses
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
+
+if TYPE_CHECKING:
+    from flock.annotation import ParsedAnnotation
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -98,7 +101,7 @@ class PodStatus:
     eligible: bool
     reason: str = ""  # why not eligible: "terminating", "not ready"
     anycast: frozenset[IPAddress] | None = None
-    """The valid IPs the pod's annotation lists now; None when not known (the allocation's count)."""
-    annotation_errors: tuple[str, ...] = ()
-    """One message per entry of the annotation that does not parse (``anycast`` is then the
-    set of the pod's last annotation that parsed, or None)."""
+    """The IPs the pod may be routed for: its annotation's, or while an entry of the annotation
+    does not parse, those of its last annotation that parsed (None: not known)."""
+    annotation: ParsedAnnotation | None = None
+    """The annotation as written now, parsed (bounded); what is wrong with it is reported."""

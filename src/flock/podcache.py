@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flock.annotation import ANNOTATION, parse_anycast
+from flock.annotation import ANNOTATION, MAX_ANYCAST_PER_POD_LIMIT, parse_anycast
 from flock.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
 from flock.model import IPAddress, PodRef, PodStatus
 
@@ -21,31 +21,31 @@ def pod_ref(body: Mapping[str, Any]) -> PodRef:
 
 
 def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING,
-               before: PodStatus | None = None) -> PodStatus:
+               before: PodStatus | None = None, limit: int = MAX_ANYCAST_PER_POD_LIMIT) -> PodStatus:
     """The pod's status; ``before``: the pod's previous status, if any.
 
     While an entry of the annotation does not parse, the pod keeps the anycast IPs of its
     last annotation that did (``before``), so a typo in an edit withdraws nothing and
-    brings nothing back. The errors name the annotation as written, so each such edit is
-    reported.
+    brings nothing back. ``limit``: the most anycast IPs a pod may have.
     """
     reason = ineligibility_reason(body, rule)
     text = ((body.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
-    parsed = parse_anycast(text)
+    parsed = parse_anycast(text if isinstance(text, str) else None, limit)
     anycast: frozenset[IPAddress] | None = frozenset(parsed.addresses)
-    errors = tuple(f"{ANNOTATION}={text!r}: {error}" for error in parsed.errors)
-    if errors:
+    if parsed.error_count:
         anycast = before.anycast if before is not None else None
     return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "",
-                     anycast=anycast, annotation_errors=errors)
+                     anycast=anycast, annotation=parsed)
 
 
 class PodCache:
     """This node's pods by (namespace, name)."""
 
-    def __init__(self, node_name: str, rule: str = READY_AND_NOT_TERMINATING) -> None:
+    def __init__(self, node_name: str, rule: str = READY_AND_NOT_TERMINATING,
+                 max_anycast: int = MAX_ANYCAST_PER_POD_LIMIT) -> None:
         self.node_name = node_name
         self.rule = rule
+        self.max_anycast = max_anycast
         self._pods: dict[tuple[str, str], PodStatus] = {}
         self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         # Watch events are numbered, so a full LIST answered before an event cannot undo it.
@@ -77,7 +77,7 @@ class PodCache:
             self._pods.pop(key, None)
             self._bodies.pop(key, None)
             return before is not None
-        after = pod_status(body, self.rule, before)
+        after = pod_status(body, self.rule, before, self.max_anycast)
         self._pods[key] = after
         self._bodies[key] = body
         return before != after
@@ -96,7 +96,7 @@ class PodCache:
             key = (ref.namespace, ref.name)
             if self._on_this_node(body) and key not in newer:
                 new_bodies[key] = body
-                new_pods[key] = pod_status(body, self.rule, self._pods.get(key))
+                new_pods[key] = pod_status(body, self.rule, self._pods.get(key), self.max_anycast)
         for key in newer & set(self._pods):  # the watch's view, as it is
             new_bodies[key], new_pods[key] = self._bodies[key], self._pods[key]
         changed = new_pods != self._pods

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from flock.annotation import ANNOTATION
@@ -29,7 +29,7 @@ from flock.config import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError, RouteError
 from flock.kube import Event, EventSink, ObjectRef
 from flock.metrics import Metrics
-from flock.model import AllocationState, IPAddress, Nexthops, PodRef, PodStatus, RouteTable, host_prefix
+from flock.model import AllocationState, IPAddress, Nexthops, PodRef, PodStatus, address_sort_key, host_prefix
 from flock.podcache import PodCache
 from flock.resolver import Finding, resolve
 from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
@@ -79,7 +79,7 @@ class Reconciler:
         self._advertised: frozenset[IPAddress] = frozenset()
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
         self._reported: set[Finding] = set()
-        self._bird_failure: str | None = None
+        self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
         self._route_failures: set[str] = set()
         self._last_resync = 0.0
         self.passes = 0
@@ -191,7 +191,7 @@ class Reconciler:
         # 3. Remove kernel routes only for prefixes BIRD no longer announces.
         await self._apply([d for d in deletes if d.address not in self._advertised])
 
-        self._post_events(resolution.routes, resolution.serving, resolution.findings, pods)
+        self._post_events(resolution.findings, pods)
         self.metrics.anycast_routes.set(len(self._kernel))
         self.metrics.anycast_nexthops.set(sum(len(h) for h in self._kernel.values()))
         self.metrics.passes.labels(trigger="tick" if trigger == "tick" else "event").inc()
@@ -204,7 +204,7 @@ class Reconciler:
         drift = {a for a in set(kernel) | set(self._kernel) if kernel.get(a) != self._kernel.get(a)}
         if drift:
             logger.warning("kernel routes drifted from what flock wrote, repairing prefixes=%s",
-                           ",".join(host_prefix(a) for a in sorted(drift, key=lambda a: (a.version, int(a)))))
+                           ",".join(host_prefix(a) for a in sorted(drift, key=address_sort_key)))
             self.metrics.drift_repairs.inc(len(drift))
         self._kernel = kernel
         self._last_resync = time.monotonic()
@@ -235,9 +235,7 @@ class Reconciler:
         except BirdError as exc:
             self.metrics.bird_reloads.labels(result="failed").inc()
             message = str(exc)
-            logger.error("BIRD reload failed, the previous config stays live: %s", message)
-            if message != self._bird_failure:  # one Event per distinct failure, not per tick
-                self._bird_failure = message
+            if self._bird_failure.failed(message):  # one Event per distinct failure, not per tick
                 kind = "rejected the new config" if isinstance(exc, BirdConfigRejected) else "unreachable"
                 self.events.post(Event(
                     ObjectRef(kind="Node", name=self.config.node_name), "Warning", "BirdReloadFailed",
@@ -247,49 +245,111 @@ class Reconciler:
         if changed:
             self.metrics.bird_reloads.labels(result="ok").inc()
             logger.info("BIRD reconfigured advertised=%d", len(advertise))
-        self._bird_failure = None
+        self._bird_failure.cleared()
         self._advertised = advertise
 
     # --- events --------------------------------------------------------------------------
 
     def _post_events(
         self,
-        desired: RouteTable,
-        serving: Mapping[PodRef, frozenset[IPAddress]],
         findings: Sequence[Finding],
         pods: Mapping[tuple[str, str], PodStatus],
     ) -> None:
         node = self.config.node_name
-        # Only what really happened counts: a pod serves a prefix once the kernel has its route.
-        actual = {pod: frozenset(a for a in addresses if self._kernel.get(a) == desired.get(a))
-                  for pod, addresses in serving.items()}
+
+        def left(hops: int) -> str:
+            return f"{_hops(hops)} left" if hops else f"no next hop left, {node} no longer advertises it"
+
+        # Only what really happened counts: a pod serves an anycast IP while the kernel routes
+        # it to the pod and BIRD advertises it. So a withdrawal that waits for BIRD is not
+        # announced before it happens.
+        by_dev = {a.host_ifname: a.pod for a in self.store.all()}
+        actual: dict[PodRef, set[IPAddress]] = {}
+        for address, hops in self._kernel.items():
+            if address in self._advertised:
+                for hop in hops:
+                    if (pod := by_dev.get(hop.dev)) is not None:
+                        actual.setdefault(pod, set()).add(address)
         for pod in sorted(set(actual) | set(self._serving), key=str):
             before = self._serving.get(pod, frozenset())
-            after = actual.get(pod, frozenset())
+            after = actual.get(pod, set())
             ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
-            for address in sorted(after - before, key=lambda a: (a.version, int(a))):
-                hops = len(self._kernel.get(address, ()))
-                message = (f"{host_prefix(address)} advertised from {node}: pod ready; "
-                           f"{hops} next hop{'s' if hops != 1 else ''} on this node")
-                logger.info("anycast advertised pod=%s ip=%s", pod, address)
-                self.events.post(Event(ref, "Normal", "AnycastAdvertised", message))
-            for address in sorted(before - after, key=lambda a: (a.version, int(a))):
-                why = withdrawal_reason(pods.get((pod.namespace, pod.name)), address)
-                left = len(self._kernel.get(address, ()))
-                tail = (f"{left} next hop{'s' if left != 1 else ''} left" if left
-                        else f"no next hop left, {node} no longer advertises it")
-                message = f"{host_prefix(address)} withdrawn from {node}: pod {why}; {tail}"
-                logger.info("anycast withdrawn pod=%s ip=%s why=%s", pod, address, why)
-                self.events.post(Event(ref, "Normal", "AnycastWithdrawn", message))
-        self._serving = {pod: a for pod, a in actual.items() if a}
+            added = sorted(after - before, key=address_sort_key)
+            if added:
+                logger.info("anycast advertised pod=%s ips=%s", pod, _listed(map(str, added)))
+                self.events.post(Event(ref, "Normal", "AnycastAdvertised", self._change_message(
+                    added, "advertised", "pod ready", lambda hops: f"{_hops(hops)} on this node")))
+            removed: dict[str, list[IPAddress]] = {}
+            for address in sorted(before - after, key=address_sort_key):
+                removed.setdefault(withdrawal_reason(pods.get((pod.namespace, pod.name)), address), []).append(address)
+            for why, addresses in removed.items():
+                logger.info("anycast withdrawn pod=%s ips=%s why=%s", pod, _listed(map(str, addresses)), why)
+                self.events.post(Event(ref, "Normal", "AnycastWithdrawn", self._change_message(
+                    addresses, "withdrawn", f"pod {why}", left)))
+        self._serving = {pod: frozenset(addresses) for pod, addresses in actual.items()}
 
         current = set(findings)
-        for finding in sorted(current - self._reported, key=lambda f: (str(f.pod), str(f.address))):
-            logger.warning("anycast not routed pod=%s ip=%s: %s", finding.pod, finding.address, finding.message)
+        for finding in sorted(current - self._reported, key=lambda f: (str(f.pod), f.reason)):
+            logger.warning("anycast not routed pod=%s reason=%s: %s", finding.pod, finding.reason, finding.message)
             ref = ObjectRef(kind="Pod", name=finding.pod.name, namespace=finding.pod.namespace,
                             uid=finding.pod.uid)
             self.events.post(Event(ref, "Warning", finding.reason, finding.message))
         self._reported = current
+
+    def _change_message(self, addresses: Sequence[IPAddress], verb: str, why: str,
+                        tail: Callable[[int], str]) -> str:
+        """One Event message for all of a pod's anycast IPs that changed the same way in a pass."""
+        node = self.config.node_name
+        if len(addresses) == 1:
+            address = addresses[0]
+            return f"{host_prefix(address)} {verb} from {node}: {why}; {tail(len(self._kernel.get(address, ())))}"
+        each = [f"{host_prefix(a)} ({tail(len(self._kernel.get(a, ())))})" for a in addresses]
+        return f"{len(addresses)} anycast IPs {verb} from {node}: {why}; {_listed(each)}"
+
+
+class RepeatedFailure:
+    """Logs a failure that repeats every pass without flooding the log.
+
+    A new (distinct) failure is logged at ERROR at once; while it lasts, at most once per
+    ``every`` seconds, with how often it happened since; when it clears, once at INFO.
+    """
+
+    def __init__(self, what: str, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.every = every
+        self.clock = clock
+        self.current: str | None = None
+        self._logged_at = 0.0
+        self._repeats = 0
+
+    def failed(self, message: str) -> bool:
+        """Record one occurrence. True if it is a new failure (not the one already going on)."""
+        now = self.clock()
+        if message != self.current:
+            self.current, self._logged_at, self._repeats = message, now, 0
+            logger.error("%s: %s", self.what, message)
+            return True
+        self._repeats += 1
+        if now - self._logged_at >= self.every:
+            logger.error("%s (still, %d more times): %s", self.what, self._repeats, message)
+            self._logged_at, self._repeats = now, 0
+        return False
+
+    def cleared(self) -> None:
+        if self.current is not None:
+            logger.info("%s: cleared", self.what)
+            self.current = None
+
+
+def _hops(count: int) -> str:
+    return f"{count} next hop{'s' if count != 1 else ''}"
+
+
+def _listed(items: Iterable[str], most: int = 8) -> str:
+    """The first ``most`` items, comma-separated, and how many more."""
+    items = list(items)
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
 
 
 def withdrawal_reason(status: PodStatus | None, address: IPAddress) -> str:

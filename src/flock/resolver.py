@@ -13,7 +13,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from flock.annotation import ANNOTATION
+from flock.annotation import ANNOTATION, MAX_LISTED, ParsedAnnotation
 from flock.config import AnycastPool
 from flock.model import (
     Allocation,
@@ -23,7 +23,6 @@ from flock.model import (
     Nexthops,
     PodRef,
     PodStatus,
-    address_sort_key,
     sorted_nexthops,
 )
 from flock.pools import pool_rejection
@@ -31,15 +30,30 @@ from flock.pools import pool_rejection
 REJECTED = "AnycastRejected"
 FAMILY_MISMATCH = "AnycastFamilyMismatch"
 
+KEEPS_LAST = ("until every entry parses, the pod keeps the anycast IPs of its last annotation that parsed")
+
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """A pod's anycast IP that cannot be routed, and why (becomes a Warning Event)."""
+    """What is wrong with one pod's anycast IPs, for one Event reason: one Warning Event.
+
+    Bounded whatever the pod wrote: the first :data:`MAX_LISTED` problems are described,
+    the rest only counted.
+    """
 
     pod: PodRef
-    address: IPAddress | None  # None: an annotation entry that is not an address
     reason: str  # REJECTED or FAMILY_MISMATCH
-    message: str
+    problems: tuple[str, ...]  # the first few, each naming its entry
+    count: int  # how many problems in all
+    note: str = ""  # what follows for the pod, if anything
+
+    @property
+    def message(self) -> str:
+        described = "; ".join(self.problems)
+        if self.count > len(self.problems):
+            described += f"; and {self.count - len(self.problems)} more"
+        head = described if self.count == 1 else f"{self.count} problems: {described}"
+        return f"{head}. {self.note[0].upper()}{self.note[1:]}" if self.note else head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +87,13 @@ def resolve(
     """Desired anycast routes from committed allocations and the pods' eligibility.
 
     Pending allocations are skipped. An anycast IP outside the pools, or of a family
-    the pod has no unicast address for, is left out and reported as a Finding
-    (whether or not the pod is eligible right now, so a person hears of it early).
+    the pod has no unicast address for, is left out and reported in a Finding
+    (whether or not the pod is eligible right now, so a person hears of it early);
+    so is every problem of the pod's annotation as written now.
     """
     nexthops: dict[IPAddress, set[Nexthop]] = defaultdict(set)
     serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
-    findings: list[Finding] = []
+    problems = _Problems()
     for allocation in allocations:
         if allocation.state is not AllocationState.COMMITTED:
             continue
@@ -88,19 +103,17 @@ def resolve(
         # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
         # (While an entry does not parse, the pod cache holds the last set that did.)
         listed = status.anycast if status is not None else None
-        if status is not None:
-            findings.extend(_annotation_findings(allocation, status, pools))
+        if status is not None and status.annotation is not None:
+            _annotation_problems(allocation, status.annotation, pools, problems)
         for address in allocation.anycast:
             rejection = pool_rejection(address, allocation.pod.namespace, pools)
             if rejection:
-                findings.append(Finding(allocation.pod, address, REJECTED, rejection))
+                problems.add(allocation.pod, REJECTED, rejection)
                 continue
             via = allocation.pod_ip(address.version)
             if via is None:
-                findings.append(Finding(
-                    allocation.pod, address, FAMILY_MISMATCH,
-                    f"{address} skipped: the pod has no IPv{address.version} address to route it to",
-                ))
+                problems.add(allocation.pod, FAMILY_MISMATCH,
+                             f"{address} skipped: the pod has no IPv{address.version} address to route it to")
                 continue
             if eligible and (listed is None or address in listed):
                 nexthops[address].add(Nexthop(via=via, dev=allocation.host_ifname))
@@ -108,26 +121,54 @@ def resolve(
     return Resolution(
         routes={address: sorted_nexthops(hops) for address, hops in nexthops.items()},
         serving={pod: frozenset(addresses) for pod, addresses in serving.items()},
-        findings=tuple(sorted(set(findings), key=_finding_order)),
+        findings=problems.findings(),
     )
 
 
-def _annotation_findings(allocation: Allocation, status: PodStatus, pools: Sequence[AnycastPool]) -> list[Finding]:
-    """What the pod's annotation asks for that its network does not have, and why."""
+class _Problems:
+    """Problems per (pod, Event reason), in the order found, each counted once."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[PodRef, str], dict[str, None]] = {}
+        self._unlisted: dict[tuple[PodRef, str], int] = defaultdict(int)
+        self._notes: dict[tuple[PodRef, str], str] = {}
+
+    def add(self, pod: PodRef, reason: str, problem: str) -> None:
+        self._found.setdefault((pod, reason), {})[problem] = None
+
+    def count_more(self, pod: PodRef, reason: str, count: int, note: str = "") -> None:
+        """``count`` further problems that are not described one by one (and a note, if any)."""
+        self._found.setdefault((pod, reason), {})
+        self._unlisted[pod, reason] = max(self._unlisted[pod, reason], count)
+        if note:
+            self._notes[pod, reason] = note
+
+    def findings(self) -> tuple[Finding, ...]:
+        found = [Finding(pod, reason, tuple(list(problems)[:MAX_LISTED]),
+                         len(problems) + self._unlisted[pod, reason], self._notes.get((pod, reason), ""))
+                 for (pod, reason), problems in self._found.items()]
+        return tuple(sorted(found, key=lambda f: (f.pod.namespace, f.pod.name, f.reason)))
+
+
+def _annotation_problems(allocation: Allocation, annotation: ParsedAnnotation, pools: Sequence[AnycastPool],
+                         problems: _Problems) -> None:
+    """What the pod's annotation, as written now, asks for that its network cannot have, and why."""
     pod = allocation.pod
-    findings = [Finding(pod, None, REJECTED, f"{error}; the pod keeps the anycast IPs of its last annotation that "
-                        "parsed until every entry does") for error in status.annotation_errors]
-    for address in (status.anycast or frozenset()) - set(allocation.anycast):
+    for error in annotation.errors:
+        problems.add(pod, REJECTED, f"{ANNOTATION}: {error}")
+    if annotation.error_count:
+        problems.count_more(pod, REJECTED, annotation.error_count - len(annotation.errors), KEEPS_LAST)
+    if annotation.excess:
+        problems.add(pod, REJECTED, f"{annotation.excess} anycast IP{'s' if annotation.excess != 1 else ''} "
+                     f"beyond the limit of {annotation.limit} per pod left out (maxAnycastPerPod)")
+    # Every address as written now, also while another entry does not parse: a hijack
+    # attempt next to a typo must be heard of.
+    for address in annotation.addresses:
+        if address in allocation.anycast:
+            continue
         rejection = pool_rejection(address, pod.namespace, pools)
         if rejection:
-            findings.append(Finding(pod, address, REJECTED, f"{rejection}; not configured on the pod"))
+            problems.add(pod, REJECTED, f"{rejection}; not configured on the pod")
         else:
-            findings.append(Finding(pod, address, REJECTED,
-                                    f"{address} not routed: added to {ANNOTATION} after the pod's network was set "
-                                    "up, so it is not on the pod's lo; it takes effect when the pod is recreated"))
-    return findings
-
-
-def _finding_order(finding: Finding) -> tuple[str, str, int, int, str, str]:
-    where = address_sort_key(finding.address) if finding.address is not None else (0, -1)
-    return (finding.pod.namespace, finding.pod.name, *where, finding.reason, finding.message)
+            problems.add(pod, REJECTED, f"{address} not routed: added to {ANNOTATION} after the pod's network "
+                         "was set up, so it is not on the pod's lo; it takes effect when the pod is recreated")

@@ -54,7 +54,7 @@ def test_rolling_restart_loses_almost_nothing_where_ready_only_loses_many(tmp_pa
     assert comparison["readyOnlyFailed"] == ready_only["requests"]["failed"]
     for pod in flock["pods"]:
         assert pod["withdrawalSeconds"] is not None and pod["withdrawalSeconds"] < 1.0, pod
-    assert flock["events"]["byReason"].get("AnycastWithdrawn", 0) >= 6  # 3 pods x 2 families
+    assert flock["events"]["byReason"].get("AnycastWithdrawn", 0) >= 3  # 3 pods, both families in one
     assert "flock rule" in done.stdout and "ready-only rule" in done.stdout
 
     for run in (flock, ready_only):

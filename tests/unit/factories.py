@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from flock.annotation import parse_anycast
 from flock.config import AnycastPool, parse_config
 from flock.model import Allocation, AllocationState, ContainerID, PodRef, PodStatus
 
@@ -33,7 +34,8 @@ def status(name: str, eligible: bool = True, *, namespace: str = "default", uid:
     if not eligible and not reason:
         reason = "not ready"
     anycast = None if listed is None else frozenset(ipaddress.ip_address(a) for a in listed)
-    return (namespace, name), PodStatus(PodRef(namespace, name, uid), eligible, reason, anycast)
+    written = None if listed is None else parse_anycast(" ".join(listed))
+    return (namespace, name), PodStatus(PodRef(namespace, name, uid), eligible, reason, anycast, written)
 
 
 def pod_body(name: str, *, ready: bool = True, terminating: bool = False, node: str = "node-a",

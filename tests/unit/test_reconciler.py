@@ -16,7 +16,7 @@ from flock.metrics import Metrics
 from flock.model import IPAddress, Nexthop
 from flock.netlink import FakeRoutes
 from flock.podcache import PodCache
-from flock.reconciler import Reconciler
+from flock.reconciler import Reconciler, RepeatedFailure
 from flock.routediff import RouteEdit
 from flock.store import AllocationStore
 from tests.unit.factories import alloc, config, pod_body
@@ -89,9 +89,10 @@ async def test_ready_pod_is_routed_then_advertised_and_announced(node) -> None: 
         "add 2001:db8:100::10/128 via 2001:db8::11 dev flock00000001",
         "bird: active 198.51.100.10,active 2001:db8:100::10",
     ]
-    assert [(e.reason, e.involved.name) for e in events.events] == [
-        ("AnycastAdvertised", "web-1"), ("AnycastAdvertised", "web-1")]
-    assert events.events[0].message == "198.51.100.10/32 advertised from node-a: pod ready; 1 next hop on this node"
+    # One Event for the pod's anycast IPs that changed together in the pass.
+    assert [(e.reason, e.involved.name, e.message) for e in events.events] == [
+        ("AnycastAdvertised", "web-1", "2 anycast IPs advertised from node-a: pod ready; "
+         "198.51.100.10/32 (1 next hop on this node), 2001:db8:100::10/128 (1 next hop on this node)")]
 
 
 async def test_quiet_pass_writes_nothing_and_posts_nothing(node) -> None:  # type: ignore[no-untyped-def]
@@ -152,6 +153,54 @@ async def test_rejected_bird_config_keeps_the_route_and_reports_once(node) -> No
     recorder.bird.reject = None
     await reconciler.reconcile()
     assert A4 not in recorder.routes.table
+
+
+async def test_a_withdrawal_waiting_for_bird_is_announced_only_once_it_happened(  # type: ignore[no-untyped-def]
+    node, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, pods, recorder, events, reconciler = node
+    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await reconciler.reconcile()
+    events.events.clear()
+    recorder.bird.unavailable = True
+    pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+    with caplog.at_level("INFO", logger="flock.reconciler"):
+        for _ in range(5):
+            await reconciler.reconcile()
+    assert A4 in recorder.routes.table, "BIRD may still announce it: the route stays"
+    assert [e.reason for e in events.events] == ["BirdReloadFailed"], "no AnycastWithdrawn before it happens"
+    failures = [r for r in caplog.records if "BIRD reload failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelname == "ERROR", "logged once, not every pass"
+
+    caplog.clear()
+    recorder.bird.unavailable = False
+    with caplog.at_level("INFO", logger="flock.reconciler"):
+        await reconciler.reconcile()
+    assert A4 not in recorder.routes.table
+    assert [e.reason for e in events.events] == ["BirdReloadFailed", "AnycastWithdrawn"]
+    assert "no next hop left, node-a no longer advertises it" in events.events[-1].message
+    assert [r.getMessage() for r in caplog.records if "BIRD reload failed" in r.getMessage()] == [
+        "BIRD reload failed, the previous config stays live: cleared"]
+
+
+def test_a_lasting_failure_is_logged_at_most_once_a_minute_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    failure = RepeatedFailure("BIRD reload failed", every=60, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="flock.reconciler"):
+        assert failure.failed("socket gone") is True
+        for second in range(1, 150):  # one pass a second
+            now[0] = float(second)
+            assert failure.failed("socket gone") is False
+        assert failure.failed("syntax error") is True  # another failure: at once
+        failure.cleared()
+        failure.cleared()
+    assert [r.getMessage() for r in caplog.records] == [
+        "BIRD reload failed: socket gone",
+        "BIRD reload failed (still, 60 more times): socket gone",
+        "BIRD reload failed (still, 60 more times): socket gone",
+        "BIRD reload failed: syntax error",
+        "BIRD reload failed: cleared",
+    ]
 
 
 async def test_rejected_anycast_is_reported_once_and_never_routed(node) -> None:  # type: ignore[no-untyped-def]

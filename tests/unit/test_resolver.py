@@ -71,15 +71,18 @@ def test_family_mismatch_warns_and_skips() -> None:
     a = alloc("web-1", ips=("192.0.2.10",), anycast=("198.51.100.10", "2001:db8:100::10"))
     result = resolve([a], dict([status("web-1")]), POOLS)
     assert set(result.routes) == {A4}
-    assert [(f.address, f.reason) for f in result.findings] == [(A6, FAMILY_MISMATCH)]
-    assert "no IPv6 address" in result.findings[0].message
+    [finding] = result.findings
+    assert (finding.reason, finding.count) == (FAMILY_MISMATCH, 1)
+    assert finding.message == "2001:db8:100::10 skipped: the pod has no IPv6 address to route it to"
 
 
 def test_ip_outside_the_pools_is_rejected_not_routed() -> None:
     a = alloc("web-1", anycast=("203.0.113.5", "198.51.100.10"))
     result = resolve([a], dict([status("web-1")]), POOLS)
     assert set(result.routes) == {A4}
-    assert [(str(f.address), f.reason) for f in result.findings] == [("203.0.113.5", REJECTED)]
+    [finding] = result.findings
+    assert (finding.reason, finding.count) == (REJECTED, 1)
+    assert finding.message.startswith("203.0.113.5 is outside the anycast pools")
 
 
 def test_allocation_of_an_older_pod_incarnation_is_not_routed() -> None:
@@ -196,7 +199,7 @@ def test_ip_added_to_the_annotation_is_reported_and_not_routed() -> None:
     result = resolve([a], dict([status("web-1", listed=("198.51.100.10", "198.51.100.11"))]), POOLS)
     assert set(result.routes) == {A4}
     [finding] = result.findings
-    assert (finding.address, finding.reason) == (added, REJECTED)
+    assert finding.reason == REJECTED and finding.message.startswith(f"{added} not routed")
     assert "after the pod's network was set up" in finding.message and "recreated" in finding.message
 
 
@@ -206,7 +209,7 @@ def test_an_annotation_ip_outside_the_pools_is_reported_as_such() -> None:
     result = resolve([a], dict([status("web-1", listed=("198.51.100.10", "203.0.113.5"))]), POOLS)
     assert set(result.routes) == {A4}
     [finding] = result.findings
-    assert (str(finding.address), finding.reason) == ("203.0.113.5", REJECTED)
+    assert finding.reason == REJECTED
     assert finding.message.startswith("203.0.113.5 is outside the anycast pools")
 
 
@@ -218,16 +221,16 @@ def test_annotation_edits_with_typos_change_nothing_and_are_reported() -> None:
     def routed_after(annotation: str) -> tuple[set[IPAddress], list[str]]:
         cache.observe("MODIFIED", pod_body("web-1", uid="", anycast=annotation))
         result = resolve([a], cache.snapshot(), POOLS)
-        return set(result.routes), [f.message for f in result.findings if f.address is None]
+        return set(result.routes), [f.message for f in result.findings]
 
     assert routed_after("198.51.100.10, 198.51.100.11") == ({A4, B4}, [])
     assert routed_after("198.51.100.10") == ({A4}, [])  # .11 taken off: withdrawn
     routes, problems = routed_after("198.51.100.10/32, 198.51.100.11")  # a typo: nothing changes
     assert routes == {A4}, "a typo must neither withdraw .10 nor bring back .11"
     assert len(problems) == 1 and "'198.51.100.10/32'" in problems[0] and "last annotation that parsed" in problems[0]
-    # Another edit while the typo stays: reported again (the message names what was written).
-    _, again = routed_after("198.51.100.10/32")
-    assert len(again) == 1 and again != problems
+    # Another edit with another typo: reported (the message names the entries that do not parse).
+    _, again = routed_after("198.51.100.10/33")
+    assert len(again) == 1 and again != problems and "'198.51.100.10/33'" in again[0]
     assert routed_after("198.51.100.11") == ({B4}, [])  # fixed: it counts again
 
 
@@ -235,4 +238,32 @@ def test_annotation_changes_are_reported_even_while_the_pod_is_not_ready() -> No
     a = alloc("web-1", anycast=("198.51.100.10",))
     result = resolve([a], dict([status("web-1", eligible=False, listed=("198.51.100.11",))]), POOLS)
     assert result.routes == {}
-    assert [f.address for f in result.findings] == [ipaddress.ip_address("198.51.100.11")]
+    [finding] = result.findings
+    assert finding.message.startswith("198.51.100.11 not routed")
+
+
+def test_every_problem_of_every_entry_is_reported_in_one_finding_per_reason() -> None:
+    # A hijack attempt next to a typo: both are heard of, in one Warning.
+    a = alloc("web-1", anycast=("198.51.100.19",))
+    cache = PodCache("node-a")
+    cache.observe("ADDED", pod_body("web-1", uid="", anycast="198.51.100.19, 8.8.8.8, bogus"))
+    result = resolve([a], cache.snapshot(), POOLS)
+    assert set(result.routes) == {ipaddress.ip_address("198.51.100.19")}
+    [finding] = result.findings
+    assert finding.reason == REJECTED and finding.count == 2
+    assert "'bogus' is not an IP address" in finding.message
+    assert "8.8.8.8 is outside the anycast pools" in finding.message
+    assert "last annotation that parsed" in finding.message
+
+
+def test_thousands_of_bad_entries_make_one_bounded_finding() -> None:
+    a = alloc("web-1", anycast=("198.51.100.19",))
+    cache = PodCache("node-a", max_anycast=4)
+    junk = " ".join(["junk"] * 500 + [f"2001:db8:100::{i:x}" for i in range(1, 200)])[:4096]
+    cache.observe("ADDED", pod_body("web-1", uid="", anycast=junk))
+    [finding] = resolve([a], cache.snapshot(), POOLS).findings
+    # 500 junk and one address cut at 4096 bytes, the excess, 4 kept addresses not on the pod
+    assert finding.count == 501 + 1 + 4
+    assert len(finding.problems) == 3 and len(finding.message) < 600
+    assert finding.message.startswith("506 problems: flock.io/anycast: 'junk' is not an IP address")
+    assert "and 503 more" in finding.message
