@@ -82,7 +82,6 @@ _RTM_NEWROUTE: Final = 24
 _RTM_GETROUTE: Final = 26
 _RT_TABLE_MAIN: Final = 254
 _RT_SCOPE_UNIVERSE: Final = 0
-_RT_SCOPE_LINK: Final = 253
 _RTN_UNICAST: Final = 1
 _RTM_F_CLONED: Final = 0x200
 _RTA_DST: Final = 1
@@ -245,8 +244,10 @@ class _RtnlDumper:
         if msg_family != family or msg_protocol != protocol or rflags & _RTM_F_CLONED:
             return None
         attrs = _attributes(msg, _RTMSG.size, len(msg))
-        if _scope == _RT_SCOPE_LINK and _RTA_GATEWAY not in attrs and _RTA_MULTIPATH not in attrs:
-            return None  # a pod's own /32 or /128 on its veth (CNI plumbing), not an anycast route
+        if _RTA_GATEWAY not in attrs and _RTA_MULTIPATH not in attrs and _RTA_OIF in attrs:
+            # A device route: a pod's own /32 or /128 on its veth (CNI plumbing; IPv6 routes
+            # have no scope to tell them by). Never an anycast route, and expected: no warning.
+            return None
         if _RTA_TABLE in attrs:
             table = _U32.unpack_from(msg, attrs[_RTA_TABLE][0])[0]
         if table != _RT_TABLE_MAIN:
