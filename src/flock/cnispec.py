@@ -28,8 +28,20 @@ TRY_AGAIN_LATER = 11
 NETWORK_STATE_DIFFERS = 100  # flock: CHECK found the pod's network not as ADD left it
 NO_ADDRESS_LEFT = 101  # flock: a pod CIDR has no free address
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+MAX_NETWORK_CONFIG_BYTES = 1024 * 1024
+"""Largest network config (stdin) accepted. A real one, prevResult included, is a few KB;
+the limit keeps the plugin's forwarded request well inside its 16 MB frame even when
+JSON escaping inflates it sixfold. flock-cni holds its own copy (it imports nothing)."""
+
+# The spec's rules for CNI_CONTAINERID (libcni ValidateContainerID) plus a length bound:
+# the record is stored as <id>.json, and its temporary file as .<id>.json.<pid>.tmp, which
+# must fit NAME_MAX (255) - so at most 237 characters. Runtimes use 64 hex characters.
+MAX_CONTAINER_ID = 200
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# CNI_IFNAME (libcni ValidateInterfaceName): at most IFNAMSIZ-1 bytes, not "." or "..",
+# no "/", ":" or whitespace.
+MAX_IFNAME_BYTES = 15
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
 
 
 class CniError(Exception):
@@ -77,11 +89,17 @@ def parse_cni_args(text: str) -> dict[str, str]:
 
 
 def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
-    """Validate a request as the runtime sent it. Raises CniError with the spec's code."""
+    """Validate a request as the runtime sent it. Raises CniError with the spec's code.
+
+    Any input gives a CniRequest or a CniError, never another exception.
+    """
+    if len(stdin) > MAX_NETWORK_CONFIG_BYTES:  # characters: at most the UTF-8 byte count
+        raise CniError(INVALID_CONFIG, f"network config on stdin is over {MAX_NETWORK_CONFIG_BYTES} bytes",
+                       f"{len(stdin)} characters")
     try:
         config = json.loads(stdin)
-    except ValueError as exc:
-        raise CniError(DECODE_FAILURE, "network config on stdin is not JSON", str(exc)) from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
+        raise CniError(DECODE_FAILURE, "network config on stdin is not JSON", str(exc)[:200]) from exc
     if not isinstance(config, dict):
         raise CniError(INVALID_CONFIG, "network config must be a JSON object")
     version = config.get("cniVersion")
@@ -98,16 +116,47 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     if command not in COMMANDS:
         raise CniError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
     container_id = env.get("CNI_CONTAINERID", "")
-    if not _CONTAINER_ID.match(container_id):
-        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {container_id!r} is missing or not a valid id")
+    problem = container_id_problem(container_id)
+    if problem:
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {_shown(container_id)} {problem}")
     ifname = env.get("CNI_IFNAME", "")
-    if not _IFNAME.match(ifname):
-        raise CniError(INVALID_ENV, f"CNI_IFNAME {ifname!r} is missing or not a valid interface name")
+    problem = ifname_problem(ifname)
+    if problem:
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {_shown(ifname)} {problem}")
     netns = env.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK") and not netns:
         raise CniError(INVALID_ENV, f"CNI_NETNS is required for {command}")
     return CniRequest(command=command, container_id=container_id, netns=netns, ifname=ifname,
                       args=parse_cni_args(env.get("CNI_ARGS", "")), config=config, cni_version=version)
+
+
+def container_id_problem(container_id: str) -> str | None:
+    """Why ``container_id`` is not a valid CNI_CONTAINERID, or None."""
+    if not container_id:
+        return "is missing"
+    if len(container_id) > MAX_CONTAINER_ID:
+        return f"is {len(container_id)} characters long, over the limit of {MAX_CONTAINER_ID}"
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return "must be letters, digits, '_', '.' and '-', starting with a letter or digit"
+    return None
+
+
+def ifname_problem(ifname: str) -> str | None:
+    """Why ``ifname`` is not a valid CNI_IFNAME (a Linux interface name), or None."""
+    if not ifname:
+        return "is missing"
+    if len(ifname.encode("utf-8", "surrogatepass")) > MAX_IFNAME_BYTES:
+        return f"is longer than {MAX_IFNAME_BYTES} bytes (IFNAMSIZ - 1)"
+    if ifname in (".", ".."):
+        return "may not be '.' or '..'"
+    if _IFNAME_FORBIDDEN.search(ifname) or "\0" in ifname:
+        return "may not contain '/', ':', whitespace or NUL"
+    return None
+
+
+def _shown(value: str) -> str:
+    """A runtime-given value quoted in a message, cut short: it may be huge."""
+    return repr(value) if len(value) <= 64 else repr(value[:64]) + f"... ({len(value)} chars)"
 
 
 @dataclasses.dataclass(frozen=True)

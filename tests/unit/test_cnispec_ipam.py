@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import re
@@ -16,6 +17,7 @@ from flock.cnispec import (
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
     INVALID_ENV,
+    MAX_NETWORK_CONFIG_BYTES,
     CniError,
     Interface,
     add_result,
@@ -44,12 +46,68 @@ def test_a_runtime_request_parses_with_the_pod_identity() -> None:
     ({**ENV, "CNI_CONTAINERID": "../x"}, CONFIG, INVALID_ENV, "CNI_CONTAINERID"),
     ({**ENV, "CNI_IFNAME": "a-very-long-interface-name"}, CONFIG, INVALID_ENV, "CNI_IFNAME"),
     ({**ENV, "CNI_ARGS": "K8S_POD_NAME"}, CONFIG, INVALID_ENV, "CNI_ARGS"),
+    ({**ENV, "CNI_CONTAINERID": "c" * 201}, CONFIG, INVALID_ENV, "over the limit of 200"),
+    ({**ENV, "CNI_CONTAINERID": "-abc"}, CONFIG, INVALID_ENV, "starting with a letter or digit"),
+    ({**ENV, "CNI_CONTAINERID": "abc\n"}, CONFIG, INVALID_ENV, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_CONTAINERID": ""}, CONFIG, INVALID_ENV, "missing"),
+    ({**ENV, "CNI_IFNAME": ".."}, CONFIG, INVALID_ENV, "'.' or '..'"),
+    ({**ENV, "CNI_IFNAME": "."}, CONFIG, INVALID_ENV, "'.' or '..'"),
+    ({**ENV, "CNI_IFNAME": "eth:0"}, CONFIG, INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "eth\t0"}, CONFIG, INVALID_ENV, "whitespace"),
+    ({**ENV, "CNI_IFNAME": "ééééééééé"}, CONFIG, INVALID_ENV, "15 bytes"),  # 9 characters, 18 bytes
+    ({**ENV, "CNI_IFNAME": ""}, CONFIG, INVALID_ENV, "missing"),
+    (ENV, CONFIG[:-1] + ', "pad": "' + "x" * (1 << 20) + '"}', INVALID_CONFIG, "over 1048576 bytes"),
+    (ENV, "[" * 100_000 + "]" * 100_000, DECODE_FAILURE, "not JSON"),
 ])
 def test_bad_requests_get_the_specs_error_code(env: dict[str, str], stdin: str, code: int, words: str) -> None:
     with pytest.raises(CniError) as caught:
         parse_request(env, stdin)
     assert caught.value.code == code
     assert words in caught.value.msg
+
+
+@pytest.mark.parametrize(("container_id", "ifname"), [
+    ("c" * 200, "a" * 15),
+    ("0.a_b-C", "eth0.100"),
+    ("abc", "net1"),
+])
+def test_ids_and_names_at_the_specs_limits_are_accepted(container_id: str, ifname: str) -> None:
+    request = parse_request({**ENV, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname}, CONFIG)
+    assert (request.container_id, request.ifname) == (container_id, ifname)
+
+
+def test_the_plugin_and_the_agent_share_the_network_config_limit() -> None:
+    assert plugin.MAX_NETWORK_CONFIG_BYTES == MAX_NETWORK_CONFIG_BYTES
+    assert 6 * MAX_NETWORK_CONFIG_BYTES + 64 * 1024 < plugin.MAX_FRAME, "escaped stdin fits a frame"
+
+
+def test_the_plugin_refuses_a_network_config_over_the_limit_without_asking_the_agent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, out = plugin.run(dict(ENV), None)  # None: read_stdin found more than the limit
+    error = json.loads(out)
+    assert code == 1 and error["code"] == INVALID_CONFIG and "over" in error["msg"]
+
+
+def test_the_plugin_reads_stdin_bounded() -> None:
+    class Endless(io.RawIOBase):
+        asked = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+            self.asked += len(buffer)
+            buffer[:] = b"x" * len(buffer)
+            return len(buffer)
+
+    stream = Endless()
+    assert plugin.read_stdin(io.BufferedReader(stream)) is None
+    assert stream.asked < 2 * plugin.MAX_NETWORK_CONFIG_BYTES
+    assert plugin.read_stdin(io.BytesIO(b"{}")) == b"{}"
+
+
+def test_the_plugin_answers_bad_utf8_with_a_decode_error() -> None:
+    code, out = plugin.run(dict(ENV), b'{"cniVersion": "1.0.0", "name": "\xff"}')
+    assert code == 1 and json.loads(out)["code"] == DECODE_FAILURE
 
 
 def test_del_needs_no_netns() -> None:

@@ -20,12 +20,14 @@ import os
 import socket
 import struct
 import sys
+from typing import BinaryIO
 
 SUPPORTED_VERSIONS = ["1.0.0"]
 DEFAULT_SOCKET = "/run/flock/cni.sock"
 CONNECT_SECONDS = 5.0
 ANSWER_SECONDS = 120.0  # a busy node may queue many ADDs; the runtime has its own limit
 MAX_FRAME = 16 * 1024 * 1024
+MAX_NETWORK_CONFIG_BYTES = 1024 * 1024  # = flock.cnispec.MAX_NETWORK_CONFIG_BYTES (this file imports nothing)
 
 # CNI spec error codes
 ERR_INCOMPATIBLE_VERSION = 1
@@ -38,9 +40,9 @@ ERR_TRY_AGAIN_LATER = 11
 _HEADER = struct.Struct("!I")
 
 
-def send_frame(sock: socket.socket, payload: dict) -> None:  # type: ignore[type-arg]
+def encode_frame(payload: dict) -> bytes:  # type: ignore[type-arg]
     data = json.dumps(payload).encode()
-    sock.sendall(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -58,7 +60,15 @@ def recv_frame(sock: socket.socket) -> dict:  # type: ignore[type-arg]
     (size,) = _HEADER.unpack(recv_exactly(sock, _HEADER.size))
     if size > MAX_FRAME:
         raise ValueError(f"message of {size} bytes is too large")
-    result = json.loads(recv_exactly(sock, size))
+    return decode_payload(recv_exactly(sock, size))
+
+
+def decode_payload(data: bytes) -> dict:  # type: ignore[type-arg]
+    """A frame's body as a JSON object. Raises ValueError only, whatever the bytes."""
+    try:
+        result = json.loads(data)
+    except RecursionError as exc:  # nested too deep
+        raise ValueError("message is nested too deeply") from exc
     if not isinstance(result, dict):
         raise ValueError("message is not a JSON object")
     return result
@@ -74,15 +84,29 @@ def _config_version(config: object) -> str:
     return SUPPORTED_VERSIONS[-1]
 
 
-def run(env: dict, stdin: str) -> tuple[int, str]:  # type: ignore[type-arg]
-    """One plugin invocation: (exit code, stdout)."""
+def read_stdin(stream: BinaryIO) -> bytes | None:
+    """The network config from ``stream``, read bounded: None when it is over the limit."""
+    data = stream.read(MAX_NETWORK_CONFIG_BYTES + 1)
+    return None if len(data) > MAX_NETWORK_CONFIG_BYTES else data
+
+
+def run(env: dict, stdin: str | bytes | None) -> tuple[int, str]:  # type: ignore[type-arg]
+    """One plugin invocation: (exit code, stdout). ``stdin`` None: it was over the limit."""
     command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
         return 0, json.dumps({"cniVersion": SUPPORTED_VERSIONS[-1], "supportedVersions": SUPPORTED_VERSIONS})
+    if stdin is None or len(stdin) > MAX_NETWORK_CONFIG_BYTES:
+        # Permanent, and told apart from "not JSON": the config may be well-formed, it is
+        # just larger than any network config flock accepts. The agent is not asked.
+        return 1, error_json(SUPPORTED_VERSIONS[-1], ERR_INVALID_CONFIG,
+                             f"network config on stdin is over {MAX_NETWORK_CONFIG_BYTES} bytes")
     try:
+        if isinstance(stdin, bytes):
+            stdin = stdin.decode("utf-8")  # UnicodeDecodeError is a ValueError
         config = json.loads(stdin)
-    except ValueError as exc:
-        return 1, error_json(SUPPORTED_VERSIONS[-1], ERR_DECODE, "network config on stdin is not JSON", str(exc))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
+        return 1, error_json(SUPPORTED_VERSIONS[-1], ERR_DECODE, "network config on stdin is not JSON",
+                             str(exc)[:200])
     version = _config_version(config)
     if not isinstance(config, dict):
         return 1, error_json(version, ERR_INVALID_CONFIG, "network config must be a JSON object")
@@ -91,12 +115,15 @@ def run(env: dict, stdin: str) -> tuple[int, str]:  # type: ignore[type-arg]
         return 1, error_json(version, ERR_INVALID_CONFIG, "network config key 'socket' must be a path")
 
     request = {"env": {k: v for k, v in env.items() if k.startswith("CNI_")}, "stdin": stdin}
+    frame = encode_frame(request)
+    if len(frame) > _HEADER.size + MAX_FRAME:  # only a huge environment gets here: stdin is bounded
+        return 1, error_json(version, ERR_INVALID_ENV, f"the CNI_* environment is over {MAX_FRAME} bytes")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_SECONDS)
             sock.connect(path)
             sock.settimeout(ANSWER_SECONDS)
-            send_frame(sock, request)
+            sock.sendall(frame)
             answer = recv_frame(sock)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
@@ -109,7 +136,7 @@ def run(env: dict, stdin: str) -> tuple[int, str]:  # type: ignore[type-arg]
 
 
 def main() -> int:
-    code, stdout = run(dict(os.environ), sys.stdin.read())
+    code, stdout = run(dict(os.environ), read_stdin(sys.stdin.buffer))
     sys.stdout.write(stdout)
     if stdout and not stdout.endswith("\n"):
         sys.stdout.write("\n")
