@@ -20,12 +20,16 @@ import errno
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from flock.errors import FlockError
 from flock.model import IPAddress
@@ -42,6 +46,13 @@ GATEWAYS: dict[int, str] = {4: GATEWAY_V4, 6: GATEWAY_V6}
 
 _IFA_F_NODAD = 0x02
 _RT_SCOPE_LINK = 253
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NLMSG_ERROR = 2  # an ack: a negative errno, 0 for success
+_SOL_NETLINK = 270
+_NETLINK_CAP_ACK = 10  # acks carry no copy of the request
+_BATCH_REQUESTS = 256  # requests per send: 16 KB of RTM_NEWADDR, far below the socket's buffers
+_ACK_SECONDS = 10.0
 
 
 class PlumbingError(FlockError):
@@ -108,6 +119,54 @@ def _family(ip: IPAddress) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
+def _address_request(kind: int, flags: int, sequence: int, index: int, ip: IPAddress) -> bytes:
+    msg = ifaddrmsg()
+    msg["family"] = _family(ip)
+    msg["prefixlen"] = ip.max_prefixlen
+    msg["flags"] = _IFA_F_NODAD
+    msg["index"] = index
+    msg["attrs"] = [("IFA_LOCAL", str(ip)), ("IFA_ADDRESS", str(ip))]
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+    msg["header"]["sequence_number"] = sequence
+    msg.encode()
+    return bytes(msg.data)
+
+
+def _write_addresses(kind: int, addresses: Sequence[tuple[int, IPAddress]]) -> list[int]:
+    """Add (RTM_NEWADDR, exclusive) or delete (RTM_DELADDR) host addresses (/32, /128,
+    no DAD) in this thread's netns: ``(ifindex, ip)`` each. Returns one errno per address,
+    0 where it succeeded.
+
+    One netlink request per address, but many sent in one ``send`` and their acks read
+    back (matched by sequence number): a pod's addresses cost a few system calls, not one
+    pyroute2 round trip each (pyroute2 0.9's IPRoute has no batch mode). The kernel
+    answers every request of a buffer, also after one fails.
+    """
+    errnos = [0] * len(addresses)
+    flags = NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+        sock.bind((0, 0))
+        sock.settimeout(_ACK_SECONDS)
+        for start in range(0, len(addresses), _BATCH_REQUESTS):
+            batch = range(start, min(start + _BATCH_REQUESTS, len(addresses)))
+            # Sequence numbers: position + 1 (0 is what an unsolicited message carries).
+            sock.send(b"".join(_address_request(kind, flags, i + 1, *addresses[i]) for i in batch))
+            waiting = {i + 1 for i in batch}
+            while waiting:
+                data = sock.recv(65536)
+                offset = 0
+                while offset + _NLMSGHDR.size <= len(data):
+                    length, msg_type, _, sequence, _ = _NLMSGHDR.unpack_from(data, offset)
+                    if msg_type == _NLMSG_ERROR and sequence in waiting:
+                        (error,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
+                        errnos[sequence - 1] = -error
+                        waiting.discard(sequence)
+                    offset += max((length + 3) & ~3, _NLMSGHDR.size)
+    return errnos
+
+
 def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
               protocol: int, proc: str) -> str:
     with IPRoute() as ipr:
@@ -141,21 +200,53 @@ def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddr
         if index is None:
             raise OSError(errno.ENODEV, f"{ifname} did not arrive in the pod's netns")
         _write(_conf(proc, "ipv6", ifname, "accept_dad"), "0")
-        for ip in pod_ips:
-            ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, flags=_IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
         lo = _index(ipr, "lo")
         assert lo is not None
         ipr.link("set", index=lo, state="up")
         # Anycast lives on lo, never on eth0: replicas sharing an IP would fight over ARP/NDP/DAD.
-        for ip in anycast:
-            ipr.addr("add", index=lo, address=str(ip), prefixlen=ip.max_prefixlen, flags=_IFA_F_NODAD)
-        if any(ip.version == 4 for ip in pod_ips):
-            ipr.route("add", dst=GATEWAY_V4, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
-            ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=GATEWAY_V4, oif=index)
-        if any(ip.version == 6 for ip in pod_ips):
-            ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=GATEWAY_V6, oif=index)
-        return _mac(ipr, index)
+        wanted = [(index, ip) for ip in pod_ips] + [(lo, ip) for ip in anycast]
+        errnos = _write_addresses(RTM_NEWADDR, wanted)
+        # An anycast IP already on lo was left by an ADD cut short by an agent crash: keep it.
+        added_to_lo = [(dev, ip) for (dev, ip), error in zip(wanted, errnos, strict=True) if dev == lo and error == 0]
+        failed = [(dev, ip, error) for (dev, ip), error in zip(wanted, errnos, strict=True)
+                  if error and not (dev == lo and error == errno.EEXIST)]
+        try:
+            if failed:
+                dev, ip, error = failed[0]
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                raise OSError(error, f"add {ip} to {'lo' if dev == lo else ifname}: {os.strerror(error)}{more}")
+            if any(ip.version == 4 for ip in pod_ips):
+                ipr.route("add", dst=GATEWAY_V4, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
+                ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=GATEWAY_V4, oif=index)
+            if any(ip.version == 6 for ip in pod_ips):
+                ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=GATEWAY_V6, oif=index)
+            return _mac(ipr, index)
+        except BaseException:
+            # Nothing half-done: eth0's addresses go with the veth when the ADD is released,
+            # lo's must be taken back here.
+            _write_addresses(RTM_DELADDR, added_to_lo)
+            raise
+
+
+def _peer_index(host_ifname: str) -> tuple[int, int] | None:
+    """(index of the host veth, index of its peer in the peer's netns), None if absent."""
+    with IPRoute() as ipr:
+        index = _index(ipr, host_ifname)
+        if index is None:
+            return None
+        peer = ipr.link("get", index=index)[0].get_attr("IFLA_LINK")
+        return (index, int(peer)) if peer else None
+
+
+def _name_of_peer(peer_index: int, host_index: int) -> str | None:
+    """The name of interface ``peer_index`` here, if it is the veth peer of ``host_index``."""
+    with IPRoute() as ipr:
+        try:
+            link = ipr.link("get", index=peer_index)[0]
+        except NetlinkError:
+            return None
+        return str(link.get_attr("IFLA_IFNAME")) if link.get_attr("IFLA_LINK") == host_index else None
 
 
 def _host_delete(host_ifname: str) -> bool:
@@ -228,6 +319,17 @@ class PodNetwork:
         except (OSError, NetlinkError, TimeoutError) as exc:
             raise PlumbingError(f"set up {host_ifname} <-> {ifname} in {pod_netns}: {_describe(exc)}") from exc
         return PlumbedPod(host_mac=host_mac, pod_mac=pod_mac)
+
+    async def pod_ifname(self, *, host_ifname: str, pod_netns: str) -> str | None:
+        """The name of ``host_ifname``'s peer in ``pod_netns``; None if there is none there."""
+        try:
+            indexes = await in_netns(self.host_path, self.timeout, _peer_index, host_ifname)
+            if indexes is None:
+                return None
+            host_index, peer_index = indexes
+            return await in_netns(pod_netns, self.timeout, _name_of_peer, peer_index, host_index)
+        except (OSError, NetlinkError, TimeoutError) as exc:
+            raise PlumbingError(f"look up {host_ifname}'s peer in {pod_netns}: {_describe(exc)}") from exc
 
     async def delete(self, host_ifname: str) -> bool:
         """Remove the veth pair (its routes go with it). False if it was already gone."""

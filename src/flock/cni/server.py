@@ -8,7 +8,10 @@ mark the record *releasing* and wait for a reconcile pass to take it out; then r
 the veth and the record (idempotent). CHECK: compare the pod's network with the record.
 
 Requests are handled one at a time (one lock), so two ADDs never pick the same address
-and the store never changes under a reconcile pass. A pending or releasing record
+and the store never changes under a reconcile pass. What an ADD does under the lock is
+bounded, so no pod keeps the others waiting for long: its API read is done before it
+takes the lock, its anycast IPs are at most ``maxAnycastPerPod``, and its plumbing is
+cut off after ``add_seconds``. A pending or releasing record
 found at start-up is an ADD or DEL that was cut short (agent killed): it is finished
 once the agent's passes run (the veth removed, the record released); the runtime
 retries an ADD.
@@ -80,6 +83,8 @@ class CniServer:
     shares_route: Callable[[str], bool] = lambda dev: False
     """Whether the named host veth is one of several next hops of an anycast route."""
     unroute: Unroute | None = None
+    add_seconds: float = 30.0
+    """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -114,10 +119,14 @@ class CniServer:
                 request = json.loads(await reader.readexactly(size))
             if not isinstance(request, dict):
                 raise ValueError("request is not a JSON object")
-            code, stdout = await self.handle(request.get("env") or {}, str(request.get("stdin", "")))
+            env, stdin = request.get("env"), request.get("stdin")
+            if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()) \
+                    or not isinstance(stdin, str):
+                raise ValueError("request is not {env: {name: string}, stdin: string}")
+            code, stdout = await self.handle(env, stdin)
             writer.write(_frame({"exitCode": code, "stdout": stdout}))
             await writer.drain()
-        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (OSError, ValueError, RecursionError, TimeoutError, asyncio.IncompleteReadError) as exc:
             logger.warning("bad request on the CNI socket: %s", exc or type(exc).__name__)
         finally:
             writer.close()
@@ -132,9 +141,13 @@ class CniServer:
         try:
             request = parse_request(env, stdin)
             version = request.cni_version
+            if request.command == "ADD":
+                # The API read is outside the lock: a slow API delays this pod, not the others.
+                anycast = await self._anycast_for(PodRef(request.pod_namespace, request.pod_name,
+                                                         request.pod_uid))
+                async with self._lock:
+                    return 0, json.dumps(await self._add(request, anycast))
             async with self._lock:
-                if request.command == "ADD":
-                    return 0, json.dumps(await self._add(request))
                 if request.command == "DEL":
                     await self._delete(request)
                     return 0, ""
@@ -150,7 +163,8 @@ class CniServer:
             logger.exception("CNI %s %s failed unexpectedly", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"))
             return 1, json.dumps(error_result(version, CniError(IO_FAILURE, f"flock-agent: {exc}")))
 
-    async def _add(self, request: CniRequest) -> dict[str, Any]:
+    async def _add(self, request: CniRequest, anycast: tuple[IPAddress, ...]) -> dict[str, Any]:
+        """The ADD's work under the lock. A failure leaves no record, veth or address behind."""
         if self.pod_cidrs is None:
             raise CniError(TRY_AGAIN_LATER, "flock-agent is starting: the node's pod CIDRs are not known yet")
         if not await aiofiles.os.path.exists(request.netns):
@@ -158,26 +172,40 @@ class CniServer:
         container = ContainerID(request.container_id)
         existing = self.store.get(container)
         if existing is not None and existing.state is AllocationState.COMMITTED:
-            # A repeated ADD: answer with what the container already has.
+            # A repeated ADD: answer with what the container already has, if it asks for that.
+            await self._same_interface(request, existing)
             return self._result(request, existing, host_mac="", pod_mac="")
         if existing is not None:
             await self._release(existing)
 
         pod = PodRef(request.pod_namespace, request.pod_name, request.pod_uid)
-        anycast = await self._anycast_for(pod)
         pod_ips = self._choose_addresses()
         allocation = Allocation(container, pod, self._free_ifname(container), pod_ips, (), AllocationState.PENDING)
         await self.store.put(allocation)  # durable before any plumbing: a crash leaves a record
         try:
-            plumbed = await self.network.add(host_ifname=allocation.host_ifname, ifname=request.ifname,
-                                             pod_netns=request.netns, pod_ips=pod_ips, anycast=anycast)
-        except PlumbingError as exc:
+            async with asyncio.timeout(self.add_seconds):
+                plumbed = await self.network.add(host_ifname=allocation.host_ifname, ifname=request.ifname,
+                                                 pod_netns=request.netns, pod_ips=pod_ips, anycast=anycast)
+        except (PlumbingError, TimeoutError) as exc:
             await self._release(allocation)
-            raise CniError(IO_FAILURE, str(exc)) from exc
+            raise CniError(IO_FAILURE, str(exc) or f"setting up the pod's network took over {self.add_seconds:.0f}s"
+                           ) from exc
         committed = await self.store.commit(container, anycast)
         logger.info("pod plumbed pod=%s container=%s dev=%s ips=%s anycast=%s", pod, container[:12],
                     allocation.host_ifname, ",".join(map(str, pod_ips)), ",".join(map(str, anycast)) or "-")
         return self._result(request, committed, plumbed.host_mac, plumbed.pod_mac)
+
+    async def _same_interface(self, request: CniRequest, allocation: Allocation) -> None:
+        """A repeated ADD must name the container's interface: flock gives a container one."""
+        try:
+            have = await self.network.pod_ifname(host_ifname=allocation.host_ifname, pod_netns=request.netns)
+        except PlumbingError as exc:
+            raise CniError(IO_FAILURE, str(exc)) from exc
+        if have == request.ifname:
+            return
+        where = f"interface {have}" if have else f"its veth {allocation.host_ifname}, not in {request.netns}"
+        raise CniError(INVALID_ENV, f"container {request.container_id} already has flock's network on {where}; "
+                       f"flock gives a container one interface, so no {request.ifname}")
 
     def _result(self, request: CniRequest, allocation: Allocation, host_mac: str, pod_mac: str) -> dict[str, Any]:
         return add_result(
@@ -204,18 +232,14 @@ class CniServer:
         if body is None:
             return ()
         annotations = (body.get("metadata") or {}).get("annotations") or {}
-        parsed = parse_anycast(annotations.get(ANNOTATION))
-        reasons = [f"{ANNOTATION}: {error}" for error in parsed.errors]
-        allowed = []
-        for address in parsed.addresses:
-            rejection = pool_rejection(address, pod.namespace, self.config.anycast_pools)
-            if rejection:
-                reasons.append(rejection)
-            else:
-                allowed.append(address)
-        for reason in reasons:
-            logger.warning("anycast rejected pod=%s: %s; not configured on the pod", pod, reason)
-        return tuple(allowed)
+        parsed = parse_anycast(annotations.get(ANNOTATION), self.config.max_anycast_per_pod)
+        allowed = tuple(a for a in parsed.addresses
+                        if pool_rejection(a, pod.namespace, self.config.anycast_pools) is None)
+        left_out = parsed.error_count + parsed.excess + len(parsed.addresses) - len(allowed)
+        if left_out:  # one line per pod, bounded: the reconciler posts the details on the Pod
+            logger.warning("anycast left out pod=%s count=%d configured=%d: see the pod's AnycastRejected Event",
+                           pod, left_out, len(allowed))
+        return allowed
 
     def _free_ifname(self, container: ContainerID) -> str:
         """The container's veth name, skipping names another container's record owns."""
