@@ -3,7 +3,8 @@
 Writes are atomic (temp file, fsync, rename, fsync of the directory) so a crash leaves
 either the old record or the new one, never half of one. On start the store reloads
 every record; a record that cannot be parsed is moved to ``<stateDir>/quarantine`` and
-reported, never silently dropped and never fatal. Listeners registered with
+reported, never silently dropped and never fatal; flock.recovery then rebuilds what it
+described from the kernel. Listeners registered with
 :meth:`AllocationStore.add_listener` run after every commit and removal (they wake the
 reconciler).
 """
@@ -25,6 +26,7 @@ import aiofiles.os
 
 from flock.errors import StateError
 from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
+from flock.recovery import MAX_SALVAGE_BYTES, Quarantined, quarantine_time
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,25 @@ class AllocationStore:
         for path in self.records_dir.glob(".*.tmp"):  # a write interrupted by a crash
             await aiofiles.os.remove(path)
         return problems
+
+    async def quarantined(self, limit: int = 256) -> list[Quarantined]:
+        """The records moved aside, newest first: at most ``limit``, each read up to
+        MAX_SALVAGE_BYTES (flock.recovery rebuilds records from them). Unreadable ones are skipped."""
+        try:
+            paths = [p for p in self.quarantine_dir.iterdir() if p.is_file()]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"list {self.quarantine_dir}: {exc.strerror or exc}") from exc
+        paths.sort(key=lambda p: (quarantine_time(p.name), p.name), reverse=True)
+        found = []
+        for path in paths[:limit]:
+            try:
+                async with aiofiles.open(path, errors="replace") as f:
+                    found.append(Quarantined(path.name, await f.read(MAX_SALVAGE_BYTES)))
+            except OSError as exc:
+                logger.warning("cannot read quarantined record %s: %s", path, exc.strerror or exc)
+        return found
 
     async def put(self, allocation: Allocation) -> None:
         """Write (create or overwrite) a record durably, then update the cache."""
