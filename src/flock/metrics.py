@@ -27,5 +27,10 @@ class Metrics:
         self.drift_repairs = Counter("flock_drift_repairs", "Routes repaired after a full kernel view",
                                      registry=self.registry)
 
+        self.events_dropped = Counter("flock_events_dropped", "Events not posted: over an object's rate, "
+                                      "or the queue was full", ["why"], registry=self.registry)
+        self.api_up = Gauge("flock_apiserver_up", "1 while the API server answers the agent's pod LIST, else 0",
+                            registry=self.registry)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
