@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from flock.metrics import Metrics
 from flock.model import IPAddress, IPNetwork
 from flock.netlink import NetlinkRoutes
 from flock.netns import named as named_netns
+from flock.orphans import recover_orphans
 from flock.plumbing import PodNetwork
 from flock.podcache import PodCache
 from flock.reconciler import Reconciler
@@ -41,6 +43,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "FLOCK_CONFIG"
+RELIST_PAUSE = 0.5
+"""Seconds between kopf's re-list of pods and the agent's own (one LIST serves the burst)."""
 
 
 class Agent:
@@ -56,7 +60,7 @@ class Agent:
                                     proc=config.proc_path)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)
-        self.events = EventPoster(api)
+        self.events = EventPoster(api, self.metrics)
         self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol,
                                   proc=config.proc_path)
         self.pod_cidrs: tuple[IPNetwork, ...] = ()
@@ -68,7 +72,11 @@ class Agent:
                              shares_route=self.reconciler.shares_route, unroute=self.unroute)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
-        self._passing: asyncio.Task[None] | None = None  # Reconciler.run, once the pods are listed
+        self._passing: asyncio.Task[None] | None = None  # Reconciler.run
+        self._listed = asyncio.Event()  # the first full LIST of this node's pods is in the cache
+        self._relist = asyncio.Event()  # kopf re-listed: LIST again soon
+        self._api_up = False  # the last LIST was answered
+        self.api_answered = 0.0  # monotonic time of the last LIST the API server answered
         self._web: web.AppRunner | None = None
 
     def render_bird(self, anycast: frozenset[IPAddress]) -> str:
@@ -77,6 +85,8 @@ class Agent:
 
     def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Pod watch event: update the cache; wake the reconciler if eligibility changed."""
+        if event_type is None:  # kopf lists before it watches: after a 410 Gone or an outage too
+            self.relist_soon()
         if self.pods.observe(event_type, body):
             self.reconciler.wake("pod")
 
@@ -89,6 +99,9 @@ class Agent:
         for problem in await self.store.load():
             self.events.post(Event(ObjectRef(kind="Node", name=self.config.node_name), "Warning",
                                    "AllocationQuarantined", problem))
+        # Veths no record owns (a quarantined record's pod): records rebuilt from the kernel.
+        for event in await recover_orphans(self.store, self.config):
+            self.events.post(event)
         await self.routes.start()
         # What the previous agent left routed: a DEL then knows which veths share a route.
         await self.reconciler.adopt()
@@ -98,9 +111,15 @@ class Agent:
             logger.warning("forwarding not enabled (pods cannot be reached): %s", warning)
         await self.cni.start()
         await self._serve_http()
+        # Passes run from now on, also while the API server is away (liveness); until the
+        # first full pod LIST they only keep what the kernel routes (Reconciler.holding).
+        self.reconciler.holding = True
+        self._passing = asyncio.create_task(self.reconciler.run(), name="flock passes")
         self._tasks = [
             asyncio.create_task(self.events.run(), name="flock event poster"),
-            asyncio.create_task(self._run(), name="flock reconciler"),
+            self._passing,
+            asyncio.create_task(self._run(), name="flock start-up"),
+            asyncio.create_task(self._keep_pods_listed(), name="flock pod lists"),
         ]
 
     async def _run(self) -> None:
@@ -109,20 +128,14 @@ class Agent:
         # A new agent's pod cache is empty: a pass now would withdraw every anycast IP the
         # previous agent left routed and advertised, and put each back as the watch
         # delivers its pods. So nothing is routed or withdrawn before one full LIST.
-        await self._first_pod_list()
+        await self._listed.wait()
         logger.info("agent started node=%s pools=%s pod_cidrs=%s", self.config.node_name,
                     ",".join(str(p.cidr) for p in self.config.anycast_pools),
                     ",".join(map(str, self.pod_cidrs)))
-        self.reconciler.wake("start")  # the first pass now, not a tick later
-        self._passing = asyncio.create_task(self.reconciler.run(on_resync=self.relist_pods), name="flock passes")
-        try:
-            # ADDs and DELs a previous agent left unfinished; a DEL may need passes first.
-            await self.cni.recover()
-            await self._passing
-        finally:
-            self._passing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._passing
+        self.reconciler.holding = False
+        self.reconciler.wake("start")  # the first real pass now, not a tick later
+        # ADDs and DELs a previous agent left unfinished; a DEL may need passes first.
+        await self.cni.recover()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -148,32 +161,73 @@ class Agent:
         try:
             async with asyncio.timeout(limit):
                 while self.reconciler.shares_route(dev):
-                    if self._passing is None or self._passing.done():
+                    if self._passing is None or self._passing.done() or self.reconciler.holding:
                         return False
                     await self.reconciler.next_pass("cni-del")
         except TimeoutError:
             logger.warning("%s is still one of several next hops after %.0fs; deleting it anyway", dev, limit)
         return True
 
-    async def relist_pods(self) -> None:
-        """Repair the pod cache from a full LIST: kopf sends no DELETED for pods gone in a watch gap."""
+    def relist_soon(self) -> None:
+        """kopf is (re)listing pods, e.g. after a watch answered 410 Gone or the API came back.
+
+        It sends no DELETED for pods that vanished meanwhile, so a LIST of our own repairs the
+        cache (after a short pause, so that kopf's listing is over and one LIST serves it all).
+        """
+        if self._listed.is_set():
+            self._relist.set()
+
+    async def relist_pods(self) -> bool:
+        """Replace the pod cache with one full LIST of this node's pods. False if the API did not answer."""
         since = self.pods.watch_serial()
         try:
             bodies = await self.api.node_pods(self.config.node_name)
         except Exception as exc:
-            logger.warning("could not re-list this node's pods, keeping the watch's view: %s", exc)
-            return
+            if self._api_up or not self._listed.is_set():  # once per outage, not per tick
+                logger.warning("API server: cannot list this node's pods, routes stay as they are and "
+                               "the LIST is retried every %gs: %s", self.config.tick_seconds, exc or type(exc).__name__)
+            self._set_api_up(False)
+            return False
         if self.pods.replace_all(bodies, since):
-            logger.warning("pod cache repaired from a full list (watch events were missed)")
+            self.reconciler.wake("relist")
+            if self._listed.is_set():
+                logger.warning("pod cache repaired from a full list (watch events were missed)")
+        if not self._listed.is_set():
+            logger.info("pods listed node=%s pods=%d", self.config.node_name, len(self.pods.snapshot()))
+        elif not self._api_up:
+            logger.info("API server answers again; pod cache re-listed pods=%d", len(self.pods.snapshot()))
+        self._set_api_up(True)
+        self.api_answered = time.monotonic()
+        self._listed.set()
+        return True
 
-    async def _first_pod_list(self) -> None:
-        """Fill the pod cache from one full LIST (retried until the API answers)."""
-        async def list_once() -> None:
-            since = self.pods.watch_serial()
-            self.pods.replace_all(await self.api.node_pods(self.config.node_name), since)
+    def _set_api_up(self, up: bool) -> None:
+        self._api_up = up
+        self.metrics.api_up.set(1 if up else 0)
 
-        await _until_it_works(list_once, "cannot list this node's pods, routes stay as they are")
-        logger.info("pods listed node=%s pods=%d", self.config.node_name, len(self.pods.snapshot()))
+    async def _keep_pods_listed(self) -> None:
+        """Keep the pod cache whole whatever happens to the watch. Runs beside the passes:
+        API I/O never blocks a pass.
+
+        A full LIST every resyncSeconds and soon after kopf re-lists; between LISTs, a probe
+        every tick, and while the API server does not answer, a LIST every tick, so pods
+        deleted during an outage leave the cache within a tick of its end.
+        """
+        listed_at = -math.inf
+        while True:
+            due = not self._api_up or time.monotonic() - listed_at >= self.config.resync_seconds
+            if due or self._relist.is_set():
+                self._relist.clear()
+                if await self.relist_pods():
+                    listed_at = time.monotonic()
+            elif not await self.api.answers():
+                logger.warning("API server: not answering; routes stay as they are and this node's pods "
+                               "are listed again once it answers")
+                self._set_api_up(False)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.tick_seconds):
+                    await self._relist.wait()
+                    await asyncio.sleep(RELIST_PAUSE)
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
         """podCIDRs from the config, else from the Node (retried until the API answers)."""
@@ -189,6 +243,7 @@ class Agent:
     async def _serve_http(self) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -197,12 +252,23 @@ class Agent:
         self._web = runner
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        # Alive while reconcile passes keep completing (a stuck pass shows here).
+        # Alive while reconcile passes keep completing (a stuck pass shows here), whatever
+        # the API server does: restarting the agent during an outage would help nobody.
         age = time.monotonic() - self.reconciler.last_pass_ok
         limit = max(3 * self.config.tick_seconds, 10.0)
         if self.reconciler.passes and age <= limit:
             return web.Response(text=f"ok: last pass {age:.1f}s ago\n")
         return web.Response(status=503, text=f"unhealthy: no reconcile pass for {age:.1f}s\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        # Ready once the node's pods are listed and while the API server answers the LISTs.
+        if not self._listed.is_set():
+            return web.Response(status=503, text="not ready: this node's pods are not listed yet\n")
+        if not self._api_up:
+            age = time.monotonic() - self.api_answered
+            return web.Response(status=503, text=f"not ready: the API server has not answered for {age:.0f}s; "
+                                "routes stay as they are\n")
+        return web.Response(text="ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain")

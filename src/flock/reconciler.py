@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from flock.annotation import ANNOTATION
@@ -29,7 +29,7 @@ from flock.config import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError, RouteError
 from flock.kube import Event, EventSink, ObjectRef
 from flock.metrics import Metrics
-from flock.model import AllocationState, IPAddress, Nexthops, PodRef, PodStatus, address_sort_key, host_prefix
+from flock.model import AllocationState, IPAddress, Nexthop, Nexthops, PodRef, PodStatus, address_sort_key, host_prefix
 from flock.podcache import PodCache
 from flock.resolver import Finding, resolve
 from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
@@ -82,6 +82,11 @@ class Reconciler:
         self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
         self._route_failures: set[str] = set()
         self._last_resync = 0.0
+        self.holding = False
+        """While True (a new agent before its first full pod LIST), passes keep the routes the
+        kernel had at :meth:`adopt` (repairing drift) and change nothing else: an empty pod
+        cache must not withdraw what the previous agent routed."""
+        self._held: dict[IPAddress, Nexthops] = {}
         self.passes = 0
         self.last_pass_ok = 0.0  # monotonic time of the last pass that finished (for /healthz)
 
@@ -112,16 +117,20 @@ class Reconciler:
         return any(any(hop.dev == dev for hop in hops) and any(hop.dev in staying for hop in hops)
                    for hops in self._kernel.values())
 
-    async def run(self, on_resync: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop."""
+    async def run(self) -> None:
+        """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop.
+
+        Nothing here waits for the API server: the pod cache is what the watch and the
+        agent's re-lists last said, so passes (and /healthz) go on through an API outage.
+        """
         try:
-            await self._pass_forever(on_resync)
+            await self._pass_forever()
         finally:
             for done in self._waiting:  # no pass will come: let next_pass callers look again
                 if not done.done():
                     done.set_result(None)
 
-    async def _pass_forever(self, on_resync: Callable[[], Awaitable[None]] | None) -> None:
+    async def _pass_forever(self) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.config.tick_seconds):
@@ -133,8 +142,6 @@ class Reconciler:
             waiting, self._waiting = self._waiting, []
             full = time.monotonic() - self._last_resync >= self.config.resync_seconds
             try:
-                if full and on_resync is not None:
-                    await on_resync()
                 await self.reconcile(full_view=full, trigger=",".join(sorted(triggers)))
             except asyncio.CancelledError:
                 raise
@@ -154,6 +161,7 @@ class Reconciler:
         Restarting the agent with unchanged state then writes nothing and posts no Events.
         """
         self._kernel = await self.routes.dump()
+        self._held = dict(self._kernel)
         self._last_resync = time.monotonic()
         # Until BIRD has taken a config from us, assume it advertises everything installed,
         # so no kernel route is deleted under a prefix BIRD might still announce.
@@ -175,6 +183,12 @@ class Reconciler:
         if full_view:
             await self._resync_kernel()
 
+        if self.holding:
+            # Put back what was routed at start-up if it drifted; route and withdraw nothing.
+            await self._apply([e for e in diff_routes(self._held, self._kernel) if isinstance(e, ReplaceRoute)])
+            self._passed(started, trigger)
+            return
+
         pods = self.pods.snapshot()
         resolution = resolve(self.store.all(), pods, self.config.anycast_pools)
         edits = diff_routes(resolution.routes, self._kernel)
@@ -191,7 +205,10 @@ class Reconciler:
         # 3. Remove kernel routes only for prefixes BIRD no longer announces.
         await self._apply([d for d in deletes if d.address not in self._advertised])
 
-        self._post_events(resolution.findings, pods)
+        self._post_events(resolution.serving, resolution.findings, pods)
+        self._passed(started, trigger)
+
+    def _passed(self, started: float, trigger: str) -> None:
         self.metrics.anycast_routes.set(len(self._kernel))
         self.metrics.anycast_nexthops.set(sum(len(h) for h in self._kernel.values()))
         self.metrics.passes.labels(trigger="tick" if trigger == "tick" else "event").inc()
@@ -252,6 +269,7 @@ class Reconciler:
 
     def _post_events(
         self,
+        wanted: Mapping[PodRef, frozenset[IPAddress]],
         findings: Sequence[Finding],
         pods: Mapping[tuple[str, str], PodStatus],
     ) -> None:
@@ -263,14 +281,18 @@ class Reconciler:
         # Only what really happened counts: a pod serves an anycast IP while the kernel routes
         # it to the pod and BIRD advertises it. So a withdrawal that waits for BIRD is not
         # announced before it happens.
-        by_dev = {a.host_ifname: a.pod for a in self.store.all()}
+        hops_of: dict[PodRef, set[Nexthop]] = {}
+        for allocation in self.store.all():
+            hops_of.setdefault(allocation.pod, set()).update(
+                Nexthop(ip, allocation.host_ifname) for ip in allocation.pod_ips)
         actual: dict[PodRef, set[IPAddress]] = {}
-        for address, hops in self._kernel.items():
-            if address in self._advertised:
-                for hop in hops:
-                    if (pod := by_dev.get(hop.dev)) is not None:
-                        actual.setdefault(pod, set()).add(address)
+        for pod in set(wanted) | set(self._serving):
+            mine = hops_of.get(pod, set())
+            actual[pod] = {address for address in wanted.get(pod, frozenset()) | self._serving.get(pod, frozenset())
+                           if address in self._advertised and mine.intersection(self._kernel.get(address, ()))}
         for pod in sorted(set(actual) | set(self._serving), key=str):
+            if not pod.name:  # a recovered veth whose pod is unknown (flock.recovery): no object to tell
+                continue
             before = self._serving.get(pod, frozenset())
             after = actual.get(pod, set())
             ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
@@ -286,7 +308,7 @@ class Reconciler:
                 logger.info("anycast withdrawn pod=%s ips=%s why=%s", pod, _listed(map(str, addresses)), why)
                 self.events.post(Event(ref, "Normal", "AnycastWithdrawn", self._change_message(
                     addresses, "withdrawn", f"pod {why}", left)))
-        self._serving = {pod: frozenset(addresses) for pod, addresses in actual.items()}
+        self._serving = {pod: frozenset(addresses) for pod, addresses in actual.items() if addresses}
 
         current = set(findings)
         for finding in sorted(current - self._reported, key=lambda f: (str(f.pod), f.reason)):

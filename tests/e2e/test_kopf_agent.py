@@ -12,6 +12,7 @@ import datetime
 import json
 import pathlib
 import re
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -161,6 +162,17 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     assert agent.alive(), agent.log()
 
 
+def http_status(config: dict[str, Any], path: str) -> int:
+    """The agent's answer to a GET of ``path`` (0: not answering yet)."""
+    try:
+        with urllib.request.urlopen(f"http://{config['listen']}{path}", timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 def reconcile_passes(config: dict[str, Any]) -> int | None:
     """flock_reconcile_passes_total from the agent's /metrics (None: not answering yet)."""
     try:
@@ -214,14 +226,20 @@ async def test_agent_restart_waits_for_the_pod_list_and_changes_nothing(
     with watch_routes(node) as node_changes, watch_routes(tor) as tor_changes:
         second = AgentProcess(tmp_path, config, kubeconfig)
         agents.append(second)
+        first_log = len(second.log())  # the same file: the first agent's lines come before
         second.start()
-        await eventually(lambda: reconcile_passes(config) == 0, within=30,
-                         what="the new agent serves /metrics")
+        await eventually(lambda: http_status(config, "/healthz") == 200, within=30,
+                         what="the new agent alive (passes that hold the routes) while the API is away")
         await asyncio.sleep(3)  # six ticks
-        assert reconcile_passes(config) == 0, "a pass ran before the pods were listed"
+        assert http_status(config, "/healthz") == 200 and http_status(config, "/readyz") == 503
+        assert "agent started" not in second.log()[first_log:], "routing began before the pods were listed"
         api_open.set()
-        await eventually(lambda: (reconcile_passes(config) or 0) >= 3, within=30,
-                         what="the new agent lists its pods and makes a few passes")
+        await eventually(lambda: "agent started" in second.log()[first_log:], within=30,
+                         what="the new agent lists its pods")
+        held = reconcile_passes(config) or 0
+        await eventually(lambda: (reconcile_passes(config) or 0) >= held + 3, within=30,
+                         what="a few passes on the listed pods")
+        assert http_status(config, "/readyz") == 200
     assert node_changes.changes() == [], "the restart changed the node's routes"
     assert tor_changes.changes() == [], "the restart changed the ToR's routes"
     # BIRD prints that time converted from its monotonic clock: it may differ by a ms between

@@ -53,6 +53,7 @@ from flock.ipam import AddressesExhausted, choose_address
 from flock.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
 from flock.plumbing import GATEWAYS, PlumbingError, PodNetwork
 from flock.pools import pool_rejection
+from flock.recovery import PLACEHOLDER_PREFIX
 from flock.store import AllocationStore
 
 logger = logging.getLogger(__name__)
@@ -270,6 +271,10 @@ class CniServer:
 
     async def _delete(self, request: CniRequest) -> None:
         allocation = self.store.get(ContainerID(request.container_id))
+        if allocation is None:
+            # The container behind a record rebuilt without its id (flock.recovery) owns the
+            # veth its id hashes to: its DEL releases that placeholder.
+            allocation = self.store.get(ContainerID(PLACEHOLDER_PREFIX + host_ifname(request.container_id)))
         if allocation is None:
             # Unknown container, or a repeated DEL: make sure no veth of its is left, and
             # succeed. Never touch a veth whose name a live container's record owns.
