@@ -39,6 +39,7 @@ def test_default_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> None
     assert str(config.bird.socket) == "/run/bird/bird.ctl"
     assert (str(config.state_dir), str(config.cni_socket)) == ("/var/lib/flock", "/run/flock/cni.sock")
     assert (config.route_protocol, config.tick_seconds, config.resync_seconds) == (201, 2.0, 30.0)
+    assert config.max_anycast_per_pod == 32
     assert config.listen == "0.0.0.0:9964"
     assert config.host_netns is None
 
@@ -116,6 +117,7 @@ BAD_VALUES = [
     pytest.param({"podCIDRs": ["203.0.113.0/64"]}, "/podCIDRs/0", id="pod-cidr-bad"),
     pytest.param({"routeProtocol": 2}, "/routeProtocol", id="route-protocol-kernel"),
     pytest.param({"tickSeconds": 0}, "/tickSeconds", id="tick-zero"),
+    pytest.param({"maxAnycastPerPod": 65}, "/maxAnycastPerPod", id="max-anycast-over-64"),
     pytest.param({"listen": "9964"}, "/listen", id="listen-without-host"),
     pytest.param({"anycastPool": []}, "anycastPool", id="misspelt-key"),
 ]

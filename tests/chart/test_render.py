@@ -115,8 +115,9 @@ def test_agent_container_runs_flock_agent_with_node_name_probes_and_host_mounts(
 
     port = int(values.get("listen", "0.0.0.0:9964").rsplit(":", 1)[1])
     assert agent["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):  # alive while passes run, API server or not
         assert agent[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     state_dir = values.get("stateDir", "/var/lib/flock")

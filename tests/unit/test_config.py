@@ -21,6 +21,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert config.pod_cidrs is None  # from the Node
     assert config.bird.socket == pathlib.Path("/run/bird/bird.ctl")
     assert config.anycast_pools == ()
+    assert config.max_anycast_per_pod == 32
 
 
 def test_node_name_comes_from_the_environment() -> None:
@@ -38,6 +39,9 @@ def test_pools_with_namespaces() -> None:
 
 @pytest.mark.parametrize(("data", "message"), [
     ({**BASE, "tickSecs": 1}, "unknown key(s) tickSecs"),
+    ({**BASE, "maxAnycastPerPod": 0}, "maxAnycastPerPod: 0 must be an integer 1-64"),
+    ({**BASE, "maxAnycastPerPod": 65}, "maxAnycastPerPod: 65 must be an integer 1-64"),
+    ({**BASE, "maxAnycastPerPod": True}, "maxAnycastPerPod"),
     ({**BASE, "anycastPools": [{"cidr": "198.51.100.1/24"}]}, "anycastPools[0].cidr"),
     ({**BASE, "anycastPools": [{"cidr": "banana"}]}, "is not a CIDR"),
     ({**BASE, "bird": {"routerId": "192.0.2.1", "asn": 0}}, "bird.asn"),

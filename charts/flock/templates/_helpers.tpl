@@ -66,6 +66,7 @@ agent's loader needs a concrete address and does not expand variables).
     "routeProtocol" .Values.routeProtocol
     "tickSeconds" .Values.tickSeconds
     "resyncSeconds" .Values.resyncSeconds
+    "maxAnycastPerPod" .Values.maxAnycastPerPod
     "listen" .Values.listen
     "procPath" (ternary "/proc" "/host/proc" .Values.agent.privileged)
     "bird" $bird -}}
