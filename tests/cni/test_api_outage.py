@@ -136,3 +136,26 @@ async def test_an_agent_restarted_during_an_outage_is_alive_and_changes_no_route
     await node.cluster.set_ready("web-2", False)
     await eventually(lambda: [dev for _, dev in node_anycast(node.netns, ANYCAST)] == [dev_1], within=10,
                      what="passes act on the pods again")
+
+
+async def test_a_pod_gone_while_the_watch_answered_410_gone_is_withdrawn_after_kopfs_relist(
+    cni_node: CniNode,
+) -> None:
+    # kopf re-lists after "410 Gone" and sends no DELETED for pods that vanished meanwhile.
+    node = cni_node
+    dev_1, dev_2 = await add_ready_pod(node, "web-1"), await add_ready_pod(node, "web-2")
+    await eventually(lambda: {dev for _, dev in node_anycast(node.netns, ANYCAST)} == {dev_1, dev_2},
+                     within=20, what="a multipath route over both pods")
+    await asyncio.sleep(1)  # past the agent's own LIST after kopf's first listing
+
+    # web-2 vanishes where no watch event tells of it, then the watch answers 410 Gone.
+    [pods_bus] = [bus for resource, bus in node.cluster.api._buses.items() if resource.plural == "pods"]
+    node.cluster.api.objects["v1/pods", "default", "web-2"].delete()
+    gone = time.monotonic()
+    await pods_bus.put({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                    "reason": "Expired", "code": 410,
+                                                    "message": "too old resource version"}})
+    await eventually(lambda: [dev for _, dev in node_anycast(node.netns, ANYCAST)] == [dev_1], within=15,
+                     what="the vanished pod's next hop gone")
+    took = time.monotonic() - gone
+    assert took < 5, f"withdrawn {took:.1f}s after the watch's 410: after kopf's re-list, not at the resync (30 s)"
