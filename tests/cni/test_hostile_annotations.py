@@ -111,3 +111,24 @@ async def test_a_restarted_agent_says_nothing_about_the_pods_own_routes(cni_node
     await asyncio.sleep(1.5)  # passes with a full kernel view
     log = node.agent.log()[log_before:]
     assert "ignored a route" not in log, log
+
+
+async def test_a_pod_that_keeps_changing_its_annotation_gets_counted_events_and_is_capped(
+    cni_node: CniNode,
+) -> None:
+    # kubelet's correlator, in the agent's Event sink: identical Events raise the count of
+    # the first; at most 25 per object, then one per 5 minutes.
+    node = cni_node
+    created = await node.cluster.create_pod(pod_manifest("flappy", node="node-a", anycast="198.51.100.31"))
+    _, path = node.pod_netns()
+    assert (await node.cni("ADD", "flappy", path, pod="flappy", uid=created["metadata"]["uid"])).code == 0
+    for i in range(32):  # two typos, alternating, each seen by a pass (tick 0.5 s)
+        await node.cluster.patch_pod("flappy", {"metadata": {"annotations": {
+            "flock.io/anycast": f"198.51.100.31, typo-{i % 2}"}}})
+        await asyncio.sleep(0.6)
+    rejected = pod_events(node, "AnycastRejected", "flappy")
+    assert len(rejected) == 2, "two distinct Events, counted, not 32 objects"
+    counts = sorted(int(e["count"]) for e in rejected)  # type: ignore[call-overload]
+    assert 20 <= sum(counts) <= 25, counts  # capped at the burst
+    log = node.agent.log()
+    assert log.count("too many events about Pod default/flappy") == 1, "a dropped run is logged once"
