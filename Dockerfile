@@ -17,7 +17,7 @@ WORKDIR /src/flock
 COPY . .
 # The BIRD templates ship inside the package (flock/birdtemplates); fail the build if not.
 RUN pip install --no-cache-dir . \
- && python -c 'import flock.bird as b; assert b.DEFAULT_TEMPLATE.is_file(), b.DEFAULT_TEMPLATE' \
+ && python -c 'import flock.adapters.bird as b; assert b.DEFAULT_TEMPLATE.is_file(), b.DEFAULT_TEMPLATE' \
  && for tool in flock-agent flock-cni-install bird birdc; do command -v "$tool" || exit 1; done \
  && cd / && rm -rf /src/flock
 WORKDIR /

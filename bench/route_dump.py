@@ -31,8 +31,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from flock.model import IPAddress, Nexthop, Nexthops, sorted_nexthops
-from flock.netlink import NetlinkRoutes
+from flock.adapters.netlink import NetlinkRoutes
+from flock.core.model import IPAddress, Nexthop, Nexthops, sorted_nexthops
 
 PROTO = 250
 DEVS = ("flock0000aaaa", "flock0000bbbb")

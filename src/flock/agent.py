@@ -1,48 +1,39 @@
-"""The node agent: builds the adapters, wires them to the reconciler, runs under kopf.
-
-``flock-agent --config FILE`` validates the config (one error line and exit 2 if bad)
-and runs the kopf operator defined in :mod:`flock.operator` on a uvloop loop; the same
-handlers run as ``kopf run --standalone handlers/agent.py`` with ``FLOCK_CONFIG=FILE``.
+"""The node agent, the composition root: builds the adapters and wires them to the
+reconciler and the CNI server. It runs inside the kopf operator (:mod:`flock.operator`),
+started by ``flock-agent`` (:mod:`flock.cli`) or ``kopf run``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
 import math
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import kopf
 from aiohttp import web
 
-from flock.bird import BirdControl, render_bird_conf
-from flock.birdview import bird_view
-from flock.cni.server import CniServer
-from flock.config import AgentConfig, load_config
-from flock.errors import ConfigError, FlockError
-from flock.kube import Event, EventPoster, KubeApi, ObjectRef
-from flock.metrics import Metrics
-from flock.model import IPAddress, IPNetwork
-from flock.netlink import NetlinkRoutes
-from flock.netns import named as named_netns
-from flock.orphans import recover_orphans
-from flock.plumbing import PodNetwork
-from flock.podcache import PodCache
+from flock.adapters.bird import BirdControl, render_bird_conf
+from flock.adapters.kube import Event, EventPoster, KubeApi, ObjectRef
+from flock.adapters.metrics import Metrics
+from flock.adapters.netlink import NetlinkRoutes
+from flock.adapters.orphans import recover_orphans
+from flock.adapters.plumbing import PodNetwork
+from flock.adapters.store import AllocationStore
+from flock.cniserver import CniServer
+from flock.core.birdview import bird_view
+from flock.core.model import IPAddress, IPNetwork
+from flock.core.podcache import PodCache
+from flock.core.settings import AgentConfig
 from flock.reconciler import Reconciler
-from flock.store import AllocationStore
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-CONFIG_ENV = "FLOCK_CONFIG"
 RELIST_PAUSE = 0.5
 """Seconds between kopf's re-list of pods and the agent's own (one LIST serves the burst)."""
 
@@ -274,16 +265,6 @@ class Agent:
         return web.Response(body=self.metrics.exposition(), content_type="text/plain")
 
 
-def check_host(config: AgentConfig) -> None:
-    """What the config points at on this host must exist. Raises ConfigError."""
-    if not os.path.isdir(os.path.join(config.proc_path, "sys", "net", "ipv4")):
-        raise ConfigError(f"procPath: {config.proc_path}/sys/net/ipv4 does not exist "
-                          f"(in a container, is the host's /proc mounted at {config.proc_path}?)")
-    if config.host_netns is not None and not os.path.exists(named_netns(config.host_netns)):
-        raise ConfigError(f"hostNetns: no network namespace named {config.host_netns!r} "
-                          f"({named_netns(config.host_netns)})")
-
-
 async def _until_it_works(call: Callable[[], Awaitable[T]], failing: str) -> T:
     """``call()``, retried with backoff (1 s doubling to 30 s) until it returns."""
     delay = 1.0
@@ -294,44 +275,3 @@ async def _until_it_works(call: Callable[[], Awaitable[T]], failing: str) -> T:
             logger.warning("%s; retrying in %.0fs: %s", failing, delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-
-
-def config_from_environment() -> AgentConfig:
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise ConfigError(f"set {CONFIG_ENV} to the agent's config file")
-    config = load_config(path)
-    check_host(config)
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flock-agent", description="flock's node agent")
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    parser.add_argument("--check-config", action="store_true",
-                        help="only check the config file (not this host), print one line, and exit")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        if args.check_config:
-            print(f"flock-agent: {args.config}: config ok (node {config.node_name})")
-            return 0
-        check_host(config)  # fail fast, with one line, before kopf starts
-    except FlockError as exc:
-        print(f"flock-agent: {exc}", file=sys.stderr)
-        return 2
-    os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-
-    import uvloop
-
-    import flock.operator  # registers the kopf handlers
-
-    kopf.configure(debug=args.verbose, verbose=args.verbose)
-    uvloop.run(kopf.operator(
-        registry=flock.operator.registry, standalone=True, clusterwide=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,16 +24,25 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from flock.annotation import ANNOTATION
-from flock.config import AgentConfig
+from flock.adapters.kube import Event, EventSink, ObjectRef
+from flock.adapters.metrics import Metrics
+from flock.adapters.store import AllocationStore
+from flock.core.annotation import ANNOTATION
+from flock.core.model import (
+    AllocationState,
+    IPAddress,
+    Nexthop,
+    Nexthops,
+    PodRef,
+    PodStatus,
+    address_sort_key,
+    host_prefix,
+)
+from flock.core.podcache import PodCache
+from flock.core.resolver import Finding, resolve
+from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
+from flock.core.settings import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError, RouteError
-from flock.kube import Event, EventSink, ObjectRef
-from flock.metrics import Metrics
-from flock.model import AllocationState, IPAddress, Nexthop, Nexthops, PodRef, PodStatus, address_sort_key, host_prefix
-from flock.podcache import PodCache
-from flock.resolver import Finding, resolve
-from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
-from flock.store import AllocationStore
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +300,7 @@ class Reconciler:
             actual[pod] = {address for address in wanted.get(pod, frozenset()) | self._serving.get(pod, frozenset())
                            if address in self._advertised and mine.intersection(self._kernel.get(address, ()))}
         for pod in sorted(set(actual) | set(self._serving), key=str):
-            if not pod.name:  # a recovered veth whose pod is unknown (flock.recovery): no object to tell
+            if not pod.name:  # a recovered veth whose pod is unknown (flock.core.recovery): no object to tell
                 continue
             before = self._serving.get(pod, frozenset())
             after = actual.get(pod, set())

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from flock.bird import BirdControl, render_bird_conf
-from flock.birdview import BirdView, bird_view
-from flock.config import AgentConfig, parse_config
+from flock.adapters.bird import BirdControl, render_bird_conf
+from flock.core.birdview import BirdView, bird_view
+from flock.core.settings import AgentConfig, parse_config
 from tests.support import birdlab
 from tests.support.netns import sh
 

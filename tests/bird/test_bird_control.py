@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flock.bird import BirdControl, FakeBird, parse_reply, render_bird_conf
+from flock.adapters.bird import BirdControl, FakeBird, parse_reply, render_bird_conf
 from flock.errors import BirdConfigRejected, BirdError, BirdUnavailable
 from tests.bird.test_render import GOLDEN, SCENARIOS
 from tests.support import birdlab
@@ -53,7 +53,7 @@ class SubprocessSpy:
             self.argv.append(tuple(map(str, argv)))
             return await real(*argv, **kwargs)
 
-        # flock.bird looks the function up on the asyncio module at each call.
+        # flock.adapters.bird looks the function up on the asyncio module at each call.
         monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from flock.bird import BirdControl, render_bird_conf
-from flock.birdview import bird_view
-from flock.kube import RecordingEvents
-from flock.metrics import Metrics
-from flock.model import IPAddress
-from flock.netlink import FakeRoutes
-from flock.podcache import PodCache
+from flock.adapters.bird import BirdControl, render_bird_conf
+from flock.adapters.kube import RecordingEvents
+from flock.adapters.metrics import Metrics
+from flock.adapters.netlink import FakeRoutes
+from flock.adapters.store import AllocationStore
+from flock.core.birdview import bird_view
+from flock.core.model import IPAddress
+from flock.core.podcache import PodCache
 from flock.reconciler import Reconciler
-from flock.store import AllocationStore
 from tests.support import birdlab
 from tests.unit.factories import alloc, config, pod_body
 

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.bird import render_bird_conf
-from flock.birdview import BirdView, bird_view, protocol_name
-from flock.config import AgentConfig, parse_config
+from flock.adapters.bird import render_bird_conf
+from flock.core.birdview import BirdView, bird_view, protocol_name
+from flock.core.model import IPAddress, IPNetwork
+from flock.core.settings import AgentConfig, parse_config
 from flock.errors import BirdConfigRejected
-from flock.model import IPAddress, IPNetwork
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 UPDATE = os.environ.get("FLOCK_UPDATE_GOLDEN") == "1"

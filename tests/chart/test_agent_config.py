@@ -19,7 +19,7 @@ from typing import Any
 import helm_python
 import pytest
 
-from flock.config import load_config
+from flock.adapters.configfile import load_config
 from flock.errors import ConfigError
 from tests.chart.rendering import CHART, DUALSTACK, load_values, render, run_render_config
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from flock.cnispec import NO_ADDRESS_LEFT
+from flock.core.cnispec import NO_ADDRESS_LEFT
 from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from flock.model import Allocation, AllocationState, ContainerID, PodRef
-from flock.store import AllocationStore
+from flock.adapters.store import AllocationStore
+from flock.core.model import Allocation, AllocationState, ContainerID, PodRef
 from tests.chart.rendering import render
 from tests.support import birdlab, rbac
 from tests.support.agent import AgentProcess, eventually, free_port

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from flock.adapters.netlink import FakeRoutes, NetlinkRoutes, _ParsedRoute
+from flock.core.model import IPAddress, Nexthop, Nexthops, RouteTable, sorted_nexthops
+from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from flock.errors import RouteError
-from flock.model import IPAddress, Nexthop, Nexthops, RouteTable, sorted_nexthops
-from flock.netlink import FakeRoutes, NetlinkRoutes, _ParsedRoute
-from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from tests.support import netns as netns_support
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import plumb_pod, sh
@@ -218,7 +218,7 @@ async def test_dump_ignores_routes_of_its_protocol_that_flock_would_not_write(
     sh("ip", "-n", lab.node, "route", "add", "198.51.100.13/32", "via", "192.0.2.11",
        "dev", dev, "table", "100", *proto)  # another table: not ours to manage, no warning
 
-    with caplog.at_level(logging.WARNING, logger="flock.netlink"):
+    with caplog.at_level(logging.WARNING, logger="flock.adapters.netlink"):
         assert await lab.routes.dump() == {ANY4: lab.hops(0, version=4)}
         warned = caplog.text
         caplog.clear()

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from flock.bird import FakeBird
-from flock.kube import RecordingEvents
-from flock.metrics import Metrics
-from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
-from flock.netlink import NetlinkRoutes
-from flock.podcache import PodCache
+from flock.adapters.bird import FakeBird
+from flock.adapters.kube import RecordingEvents
+from flock.adapters.metrics import Metrics
+from flock.adapters.netlink import NetlinkRoutes
+from flock.adapters.store import AllocationStore
+from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
+from flock.core.podcache import PodCache
 from flock.reconciler import Reconciler
-from flock.store import AllocationStore
 from tests.support.agent import eventually
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import PlumbedPod, plumb_pod, sh

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from flock.annotation import parse_anycast
-from flock.config import AnycastPool, parse_config
-from flock.model import Allocation, AllocationState, ContainerID, PodRef, PodStatus
+from flock.core.annotation import parse_anycast
+from flock.core.model import Allocation, AllocationState, ContainerID, PodRef, PodStatus
+from flock.core.settings import AnycastPool, parse_config
 
 POOLS = (
     AnycastPool(ipaddress.ip_network("198.51.100.0/24")),

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flock.annotation import parse_anycast
-from flock.config import AnycastPool
-from flock.eligibility import READY_ONLY, ineligibility_reason, pod_anycast_eligible
-from flock.pools import pool_rejection
+from flock.core.annotation import parse_anycast
+from flock.core.eligibility import READY_ONLY, ineligibility_reason, pod_anycast_eligible
+from flock.core.pools import pool_rejection
+from flock.core.settings import AnycastPool
 from tests.unit.factories import pod_body
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flock.cni import plugin
-from flock.cnispec import (
+from flock.core.cnispec import (
     CONTAINER_UNKNOWN,
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flock.cni import plugin
-from flock.cnispec import (
+from flock.core.cnispec import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
@@ -23,7 +23,7 @@ from flock.cnispec import (
     add_result,
     parse_request,
 )
-from flock.ipam import AddressesExhausted, choose_address, reserved_addresses
+from flock.core.ipam import AddressesExhausted, choose_address, reserved_addresses
 
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock", "socket": "/run/x.sock"})
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/cni-1",

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from flock.config import load_config, parse_config
+from flock.adapters.configfile import check_host, load_config
+from flock.core.settings import parse_config
 from flock.errors import ConfigError
 
 BASE = {"nodeName": "node-a", "bird": {"routerId": "192.0.2.1", "asn": 65001}}
@@ -69,7 +70,6 @@ def test_unreadable_and_non_yaml_files_are_config_errors(tmp_path: pathlib.Path)
 
 
 def test_an_agent_pointed_at_a_missing_procfs_or_netns_refuses_to_start(tmp_path: pathlib.Path) -> None:
-    from flock.agent import check_host
 
     with pytest.raises(ConfigError, match="procPath"):
         check_host(parse_config({**BASE, "procPath": str(tmp_path)}, environ={}))

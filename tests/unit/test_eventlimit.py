@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flock.eventlimit import EventLimiter, Verdict
+from flock.core.eventlimit import EventLimiter, Verdict
 
 
 def test_an_object_gets_its_burst_then_one_event_per_refill_and_others_are_unaffected() -> None:

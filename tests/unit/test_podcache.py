@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from flock.podcache import PodCache
+from flock.core.podcache import PodCache
 from tests.unit.factories import pod_body
 
 

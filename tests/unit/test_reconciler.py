@@ -9,16 +9,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from flock.bird import FakeBird
+from flock.adapters.bird import FakeBird
+from flock.adapters.kube import RecordingEvents
+from flock.adapters.metrics import Metrics
+from flock.adapters.netlink import FakeRoutes
+from flock.adapters.store import AllocationStore
+from flock.core.model import IPAddress, Nexthop
+from flock.core.podcache import PodCache
+from flock.core.routediff import RouteEdit
 from flock.errors import RouteError
-from flock.kube import RecordingEvents
-from flock.metrics import Metrics
-from flock.model import IPAddress, Nexthop
-from flock.netlink import FakeRoutes
-from flock.podcache import PodCache
 from flock.reconciler import Reconciler, RepeatedFailure
-from flock.routediff import RouteEdit
-from flock.store import AllocationStore
 from tests.unit.factories import alloc, config, pod_body
 
 A4 = ipaddress.ip_address("198.51.100.10")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 
-from flock.model import AllocationState, ContainerID, PodRef
-from flock.recovery import (
+from flock.adapters.store import AllocationStore, encode_allocation
+from flock.core.model import AllocationState, ContainerID, PodRef
+from flock.core.recovery import (
     MAX_SALVAGE_BYTES,
     KernelVeth,
     Quarantined,
@@ -16,7 +17,6 @@ from flock.recovery import (
     quarantined_container_id,
     salvage,
 )
-from flock.store import AllocationStore, encode_allocation
 from tests.unit.factories import alloc
 
 ip = ipaddress.ip_address

@@ -9,10 +9,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.config import AnycastPool
-from flock.model import IPAddress, Nexthop
-from flock.podcache import PodCache
-from flock.resolver import FAMILY_MISMATCH, REJECTED, resolve
+from flock.core.model import IPAddress, Nexthop
+from flock.core.podcache import PodCache
+from flock.core.resolver import FAMILY_MISMATCH, REJECTED, resolve
+from flock.core.settings import AnycastPool
 from tests.unit.factories import POOLS, alloc, pod_body, status
 
 A4 = ipaddress.ip_address("198.51.100.10")

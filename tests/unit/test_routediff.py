@@ -7,8 +7,8 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.model import Nexthop, sorted_nexthops
-from flock.routediff import DeleteRoute, ReplaceRoute, apply_edits, diff_routes
+from flock.core.model import Nexthop, sorted_nexthops
+from flock.core.routediff import DeleteRoute, ReplaceRoute, apply_edits, diff_routes
 
 A = ipaddress.ip_address("198.51.100.10")
 B = ipaddress.ip_address("2001:db8:100::10")

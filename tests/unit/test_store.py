@@ -7,9 +7,9 @@ import pathlib
 
 import pytest
 
+from flock.adapters.store import AllocationStore
+from flock.core.model import AllocationState, ContainerID
 from flock.errors import StateError
-from flock.model import AllocationState, ContainerID
-from flock.store import AllocationStore
 from tests.unit.factories import alloc
 
 

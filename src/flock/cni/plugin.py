@@ -27,7 +27,7 @@ DEFAULT_SOCKET = "/run/flock/cni.sock"
 CONNECT_SECONDS = 5.0
 ANSWER_SECONDS = 120.0  # a busy node may queue many ADDs; the runtime has its own limit
 MAX_FRAME = 16 * 1024 * 1024
-MAX_NETWORK_CONFIG_BYTES = 1024 * 1024  # = flock.cnispec.MAX_NETWORK_CONFIG_BYTES (this file imports nothing)
+MAX_NETWORK_CONFIG_BYTES = 1024 * 1024  # = flock.core.cnispec.MAX_NETWORK_CONFIG_BYTES (this file imports nothing)
 
 # CNI spec error codes
 ERR_INCOMPATIBLE_VERSION = 1

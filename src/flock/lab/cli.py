@@ -10,7 +10,7 @@ import os
 import pathlib
 import sys
 
-from flock.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
+from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 
 
 def _options(args: argparse.Namespace, eligibility: str) -> object:

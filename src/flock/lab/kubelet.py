@@ -28,9 +28,9 @@ from typing import Any
 
 import aiohttp
 
-from flock.annotation import parse_anycast
+from flock.adapters.plumbing import in_netns
+from flock.core.annotation import parse_anycast
 from flock.lab.topology import Fabric, Node, python, stop_process
-from flock.plumbing import in_netns
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from flock.netns import enter as enter_netns
-from flock.netns import named as named_netns
+from flock.adapters.netns import enter as enter_netns
+from flock.adapters.netns import named as named_netns
 
 _RTMGRP_LINK = 0x1
 _RTMGRP_IPV4_ROUTE = 0x40

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from flock.eligibility import READY_AND_NOT_TERMINATING
+from flock.core.eligibility import READY_AND_NOT_TERMINATING
 from flock.lab import report as reports
 from flock.lab.kubelet import Kubelet, LabPod
 from flock.lab.routewatch import RouteWatch

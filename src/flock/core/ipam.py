@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from flock.model import IPAddress, IPNetwork
+from flock.core.model import IPAddress, IPNetwork
 
 
 class AddressesExhausted(Exception):

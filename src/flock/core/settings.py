@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from flock.annotation import MAX_ANYCAST_PER_POD_LIMIT
-from flock.eligibility import READY_AND_NOT_TERMINATING, RULES
+from flock.core.annotation import MAX_ANYCAST_PER_POD_LIMIT
+from flock.core.eligibility import READY_AND_NOT_TERMINATING, RULES
+from flock.core.model import IPAddress, IPNetwork, NodeName
 from flock.errors import ConfigError
-from flock.model import IPAddress, IPNetwork, NodeName
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,12 +195,11 @@ _TOP_KEYS = {
 }
 
 
-def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentConfig:
+def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
     """Validate a configuration mapping (camelCase keys) into an :class:`AgentConfig`.
 
     Raises ConfigError naming the first bad key.
     """
-    environ = os.environ if environ is None else environ
     data = _mapping(data if data is not None else {}, "config")
     _reject_unknown(data, _TOP_KEYS, "config")
 
@@ -256,16 +252,3 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> AgentCo
         max_anycast_per_pod=max_anycast,
         proc_path=_string(data.get("procPath", "/proc"), "procPath"),
     )
-
-
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read and validate a YAML config file. Raises ConfigError (also for unreadable files)."""
-    try:
-        text = pathlib.Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    return parse_config(data, environ)

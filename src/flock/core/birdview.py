@@ -17,8 +17,8 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
-from flock.config import AgentConfig, AnycastPool, BgpPeer
-from flock.model import IPAddress, IPNetwork, address_sort_key, host_prefix
+from flock.core.model import IPAddress, IPNetwork, address_sort_key, host_prefix
+from flock.core.settings import AgentConfig, AnycastPool, BgpPeer
 
 _NOT_IN_NAME = re.compile(r"[^0-9A-Za-z]")
 

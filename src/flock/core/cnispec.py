@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flock.model import IPAddress
+from flock.core.model import IPAddress
 
 SUPPORTED_VERSIONS = ("1.0.0",)
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")

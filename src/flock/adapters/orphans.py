@@ -1,8 +1,8 @@
 """Start-up: flock veths that no allocation record owns are written back as records.
 
-The adapter half of flock.recovery. It reads the node netns's ``flock<8 hex>`` links
+The adapter half of flock.core.recovery. It reads the node netns's ``flock<8 hex>`` links
 and flock's routes through them (pyroute2, on a fresh thread inside ``hostNetns``, as
-flock.plumbing does), takes what the quarantined records still say from the store,
+flock.adapters.plumbing does), takes what the quarantined records still say from the store,
 writes the rebuilt records and releases placeholder records whose veth is gone. It runs
 once, after the store is loaded and before routes are adopted or any CNI request is
 served, so the reconciler and IPAM see the rebuilt records like any other: the pod stays
@@ -23,15 +23,15 @@ from collections.abc import Collection
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flock.cni.server import host_ifname
-from flock.config import AgentConfig
+from flock.adapters.kube import Event, ObjectRef
+from flock.adapters.netns import named as named_netns
+from flock.adapters.plumbing import in_netns
+from flock.adapters.store import AllocationStore
+from flock.cniserver import host_ifname
+from flock.core.model import IPAddress
+from flock.core.recovery import KernelVeth, is_flock_veth, plan_recovery
+from flock.core.settings import AgentConfig
 from flock.errors import RouteError
-from flock.kube import Event, ObjectRef
-from flock.model import IPAddress
-from flock.netns import named as named_netns
-from flock.plumbing import in_netns
-from flock.recovery import KernelVeth, is_flock_veth, plan_recovery
-from flock.store import AllocationStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The BIRD adapter: render ``bird.conf``, check it, install it, reload BIRD.
 
-:func:`render_bird_conf` turns a :class:`~flock.birdview.BirdView` into text through the
+:func:`render_bird_conf` turns a :class:`~flock.core.birdview.BirdView` into text through the
 jinja2 templates in ``bird/``. :class:`BirdControl` makes the running BIRD use that text:
 
 1. text equal to the last applied one (or, before the first apply, to the file already
@@ -45,15 +45,16 @@ from typing import Protocol
 
 import jinja2
 
-from flock.birdview import BirdView
+from flock.core.birdview import BirdView
 from flock.errors import BirdConfigRejected, BirdError, BirdUnavailable
 
 
 def _template_dir() -> pathlib.Path:
     # Installed: the templates ship as flock/birdtemplates (see pyproject.toml).
     # From a checkout (editable install, tests): the repository's top-level bird/.
-    installed = pathlib.Path(__file__).resolve().parent / "birdtemplates"
-    return installed if installed.is_dir() else pathlib.Path(__file__).resolve().parents[2] / "bird"
+    package = pathlib.Path(__file__).resolve().parents[1]  # src/flock (this file: src/flock/adapters/bird.py)
+    installed = package / "birdtemplates"
+    return installed if installed.is_dir() else package.parents[1] / "bird"
 
 
 TEMPLATE_DIR = _template_dir()

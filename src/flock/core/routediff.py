@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from flock.model import IPAddress, Nexthops, RouteTable, address_sort_key, host_prefix
+from flock.core.model import IPAddress, Nexthops, RouteTable, address_sort_key, host_prefix
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Allocation records rebuilt from the kernel: what a quarantined record no longer says.
 
-Pure. A record that cannot be parsed is moved aside at start-up (flock.store), but its
+Pure. A record that cannot be parsed is moved aside at start-up (flock.adapters.store), but its
 pod is usually still running: its host veth ``flock<8 hex>`` still routes the pod's
 addresses and may be a next hop of anycast routes. Forgetting it would take the pod out
 of its routes without a word, hand its addresses to the next pod while the veth still
@@ -27,7 +27,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 
-from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef, address_sort_key
+from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef, address_sort_key
 
 PLACEHOLDER_PREFIX = "recovered-"
 """Container id prefix of a rebuilt record whose real container id is not known."""
@@ -173,7 +173,7 @@ def plan_recovery(
     ``veth_names``: every flock veth in the node's netns; ``unowned``: those no record
     owns, with their routes; ``records``: the records loaded; ``quarantined``: damaged
     records (the newest first wins when two name one veth); ``names_of``: the veth
-    names a container id may have been given (flock.cni.server.host_ifname).
+    names a container id may have been given (flock.cniserver.host_ifname).
     """
     by_veth: dict[str, tuple[str, Salvaged]] = {}
     for entry in sorted(quarantined, key=lambda q: quarantine_time(q.file_name), reverse=True):

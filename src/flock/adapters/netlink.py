@@ -7,7 +7,7 @@ called from inside a running loop. :class:`FakeRoutes` is the in-memory stand-in
 unit tests. Every netlink failure leaves this module as a :class:`~flock.errors.RouteError`.
 
 Writes go through pyroute2, opened on the worker thread after it entered ``hostNetns``
-(flock.netns). A prefix flock already routes is written with ``replace``
+(flock.adapters.netns). A prefix flock already routes is written with ``replace``
 (NLM_F_REPLACE|NLM_F_CREATE), a new one with ``add`` (NLM_F_CREATE|NLM_F_EXCL, see below);
 both with ``proto=<routeProtocol>``, table main, scope universe and
 no metric: the metric is part of a route's key, so all of flock's routes share the
@@ -58,11 +58,11 @@ from typing import Any, Final, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
+from flock.adapters.netns import enter as enter_netns
+from flock.adapters.netns import named as named_netns
+from flock.core.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
+from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from flock.errors import RouteError
-from flock.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
-from flock.netns import enter as enter_netns
-from flock.netns import named as named_netns
-from flock.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from flock.annotation import ANNOTATION, MAX_LISTED, ParsedAnnotation
-from flock.config import AnycastPool
-from flock.model import (
+from flock.core.annotation import ANNOTATION, MAX_LISTED, ParsedAnnotation
+from flock.core.model import (
     Allocation,
     AllocationState,
     IPAddress,
@@ -25,7 +24,8 @@ from flock.model import (
     PodStatus,
     sorted_nexthops,
 )
-from flock.pools import pool_rejection
+from flock.core.pools import pool_rejection
+from flock.core.settings import AnycastPool
 
 REJECTED = "AnycastRejected"
 FAMILY_MISMATCH = "AnycastFamilyMismatch"

@@ -31,10 +31,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
+from flock.adapters.netns import enter as enter_netns
+from flock.adapters.netns import named as named_netns
+from flock.core.model import IPAddress
 from flock.errors import FlockError
-from flock.model import IPAddress
-from flock.netns import enter as enter_netns
-from flock.netns import named as named_netns
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import kopf
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
 
-from flock.eventlimit import EventLimiter, Verdict
-from flock.metrics import Metrics
+from flock.adapters.metrics import Metrics
+from flock.core.eventlimit import EventLimiter, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class EventPoster:
     """An EventSink that posts through the API from a background task, in order.
 
     Bounded whatever happens on the node: a queue of at most ``limit`` Events, and the
-    per-object rate and repeat rules of :class:`~flock.eventlimit.EventLimiter` (each
+    per-object rate and repeat rules of :class:`~flock.core.eventlimit.EventLimiter` (each
     dropped run logged once, counted in ``flock_events_dropped_total``).
     """
 

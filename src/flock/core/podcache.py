@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flock.annotation import ANNOTATION, MAX_ANYCAST_PER_POD_LIMIT, parse_anycast
-from flock.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
-from flock.model import IPAddress, PodRef, PodStatus
+from flock.core.annotation import ANNOTATION, MAX_ANYCAST_PER_POD_LIMIT, parse_anycast
+from flock.core.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
+from flock.core.model import IPAddress, PodRef, PodStatus
 
 
 def pod_ref(body: Mapping[str, Any]) -> PodRef:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NewType
 
 if TYPE_CHECKING:
-    from flock.annotation import ParsedAnnotation
+    from flock.core.annotation import ParsedAnnotation
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -3,7 +3,7 @@
 Writes are atomic (temp file, fsync, rename, fsync of the directory) so a crash leaves
 either the old record or the new one, never half of one. On start the store reloads
 every record; a record that cannot be parsed is moved to ``<stateDir>/quarantine`` and
-reported, never silently dropped and never fatal; flock.recovery then rebuilds what it
+reported, never silently dropped and never fatal; flock.core.recovery then rebuilds what it
 described from the kernel. Listeners registered with
 :meth:`AllocationStore.add_listener` run after every commit and removal (they wake the
 reconciler).
@@ -24,9 +24,9 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
+from flock.core.recovery import MAX_SALVAGE_BYTES, Quarantined, quarantine_time
 from flock.errors import StateError
-from flock.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
-from flock.recovery import MAX_SALVAGE_BYTES, Quarantined, quarantine_time
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class AllocationStore:
 
     async def quarantined(self, limit: int = 256) -> list[Quarantined]:
         """The records moved aside, newest first: at most ``limit``, each read up to
-        MAX_SALVAGE_BYTES (flock.recovery rebuilds records from them). Unreadable ones are skipped."""
+        MAX_SALVAGE_BYTES (flock.core.recovery rebuilds records from them). Unreadable ones are skipped."""
         try:
             paths = [p for p in self.quarantine_dir.iterdir() if p.is_file()]
         except FileNotFoundError:

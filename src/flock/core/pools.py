@@ -5,7 +5,7 @@ An anycast IP must lie in one of the configured ``anycastPools``; a pool with a
 with a reason a person can act on, and is never routed or advertised.
 
 A pool is a range of host routes, not a subnet on a link, but its edge addresses are
-refused all the same, as for pod CIDRs (flock.ipam): an IPv4 pool's network and
+refused all the same, as for pod CIDRs (flock.core.ipam): an IPv4 pool's network and
 broadcast addresses (pools of /30 and wider) and an IPv6 pool's subnet-router anycast
 address (its all-zeros address, pools of /126 and wider). Clients, firewalls and ACL
 templates treat them as non-host addresses, and a kernel that has the pool on a link
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flock.config import AnycastPool
-from flock.model import IPAddress
+from flock.core.model import IPAddress
+from flock.core.settings import AnycastPool
 
 
 def pool_rejection(address: IPAddress, namespace: str, pools: Sequence[AnycastPool]) -> str | None:

@@ -32,9 +32,11 @@ from typing import Any
 
 import aiofiles.os
 
-from flock.annotation import ANNOTATION, parse_anycast
+from flock.adapters.plumbing import GATEWAYS, PlumbingError, PodNetwork
+from flock.adapters.store import AllocationStore
 from flock.cni.plugin import MAX_FRAME
-from flock.cnispec import (
+from flock.core.annotation import ANNOTATION, parse_anycast
+from flock.core.cnispec import (
     CONTAINER_UNKNOWN,
     INVALID_ENV,
     IO_FAILURE,
@@ -48,13 +50,11 @@ from flock.cnispec import (
     error_result,
     parse_request,
 )
-from flock.config import AgentConfig
-from flock.ipam import AddressesExhausted, choose_address
-from flock.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
-from flock.plumbing import GATEWAYS, PlumbingError, PodNetwork
-from flock.pools import pool_rejection
-from flock.recovery import PLACEHOLDER_PREFIX
-from flock.store import AllocationStore
+from flock.core.ipam import AddressesExhausted, choose_address
+from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
+from flock.core.pools import pool_rejection
+from flock.core.recovery import PLACEHOLDER_PREFIX
+from flock.core.settings import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class CniServer:
     async def _delete(self, request: CniRequest) -> None:
         allocation = self.store.get(ContainerID(request.container_id))
         if allocation is None:
-            # The container behind a record rebuilt without its id (flock.recovery) owns the
+            # The container behind a record rebuilt without its id (flock.core.recovery) owns the
             # veth its id hashes to: its DEL releases that placeholder.
             allocation = self.store.get(ContainerID(PLACEHOLDER_PREFIX + host_ifname(request.container_id)))
         if allocation is None:

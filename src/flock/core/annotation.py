@@ -20,7 +20,7 @@ import dataclasses
 import ipaddress
 import re
 
-from flock.model import IPAddress
+from flock.core.model import IPAddress
 
 ANNOTATION = "flock.io/anycast"
 
