@@ -17,17 +17,18 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from flock.adapters.bird import BirdControl, render_bird_conf
-from flock.adapters.kube import Event, EventPoster, KubeApi, ObjectRef
-from flock.adapters.metrics import Metrics
+from flock.adapters.cnisocket import CniSocket
+from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.orphans import recover_orphans
 from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
 from flock.core.birdview import bird_view
-from flock.core.model import IPAddress, IPNetwork
+from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
 from flock.core.podcache import PodCache
-from flock.core.settings import AgentConfig
+from flock.core.settings import AgentConfig, listen_address
+from flock.metrics import Metrics
 from flock.reconciler import Reconciler
 
 T = TypeVar("T")
@@ -59,8 +60,8 @@ class Agent:
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
             render_bird=self.render_bird, events=self.events, metrics=self.metrics)
         self.cni = CniServer(config=config, store=self.store, network=self.network,
-                             lookup_pod=self.lookup_pod,
-                             shares_route=self.reconciler.shares_route, unroute=self.unroute)
+                             lookup_pod=self.lookup_pod, nexthops=self.reconciler)
+        self.cni_socket = CniSocket(config.cni_socket, self.cni.handle)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
         self._passing: asyncio.Task[None] | None = None  # Reconciler.run
@@ -100,7 +101,7 @@ class Agent:
             logger.warning("multipath hashing not set (flows may not spread): %s", warning)
         for warning in await self.network.enable_forwarding():
             logger.warning("forwarding not enabled (pods cannot be reached): %s", warning)
-        await self.cni.start()
+        await self.cni_socket.start()
         await self._serve_http()
         # Passes run from now on, also while the API server is away (liveness); until the
         # first full pod LIST they only keep what the kernel routes (Reconciler.holding).
@@ -134,7 +135,7 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.cni.stop()
+        await self.cni_socket.stop()
         if self._web is not None:
             await self._web.cleanup()
         await self.routes.close()
@@ -145,19 +146,6 @@ class Agent:
         if cached is not None:
             return cached
         return await self.api.pod(namespace, name)
-
-    async def unroute(self, dev: str) -> bool:
-        """Wait until no route shares ``dev`` with a pod that stays. False: no passes run (yet)."""
-        limit = self.config.bird.timeout_seconds + 5  # a pass may wait for one BIRD reload
-        try:
-            async with asyncio.timeout(limit):
-                while self.reconciler.shares_route(dev):
-                    if self._passing is None or self._passing.done() or self.reconciler.holding:
-                        return False
-                    await self.reconciler.next_pass("cni-del")
-        except TimeoutError:
-            logger.warning("%s is still one of several next hops after %.0fs; deleting it anyway", dev, limit)
-        return True
 
     def relist_soon(self) -> None:
         """kopf is (re)listing pods, e.g. after a watch answered 410 Gone or the API came back.
@@ -238,8 +226,8 @@ class Agent:
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        host, _, port = self.config.listen.rpartition(":")
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        host, port = listen_address(self.config.listen)
+        await web.TCPSite(runner, host, port).start()
         self._web = runner
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""The agent side of CNI: a unix socket that answers flock-cni, and the work behind it.
+"""The agent side of CNI: the work behind each request flock-cni forwards (the socket is
+flock.adapters.cnisocket).
 
 ADD: validate, learn the pod's anycast IPs (annotation, pool policy), pick addresses,
 write a *pending* allocation record (durable, before any plumbing), plumb the veth,
@@ -20,21 +21,12 @@ retries an ADD.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
-import ipaddress
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import aiofiles.os
-
-from flock.adapters.plumbing import GATEWAYS, PlumbingError, PodNetwork
-from flock.adapters.store import AllocationStore
-from flock.cni.plugin import MAX_FRAME
 from flock.core.annotation import ANNOTATION, parse_anycast
 from flock.core.cnispec import (
     CONTAINER_UNKNOWN,
@@ -43,96 +35,51 @@ from flock.core.cnispec import (
     NETWORK_STATE_DIFFERS,
     NO_ADDRESS_LEFT,
     TRY_AGAIN_LATER,
-    CniError,
     CniRequest,
     Interface,
     add_result,
     error_result,
     parse_request,
 )
-from flock.core.ipam import AddressesExhausted, choose_address
-from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, IPNetwork, PodRef
+from flock.core.ipam import choose_address
+from flock.core.model import (
+    GATEWAYS,
+    Allocation,
+    AllocationState,
+    ContainerID,
+    IPAddress,
+    IPNetwork,
+    PodRef,
+    host_ifname,
+)
 from flock.core.pools import pool_rejection
+from flock.core.ports import Allocations, NexthopRelease, PodLookup, PodNetworks
 from flock.core.recovery import PLACEHOLDER_PREFIX
 from flock.core.settings import AgentConfig
+from flock.errors import AddressesExhausted, CniError, PlumbingError
 
 logger = logging.getLogger(__name__)
 
-PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
-"""(namespace, name) -> the Pod as the API returns it, None if it does not exist."""
-Unroute = Callable[[str], Awaitable[bool]]
-"""Waits until no anycast route of several next hops uses the named host veth (False: cannot yet)."""
-
-
-def host_ifname(container_id: str, attempt: int = 0) -> str:
-    """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256.
-
-    32 bits collide now and then over a node's life: ``attempt`` > 0 derives the next
-    candidate, for when another live container already owns the first.
-    """
-    seed = container_id if attempt == 0 else f"{container_id}#{attempt}"
-    return "flock" + hashlib.sha256(seed.encode()).hexdigest()[:8]
-
-
 @dataclasses.dataclass
 class CniServer:
+    """CNI requests (as flock-cni forwards them) -> answers; one at a time under one lock.
+
+    Every dependency is a port (flock.core.ports), passed in by the agent.
+    """
+
     config: AgentConfig
-    store: AllocationStore
-    network: PodNetwork
+    store: Allocations
+    network: PodNetworks
     lookup_pod: PodLookup
+    nexthops: NexthopRelease
+    """Whether a pod's veth may go now: the reconciler takes it out of shared routes first."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
-    shares_route: Callable[[str], bool] = lambda dev: False
-    """Whether the named host veth is one of several next hops of an anycast route."""
-    unroute: Unroute | None = None
     add_seconds: float = 30.0
     """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._server: asyncio.Server | None = None
         self._last_given: dict[int, IPAddress] = {}
-
-    # --- socket --------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        path = self.config.cni_socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        old_umask = os.umask(0o177)  # the socket is created 0600: only root may drive the agent
-        try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self.config.cni_socket.unlink(missing_ok=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10):
-                size = int.from_bytes(await reader.readexactly(4), "big")
-                if size > MAX_FRAME:
-                    raise ValueError(f"request of {size} bytes is too large")
-                request = json.loads(await reader.readexactly(size))
-            if not isinstance(request, dict):
-                raise ValueError("request is not a JSON object")
-            env, stdin = request.get("env"), request.get("stdin")
-            if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()) \
-                    or not isinstance(stdin, str):
-                raise ValueError("request is not {env: {name: string}, stdin: string}")
-            code, stdout = await self.handle(env, stdin)
-            writer.write(_frame({"exitCode": code, "stdout": stdout}))
-            await writer.drain()
-        except (OSError, ValueError, RecursionError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            logger.warning("bad request on the CNI socket: %s", exc or type(exc).__name__)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
     # --- requests ------------------------------------------------------------------------
 
@@ -157,18 +104,17 @@ class CniServer:
                     return 0, ""
                 return 0, json.dumps({"cniVersion": version, "supportedVersions": ["1.0.0"]})
         except CniError as exc:
-            logger.warning("CNI %s %s failed: %s %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"),
-                           exc.msg, exc.details)
+            logger.warning("CNI %s %s failed: %s %s", *_what(env), exc.msg, exc.details)
             return 1, json.dumps(error_result(version, exc))
         except Exception as exc:  # never let one request take the agent down
-            logger.exception("CNI %s %s failed unexpectedly", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"))
+            logger.exception("CNI %s %s failed unexpectedly", *_what(env))
             return 1, json.dumps(error_result(version, CniError(IO_FAILURE, f"flock-agent: {exc}")))
 
     async def _add(self, request: CniRequest, anycast: tuple[IPAddress, ...]) -> dict[str, Any]:
         """The ADD's work under the lock. A failure leaves no record, veth or address behind."""
         if self.pod_cidrs is None:
             raise CniError(TRY_AGAIN_LATER, "flock-agent is starting: the node's pod CIDRs are not known yet")
-        if not await aiofiles.os.path.exists(request.netns):
+        if not await self.network.netns_exists(request.netns):
             raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns} does not exist")
         container = ContainerID(request.container_id)
         existing = self.store.get(container)
@@ -214,7 +160,7 @@ class CniServer:
             host=Interface(allocation.host_ifname, host_mac),
             pod=Interface(request.ifname, pod_mac, request.netns),
             pod_ips=allocation.pod_ips,
-            gateways={version: ipaddress.ip_address(gw) for version, gw in GATEWAYS.items()},
+            gateways=GATEWAYS,
         )
 
     async def _anycast_for(self, pod: PodRef) -> tuple[IPAddress, ...]:
@@ -290,7 +236,7 @@ class CniServer:
         allocation = self.store.get(ContainerID(request.container_id))
         if allocation is None or allocation.state is not AllocationState.COMMITTED:
             raise CniError(CONTAINER_UNKNOWN, f"flock has no network for container {request.container_id}")
-        if not await aiofiles.os.path.exists(request.netns):
+        if not await self.network.netns_exists(request.netns):
             raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns} does not exist")
         try:
             problems = await self.network.check(host_ifname=allocation.host_ifname, ifname=request.ifname,
@@ -302,13 +248,13 @@ class CniServer:
             raise CniError(NETWORK_STATE_DIFFERS, "; ".join(problems))
 
     async def _release(self, allocation: Allocation) -> None:
-        if self.unroute is not None and self.shares_route(allocation.host_ifname):
+        if self.nexthops.shares_route(allocation.host_ifname):
             # Deleting a veth that is one next hop of an IPv4 multipath route makes the
             # kernel drop the whole route, and every other replica's traffic with it. Take
             # the pod out of the route first (a DEL without a graceful termination before it).
             if allocation.state is not AllocationState.RELEASING:
                 await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
-            if not await self.unroute(allocation.host_ifname):
+            if not await self.nexthops.release(allocation.host_ifname):
                 raise CniError(TRY_AGAIN_LATER, f"flock-agent is starting or stopping: pod {allocation.pod} "
                                "must leave its anycast route before its network goes; try again")
         await self._remove_veth(allocation.host_ifname)
@@ -337,7 +283,6 @@ class CniServer:
                     logger.error("could not release container=%s: %s", allocation.container_id[:12], exc)
 
 
-def _frame(payload: dict[str, Any]) -> bytes:
-    data = json.dumps(payload).encode()
-    return len(data).to_bytes(4, "big") + data
-
+def _what(env: Mapping[str, str]) -> tuple[str, str]:
+    """The command and container id of a request, bounded for a log line."""
+    return env.get("CNI_COMMAND", "")[:16], env.get("CNI_CONTAINERID", "")[:80]

@@ -1,16 +1,24 @@
-"""flock's errors, one small hierarchy.
+"""flock's errors, one small hierarchy. Each carries the data a caller acts on, besides
+the message a person reads.
 
 FlockError
-├── ConfigError         the agent's configuration is invalid (start-up refuses to run)
-├── StateError          a durable allocation record cannot be read or written
-├── RouteError          a netlink route edit or dump failed (message names route and errno)
-└── BirdError           BIRD could not be driven
+├── ConfigError          the agent's configuration is invalid (start-up refuses to run)
+├── StateError           a durable allocation record cannot be read or written
+├── RouteError           a netlink route edit or dump failed (.edit, .errno)
+├── PlumbingError        a pod's network could not be set up, checked or torn down
+├── AddressesExhausted   no free address is left in a pod CIDR (.network)
+├── CniError             a CNI error result for the runtime (.code, .msg, .details)
+└── BirdError            BIRD could not be driven
     ├── BirdConfigRejected  BIRD refused a rendered config; the previous one stays live
     └── BirdUnavailable     birdc could not reach BIRD's control socket in time
 
 Adapters translate third-party errors into these once, with ``raise ... from exc``,
 so callers never see pyroute2, aiofiles or subprocess errors.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class FlockError(Exception):
@@ -26,7 +34,43 @@ class StateError(FlockError):
 
 
 class RouteError(FlockError):
-    """A netlink route operation failed; the message says which route and why."""
+    """A netlink route operation failed; the message says which route and why.
+
+    ``edit``: the route edit that failed (None for a dump or the socket itself);
+    ``errno``: the kernel's error number, when it gave one. Two failures with the same
+    ``key`` are the same failure (the reconciler reports each once).
+    """
+
+    def __init__(self, message: str, *, edit: Any = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.edit = edit
+        self.errno = errno
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (str(self.edit) if self.edit is not None else str(self), self.errno)
+
+
+class PlumbingError(FlockError):
+    """A pod's network could not be set up, checked or torn down."""
+
+
+class AddressesExhausted(FlockError):
+    """No free address is left in a pod CIDR (``network``)."""
+
+    def __init__(self, network: object) -> None:
+        super().__init__(f"no free address left in {network}")
+        self.network = network
+
+
+class CniError(FlockError):
+    """A CNI error result: the spec's ``code``, ``msg`` for a person, optional ``details``."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
 
 
 class BirdError(FlockError):

@@ -22,50 +22,39 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
-from flock.adapters.kube import Event, EventSink, ObjectRef
-from flock.adapters.metrics import Metrics
-from flock.adapters.store import AllocationStore
 from flock.core.annotation import ANNOTATION
 from flock.core.model import (
     AllocationState,
+    Event,
     IPAddress,
     Nexthop,
     Nexthops,
+    ObjectRef,
     PodRef,
     PodStatus,
     address_sort_key,
     host_prefix,
 )
 from flock.core.podcache import PodCache
+from flock.core.ports import Allocations, Bird, EventSink, RenderBird, Routes
 from flock.core.resolver import Finding, resolve
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
 from flock.core.settings import AgentConfig
-from flock.errors import BirdConfigRejected, BirdError, RouteError
+from flock.errors import BirdConfigRejected, BirdError
+from flock.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 
-class Routes(Protocol):
-    async def dump(self) -> dict[IPAddress, Nexthops]: ...
-    async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]: ...
-
-
-class Bird(Protocol):
-    async def apply(self, text: str) -> bool: ...
-
-
-RenderBird = Callable[[frozenset[IPAddress]], str]
-"""Renders bird.conf for a set of active anycast addresses."""
-
-
 class Reconciler:
+    """The reconcile task; also the node's answer to "may this veth go?" (a NexthopRelease)."""
+
     def __init__(
         self,
         *,
         config: AgentConfig,
-        store: AllocationStore,
+        store: Allocations,
         pods: PodCache,
         routes: Routes,
         bird: Bird,
@@ -96,6 +85,7 @@ class Reconciler:
         kernel had at :meth:`adopt` (repairing drift) and change nothing else: an empty pod
         cache must not withdraw what the previous agent routed."""
         self._held: dict[IPAddress, Nexthops] = {}
+        self._running = False
         self.passes = 0
         self.last_pass_ok = 0.0  # monotonic time of the last pass that finished (for /healthz)
 
@@ -126,15 +116,31 @@ class Reconciler:
         return any(any(hop.dev == dev for hop in hops) and any(hop.dev in staying for hop in hops)
                    for hops in self._kernel.values())
 
+    async def release(self, dev: str) -> bool:
+        """Wait until no route shares ``dev`` with a pod that stays. False: passes do not run
+        (yet), or hold (before the first pod LIST): the caller tries again later."""
+        limit = self.config.bird.timeout_seconds + 5  # a pass may wait for one BIRD reload
+        try:
+            async with asyncio.timeout(limit):
+                while self.shares_route(dev):
+                    if not self._running or self.holding:
+                        return False
+                    await self.next_pass("cni-del")
+        except TimeoutError:
+            logger.warning("%s is still one of several next hops after %.0fs; deleting it anyway", dev, limit)
+        return True
+
     async def run(self) -> None:
         """Forever: wait for a wake-up or the tick, then reconcile. Cancel to stop.
 
         Nothing here waits for the API server: the pod cache is what the watch and the
         agent's re-lists last said, so passes (and /healthz) go on through an API outage.
         """
+        self._running = True
         try:
             await self._pass_forever()
         finally:
+            self._running = False
             for done in self._waiting:  # no pass will come: let next_pass callers look again
                 if not done.done():
                     done.set_result(None)

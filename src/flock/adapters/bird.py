@@ -41,7 +41,6 @@ import os
 import pathlib
 import re
 import tempfile
-from typing import Protocol
 
 import jinja2
 
@@ -144,14 +143,6 @@ def parse_reply(output: str) -> list[ReplyLine]:
 # ---------------------------------------------------------------------------
 # BirdControl
 # ---------------------------------------------------------------------------
-
-
-class Bird(Protocol):
-    """What the reconciler needs of BIRD: :class:`BirdControl`, or :class:`FakeBird` in tests."""
-
-    def live_text(self) -> str | None: ...
-
-    async def apply(self, text: str) -> bool: ...
 
 
 class BirdControl:
@@ -344,43 +335,3 @@ class BirdControl:
             self.config_path.unlink(missing_ok=True)
             return
         self._install(self._write_candidate(previous))
-
-
-# ---------------------------------------------------------------------------
-# FakeBird
-# ---------------------------------------------------------------------------
-
-
-class FakeBird:
-    """In-memory stand-in for :class:`BirdControl` with the same outcomes, for unit tests.
-
-    ``applied`` lists every text BIRD "was reconfigured" with. Set ``reject`` to a
-    message to make the next applies raise BirdConfigRejected (nothing changes), or
-    ``unavailable`` to make them raise BirdUnavailable (the "file" changes, and the same
-    text is configured again on the next apply, like the real one).
-    """
-
-    def __init__(self, live: str | None = None) -> None:
-        self.applied: list[str] = []
-        self.reject: str | None = None
-        self.unavailable = False
-        self.calls = 0  # apply() calls that got past the "unchanged" shortcut
-        self._file = live
-        self._confirmed = live
-
-    def live_text(self) -> str | None:
-        return self._file
-
-    async def apply(self, text: str) -> bool:
-        if text == self._confirmed:
-            return False
-        self.calls += 1
-        if self.reject is not None:
-            raise BirdConfigRejected(self.reject)
-        self._file = text
-        if self.unavailable:
-            self._confirmed = None
-            raise BirdUnavailable("fake BIRD: control socket not answering")
-        self._confirmed = text
-        self.applied.append(text)
-        return True

@@ -14,66 +14,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import kopf
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
 
-from flock.adapters.metrics import Metrics
 from flock.core.eventlimit import EventLimiter, Verdict
+from flock.core.model import Event, ObjectRef
+from flock.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 COMPONENT = "flock-agent"
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectRef:
-    """The involved object of an Event."""
-
-    kind: str  # "Pod" or "Node"
-    name: str
-    namespace: str = ""
-    uid: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        ref = {"apiVersion": "v1", "kind": self.kind, "name": self.name}
-        if self.namespace:
-            ref["namespace"] = self.namespace
-        if self.uid:
-            ref["uid"] = self.uid
-        return ref
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    involved: ObjectRef
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
-
-
-class EventSink(Protocol):
-    def post(self, event: Event) -> None:
-        """Queue an Event for posting; never blocks, never raises."""
-
-
-class RecordingEvents:
-    """An EventSink that keeps Events in a list (unit tests)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def post(self, event: Event) -> None:
-        self.events.append(event)
 
 
 class KubeApi:

@@ -3,7 +3,7 @@
 :class:`NetlinkRoutes` is the only place flock touches the routing table. It runs all
 netlink work on one dedicated worker thread and awaits it from the event loop, because
 pyroute2's ``AsyncIPRoute`` does not run on uvloop and its sync ``IPRoute`` cannot be
-called from inside a running loop. :class:`FakeRoutes` is the in-memory stand-in for
+called from inside a running loop. :class:`flock.testing.FakeRoutes` is the in-memory stand-in for
 unit tests. Every netlink failure leaves this module as a :class:`~flock.errors.RouteError`.
 
 Writes go through pyroute2, opened on the worker thread after it entered ``hostNetns``
@@ -62,6 +62,7 @@ from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
 from flock.core.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
+from flock.core.settings import ROUTE_PROTOCOLS
 from flock.errors import RouteError
 
 log = logging.getLogger(__name__)
@@ -310,8 +311,9 @@ class NetlinkRoutes:
 
     def __init__(self, *, protocol: int, netns: str | None = None, timeout: float = 10.0,
                  proc: str = "/proc") -> None:
-        if not 0 < protocol < 256:
-            raise ValueError(f"route protocol must be 1-255, not {protocol}")
+        if protocol not in ROUTE_PROTOCOLS:
+            raise ValueError(f"route protocol must be {ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}, "
+                             f"not {protocol}")
         self.protocol = protocol
         self.netns = netns
         self.timeout = timeout
@@ -622,56 +624,3 @@ def _write_sysctls(keys: Sequence[str], value: str, proc: str = "/proc") -> list
         except OSError as exc:
             warnings.append(f"set {key}={value}: {exc.strerror or exc}")
     return warnings
-
-
-class FakeRoutes:
-    """In-memory stand-in for :class:`NetlinkRoutes`, for unit tests.
-
-    ``table`` is the "kernel"; ``applied`` records every edit that succeeded, in order;
-    ``fail`` maps an address to the reason its edits fail. ``writes`` counts attempted
-    edits like the real adapter counts netlink requests.
-    """
-
-    def __init__(self, table: dict[IPAddress, Nexthops] | None = None, *,
-                 fail: dict[IPAddress, str] | None = None,
-                 sysctl_warnings: Sequence[str] = ()) -> None:
-        self.table: dict[IPAddress, Nexthops] = dict(table or {})
-        self.applied: list[RouteEdit] = []
-        self.fail: dict[IPAddress, str] = dict(fail or {})
-        self.sysctl_warnings = list(sysctl_warnings)
-        self.hash_policy_set = False
-        self.started = False
-        self.closed = False
-        self.dumps = 0
-        self.writes = 0
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def dump(self) -> dict[IPAddress, Nexthops]:
-        self.dumps += 1
-        return dict(self.table)
-
-    async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
-        errors = []
-        for edit in edits:
-            self.writes += 1
-            if edit.address in self.fail:
-                errors.append(RouteError(f"{edit}: {self.fail[edit.address]}"))
-                continue
-            if isinstance(edit, ReplaceRoute):
-                if not edit.nexthops:
-                    errors.append(RouteError(f"{edit}: no next hops (delete the route instead)"))
-                    continue
-                self.table[edit.address] = sorted_nexthops(edit.nexthops)
-            else:
-                self.table.pop(edit.address, None)
-            self.applied.append(edit)
-        return errors
-
-    async def set_multipath_hash_policy(self) -> list[str]:
-        self.hash_policy_set = True
-        return list(self.sysctl_warnings)

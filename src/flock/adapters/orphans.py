@@ -23,12 +23,10 @@ from collections.abc import Collection
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flock.adapters.kube import Event, ObjectRef
 from flock.adapters.netns import named as named_netns
 from flock.adapters.plumbing import in_netns
 from flock.adapters.store import AllocationStore
-from flock.cniserver import host_ifname
-from flock.core.model import IPAddress
+from flock.core.model import Event, IPAddress, ObjectRef, host_ifname
 from flock.core.recovery import KernelVeth, is_flock_veth, plan_recovery
 from flock.core.settings import AgentConfig
 from flock.errors import RouteError

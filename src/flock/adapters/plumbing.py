@@ -15,7 +15,6 @@ a pod's namespace.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import logging
 import os
@@ -33,16 +32,14 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
-from flock.core.model import IPAddress
-from flock.errors import FlockError
+from flock.core.model import GATEWAY_V4, GATEWAY_V6, GATEWAYS, IPAddress
+from flock.core.ports import PlumbedPod
+from flock.errors import PlumbingError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-GATEWAY_V4 = "169.254.1.1"
-GATEWAY_V6 = "fe80::1"
-GATEWAYS: dict[int, str] = {4: GATEWAY_V4, 6: GATEWAY_V6}
 
 _IFA_F_NODAD = 0x02
 _RT_SCOPE_LINK = 253
@@ -53,16 +50,6 @@ _SOL_NETLINK = 270
 _NETLINK_CAP_ACK = 10  # acks carry no copy of the request
 _BATCH_REQUESTS = 256  # requests per send: 16 KB of RTM_NEWADDR, far below the socket's buffers
 _ACK_SECONDS = 10.0
-
-
-class PlumbingError(FlockError):
-    """A pod's network could not be set up, checked or torn down."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PlumbedPod:
-    host_mac: str
-    pod_mac: str
 
 
 async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *args: Any) -> T:
@@ -185,8 +172,8 @@ def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[I
         # Loose reverse-path filtering: a terminating pod's in-flight replies (source = the
         # anycast IP) must pass once its next hop has left the anycast route.
         _write(_conf(proc, "ipv4", host_ifname, "rp_filter"), "2")
-        ipr.addr("add", index=index, address=GATEWAY_V4, prefixlen=32)
-        ipr.addr("add", index=index, address=GATEWAY_V6, prefixlen=64, flags=_IFA_F_NODAD)
+        ipr.addr("add", index=index, address=str(GATEWAY_V4), prefixlen=32)
+        ipr.addr("add", index=index, address=str(GATEWAY_V6), prefixlen=64, flags=_IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
         for ip in pod_ips:
             ipr.route("add", family=_family(ip), dst=str(ip), dst_len=ip.max_prefixlen, oif=index,
@@ -217,10 +204,10 @@ def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddr
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
                 raise OSError(error, f"add {ip} to {'lo' if dev == lo else ifname}: {os.strerror(error)}{more}")
             if any(ip.version == 4 for ip in pod_ips):
-                ipr.route("add", dst=GATEWAY_V4, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
-                ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=GATEWAY_V4, oif=index)
+                ipr.route("add", dst=str(GATEWAY_V4), dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
+                ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=str(GATEWAY_V4), oif=index)
             if any(ip.version == 6 for ip in pod_ips):
-                ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=GATEWAY_V6, oif=index)
+                ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=str(GATEWAY_V6), oif=index)
             return _mac(ipr, index)
         except BaseException:
             # Nothing half-done: eth0's addresses go with the veth when the ADD is released,
@@ -295,7 +282,7 @@ def _pod_check(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAd
         for ip in pod_ips:
             family = _family(ip)
             defaults = [r for r in ipr.route("dump", family=family) if r["dst_len"] == 0]
-            if not any(r.get_attr("RTA_GATEWAY") == GATEWAYS[ip.version] for r in defaults):
+            if not any(r.get_attr("RTA_GATEWAY") == str(GATEWAYS[ip.version]) for r in defaults):
                 problems.append(f"IPv{ip.version} default route via {GATEWAYS[ip.version]} is missing")
     return problems
 
@@ -319,6 +306,10 @@ class PodNetwork:
         except (OSError, NetlinkError, TimeoutError) as exc:
             raise PlumbingError(f"set up {host_ifname} <-> {ifname} in {pod_netns}: {_describe(exc)}") from exc
         return PlumbedPod(host_mac=host_mac, pod_mac=pod_mac)
+
+    async def netns_exists(self, path: str) -> bool:
+        """Whether a network namespace file (CNI_NETNS) exists."""
+        return await asyncio.to_thread(os.path.exists, path)
 
     async def pod_ifname(self, *, host_ifname: str, pod_netns: str) -> str | None:
         """The name of ``host_ifname``'s peer in ``pod_netns``; None if there is none there."""

@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 from flock.core.model import IPAddress, IPNetwork, address_sort_key, host_prefix
-from flock.core.settings import AgentConfig, AnycastPool, BgpPeer
+from flock.core.pools import in_pools
+from flock.core.settings import AgentConfig, BgpPeer
 
 _NOT_IN_NAME = re.compile(r"[^0-9A-Za-z]")
 
@@ -84,11 +85,6 @@ class BirdView:
     """IPv6 anycast pool CIDRs; only prefixes inside them may be exported as anycast."""
 
 
-def _in_pools(address: IPAddress, pools: Sequence[AnycastPool]) -> bool:
-    # ``in`` between an address and a network of the other family is simply False.
-    return any(address in pool.cidr for pool in pools)
-
-
 def _peer_view(peer: BgpPeer) -> PeerView:
     suffix = "v4" if peer.address.version == 4 else "v6"
     return PeerView(
@@ -128,7 +124,7 @@ def bird_view(
     pod_set = set(pod_cidrs)
     active = [
         a for a in anycast
-        if _in_pools(a, pools)
+        if in_pools(a, pools)
         and not any(n.prefixlen == a.max_prefixlen and a in n for n in pod_set)
     ]
     peers = sorted(set(config.bird.peers), key=lambda p: (*address_sort_key(p.address), p.asn))

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flock.core.model import IPAddress
+from flock.errors import CniError
 
 SUPPORTED_VERSIONS = ("1.0.0",)
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
@@ -42,16 +43,6 @@ _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # no "/", ":" or whitespace.
 MAX_IFNAME_BYTES = 15
 _IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
-
-
-class CniError(Exception):
-    """A CNI error result: code, message for a person, optional details."""
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from flock.core.model import IPAddress, IPNetwork
-
-
-class AddressesExhausted(Exception):
-    """No free address is left in a pod CIDR."""
+from flock.errors import AddressesExhausted
 
 
 def reserved_addresses(network: IPNetwork) -> set[IPAddress]:
@@ -41,4 +38,4 @@ def choose_address(network: IPNetwork, used: Collection[IPAddress], after: IPAdd
         candidate = type(network.network_address)(base + (start + step) % size)
         if candidate not in blocked:
             return candidate
-    raise AddressesExhausted(f"pod CIDR {network} has no free address ({len(blocked)} reserved or in use)")
+    raise AddressesExhausted(network)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NewType
@@ -105,3 +106,48 @@ class PodStatus:
     does not parse, those of its last annotation that parsed (None: not known)."""
     annotation: ParsedAnnotation | None = None
     """The annotation as written now, parsed (bounded); what is wrong with it is reported."""
+
+
+# The gateway scheme (flock.adapters.plumbing): every host veth carries these link-local
+# addresses and each pod's default routes point at them.
+GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
+GATEWAY_V6 = ipaddress.IPv6Address("fe80::1")
+GATEWAYS: dict[int, IPAddress] = {4: GATEWAY_V4, 6: GATEWAY_V6}
+
+
+def host_ifname(container_id: str, attempt: int = 0) -> str:
+    """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256.
+
+    32 bits collide now and then over a node's life: ``attempt`` > 0 derives the next
+    candidate, for when another live container already owns the first.
+    """
+    seed = container_id if attempt == 0 else f"{container_id}#{attempt}"
+    return "flock" + hashlib.sha256(seed.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectRef:
+    """The involved object of an Event."""
+
+    kind: str  # "Pod" or "Node"
+    name: str
+    namespace: str = ""
+    uid: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        ref = {"apiVersion": "v1", "kind": self.kind, "name": self.name}
+        if self.namespace:
+            ref["namespace"] = self.namespace
+        if self.uid:
+            ref["uid"] = self.uid
+        return ref
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event as flock posts it."""
+
+    involved: ObjectRef
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str

@@ -39,15 +39,15 @@ class BgpPeer:
 class BirdConfig:
     """How the agent drives its BIRD."""
 
-    config_path: pathlib.Path
-    """Where the rendered bird.conf is written (atomically). Default /etc/bird/bird.conf."""
-    socket: pathlib.Path
-    """BIRD's control socket, used through ``birdc -s``. Default /run/bird/bird.ctl."""
     router_id: ipaddress.IPv4Address
     """BGP router id of this node's BIRD. Required."""
     asn: int
     """This node's AS number. Required."""
-    peers: tuple[BgpPeer, ...]
+    config_path: pathlib.Path = pathlib.Path("/etc/bird/bird.conf")
+    """Where the rendered bird.conf is written (atomically). Default /etc/bird/bird.conf."""
+    socket: pathlib.Path = pathlib.Path("/run/bird/bird.ctl")
+    """BIRD's control socket, used through ``birdc -s``. Default /run/bird/bird.ctl."""
+    peers: tuple[BgpPeer, ...] = ()
     """eBGP peers. Default: none (nothing is advertised)."""
     template: pathlib.Path | None = None
     """A replacement top-level jinja2 template. Default: flock's own ``bird/bird.conf.j2``."""
@@ -61,26 +61,26 @@ class AgentConfig:
 
     node_name: NodeName
     """This node's name; only its pods are watched. Default: $NODE_NAME."""
-    state_dir: pathlib.Path
-    """Durable allocation records live here. Default /var/lib/flock."""
-    cni_socket: pathlib.Path
-    """Unix socket the CNI plugin talks to. Default /run/flock/cni.sock."""
-    anycast_pools: tuple[AnycastPool, ...]
-    """Ranges anycast IPs may come from. Default: none (every anycast IP is rejected)."""
     bird: BirdConfig
     """BIRD settings."""
+    state_dir: pathlib.Path = pathlib.Path("/var/lib/flock")
+    """Durable allocation records live here. Default /var/lib/flock."""
+    cni_socket: pathlib.Path = pathlib.Path("/run/flock/cni.sock")
+    """Unix socket the CNI plugin talks to. Default /run/flock/cni.sock."""
+    anycast_pools: tuple[AnycastPool, ...] = ()
+    """Ranges anycast IPs may come from. Default: none (every anycast IP is rejected)."""
     host_netns: str | None = None
     """Do all netlink and sysctl work inside this named netns (lab, tests). Default: none."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None
     """This node's pod ranges. Default: None, meaning the Node's spec.podCIDRs."""
     route_protocol: int = 201
-    """rtm_protocol number tagging flock's kernel routes (1-255, not 0-4). Default 201."""
+    """rtm_protocol number tagging flock's kernel routes (5-255: 0-4 are the kernel's own). Default 201."""
     tick_seconds: float = 2.0
     """Period of the reconcile tick, seconds. Default 2."""
     resync_seconds: float = 30.0
     """Period of a full kernel route dump that repairs drift, seconds. Default 30."""
     listen: str = "0.0.0.0:9964"
-    """host:port serving /healthz and /metrics. Default 0.0.0.0:9964."""
+    """host:port serving /healthz, /readyz and /metrics (see :func:`listen_address`). Default 0.0.0.0:9964."""
     proc_path: str = "/proc"
     """Where procfs is mounted, for sysctl writes. In a container, a host /proc mount
     (e.g. /host/proc): runtimes mount the container's own /proc/sys read-only. Default /proc."""
@@ -90,6 +90,24 @@ class AgentConfig:
     eligibility: str = READY_AND_NOT_TERMINATING
     """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
     old rule, kept only for the lab's comparison run; never use it in production."""
+
+
+ROUTE_PROTOCOLS = range(5, 256)
+"""rtm_protocol numbers flock may tag its routes with: 0-4 are the kernel's own (unspec,
+redirect, kernel, boot, static)."""
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``host:port`` -> (host without IPv6 brackets, port). Raises ValueError."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _default(cls: type, name: str) -> Any:
+    """The documented default of a settings field (written once, on the dataclass)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
 def _reject_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
@@ -178,13 +196,15 @@ def _parse_bird(value: Any) -> BirdConfig:
                   for i, p in enumerate(_list(data.get("peers", []), "bird.peers")))
     template = data.get("template")
     return BirdConfig(
-        config_path=pathlib.Path(_string(data.get("configPath", "/etc/bird/bird.conf"), "bird.configPath")),
-        socket=pathlib.Path(_string(data.get("socket", "/run/bird/bird.ctl"), "bird.socket")),
+        config_path=pathlib.Path(_string(data.get("configPath", str(_default(BirdConfig, "config_path"))),
+                                         "bird.configPath")),
+        socket=pathlib.Path(_string(data.get("socket", str(_default(BirdConfig, "socket"))), "bird.socket")),
         router_id=router_id,
         asn=_asn(data["asn"], "bird.asn"),
         peers=peers,
         template=pathlib.Path(_string(template, "bird.template")) if template is not None else None,
-        timeout_seconds=_positive(data.get("timeoutSeconds", 10.0), "bird.timeoutSeconds"),
+        timeout_seconds=_positive(data.get("timeoutSeconds", _default(BirdConfig, "timeout_seconds")),
+                                  "bird.timeoutSeconds"),
     )
 
 
@@ -207,29 +227,30 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
     if not node_name:
         raise ConfigError("nodeName: required (set it, or the NODE_NAME environment variable)")
 
-    protocol = data.get("routeProtocol", 201)
-    # 0-4 are the kernel's own (unspec, redirect, kernel, boot, static).
-    if isinstance(protocol, bool) or not isinstance(protocol, int) or not 5 <= protocol <= 255:
-        raise ConfigError(f"routeProtocol: {protocol!r} must be an integer 5-255")
+    protocol = data.get("routeProtocol", _default(AgentConfig, "route_protocol"))
+    if isinstance(protocol, bool) or not isinstance(protocol, int) or protocol not in ROUTE_PROTOCOLS:
+        raise ConfigError(f"routeProtocol: {protocol!r} must be an integer "
+                          f"{ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}")
 
     pod_cidrs = None
     if data.get("podCIDRs") is not None:
         pod_cidrs = tuple(_network(c, f"podCIDRs[{i}]")
                           for i, c in enumerate(_list(data["podCIDRs"], "podCIDRs")))
 
-    listen = _string(data.get("listen", "0.0.0.0:9964"), "listen")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen: {listen!r} is not host:port")
+    listen = _string(data.get("listen", _default(AgentConfig, "listen")), "listen")
+    try:
+        listen_address(listen)
+    except ValueError as exc:
+        raise ConfigError(f"listen: {exc}") from None
 
     if "bird" not in data:
         raise ConfigError("bird: required (routerId and asn at least)")
 
-    eligibility = data.get("eligibility", READY_AND_NOT_TERMINATING)
+    eligibility = data.get("eligibility", _default(AgentConfig, "eligibility"))
     if eligibility not in RULES:
         raise ConfigError(f"eligibility: {eligibility!r} is not one of {', '.join(RULES)}")
 
-    max_anycast = data.get("maxAnycastPerPod", 32)
+    max_anycast = data.get("maxAnycastPerPod", _default(AgentConfig, "max_anycast_per_pod"))
     if isinstance(max_anycast, bool) or not isinstance(max_anycast, int) \
             or not 1 <= max_anycast <= MAX_ANYCAST_PER_POD_LIMIT:
         raise ConfigError(f"maxAnycastPerPod: {max_anycast!r} must be an integer 1-{MAX_ANYCAST_PER_POD_LIMIT}")
@@ -238,17 +259,19 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
     return AgentConfig(
         node_name=NodeName(_string(node_name, "nodeName")),
         host_netns=_string(host_netns, "hostNetns") if host_netns is not None else None,
-        state_dir=pathlib.Path(_string(data.get("stateDir", "/var/lib/flock"), "stateDir")),
-        cni_socket=pathlib.Path(_string(data.get("cniSocket", "/run/flock/cni.sock"), "cniSocket")),
+        state_dir=pathlib.Path(_string(data.get("stateDir", str(_default(AgentConfig, "state_dir"))), "stateDir")),
+        cni_socket=pathlib.Path(_string(data.get("cniSocket", str(_default(AgentConfig, "cni_socket"))),
+                                        "cniSocket")),
         pod_cidrs=pod_cidrs,
         anycast_pools=tuple(_parse_pool(p, f"anycastPools[{i}]")
                             for i, p in enumerate(_list(data.get("anycastPools", []), "anycastPools"))),
         route_protocol=protocol,
-        tick_seconds=_positive(data.get("tickSeconds", 2.0), "tickSeconds"),
-        resync_seconds=_positive(data.get("resyncSeconds", 30.0), "resyncSeconds"),
+        tick_seconds=_positive(data.get("tickSeconds", _default(AgentConfig, "tick_seconds")), "tickSeconds"),
+        resync_seconds=_positive(data.get("resyncSeconds", _default(AgentConfig, "resync_seconds")),
+                                 "resyncSeconds"),
         bird=_parse_bird(data["bird"]),
         listen=listen,
         eligibility=eligibility,
         max_anycast_per_pod=max_anycast,
-        proc_path=_string(data.get("procPath", "/proc"), "procPath"),
+        proc_path=_string(data.get("procPath", _default(AgentConfig, "proc_path")), "procPath"),
     )

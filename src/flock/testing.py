@@ -1,0 +1,112 @@
+"""In-memory fakes of the ports (flock.core.ports), shipped beside the real adapters.
+
+Unit tests use them; tests/contract runs the same checks against each fake and its real
+adapter, so the fakes behave like the real thing: ``FakeRoutes`` like NetlinkRoutes,
+``FakeBird`` like BirdControl, ``RecordingEvents`` like EventPoster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
+from flock.core.routediff import ReplaceRoute, RouteEdit
+from flock.errors import BirdConfigRejected, BirdUnavailable, RouteError
+
+
+class FakeRoutes:
+    """In-memory stand-in for :class:`NetlinkRoutes`, for unit tests.
+
+    ``table`` is the "kernel"; ``applied`` records every edit that succeeded, in order;
+    ``fail`` maps an address to the reason its edits fail. ``writes`` counts attempted
+    edits like the real adapter counts netlink requests.
+    """
+
+    def __init__(self, table: dict[IPAddress, Nexthops] | None = None, *,
+                 fail: dict[IPAddress, str] | None = None,
+                 sysctl_warnings: Sequence[str] = ()) -> None:
+        self.table: dict[IPAddress, Nexthops] = dict(table or {})
+        self.applied: list[RouteEdit] = []
+        self.fail: dict[IPAddress, str] = dict(fail or {})
+        self.sysctl_warnings = list(sysctl_warnings)
+        self.hash_policy_set = False
+        self.started = False
+        self.closed = False
+        self.dumps = 0
+        self.writes = 0
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def dump(self) -> dict[IPAddress, Nexthops]:
+        self.dumps += 1
+        return dict(self.table)
+
+    async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
+        errors = []
+        for edit in edits:
+            self.writes += 1
+            if edit.address in self.fail:
+                errors.append(RouteError(f"{edit}: {self.fail[edit.address]}"))
+                continue
+            if isinstance(edit, ReplaceRoute):
+                if not edit.nexthops:
+                    errors.append(RouteError(f"{edit}: no next hops (delete the route instead)"))
+                    continue
+                self.table[edit.address] = sorted_nexthops(edit.nexthops)
+            else:
+                self.table.pop(edit.address, None)
+            self.applied.append(edit)
+        return errors
+
+    async def set_multipath_hash_policy(self) -> list[str]:
+        self.hash_policy_set = True
+        return list(self.sysctl_warnings)
+
+
+class FakeBird:
+    """In-memory stand-in for :class:`BirdControl` with the same outcomes, for unit tests.
+
+    ``applied`` lists every text BIRD "was reconfigured" with. Set ``reject`` to a
+    message to make the next applies raise BirdConfigRejected (nothing changes), or
+    ``unavailable`` to make them raise BirdUnavailable (the "file" changes, and the same
+    text is configured again on the next apply, like the real one).
+    """
+
+    def __init__(self, live: str | None = None) -> None:
+        self.applied: list[str] = []
+        self.reject: str | None = None
+        self.unavailable = False
+        self.calls = 0  # apply() calls that got past the "unchanged" shortcut
+        self._file = live
+        self._confirmed = live
+
+    def live_text(self) -> str | None:
+        return self._file
+
+    async def apply(self, text: str) -> bool:
+        if text == self._confirmed:
+            return False
+        self.calls += 1
+        if self.reject is not None:
+            raise BirdConfigRejected(self.reject)
+        self._file = text
+        if self.unavailable:
+            self._confirmed = None
+            raise BirdUnavailable("fake BIRD: control socket not answering")
+        self._confirmed = text
+        self.applied.append(text)
+        return True
+
+
+class RecordingEvents:
+    """An EventSink that keeps Events in a list."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def post(self, event: Event) -> None:
+        self.events.append(event)
