@@ -78,7 +78,7 @@ class Reconciler:
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
         self._reported: set[Finding] = set()
         self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
-        self._route_failures: set[str] = set()
+        self._route_failures: set[tuple[str, int | None]] = set()  # RouteError.key of the last failures
         self._last_resync = 0.0
         self.holding = False
         """While True (a new agent before its first full pod LIST), passes keep the routes the
@@ -253,9 +253,9 @@ class Reconciler:
             return
         for error in errors:
             # A person must act on a refused route; say it once, not on every tick.
-            level = logging.DEBUG if str(error) in self._route_failures else logging.ERROR
+            level = logging.DEBUG if error.key in self._route_failures else logging.ERROR
             logger.log(level, "route edit failed: %s", error)
-        self._route_failures = {str(error) for error in errors}
+        self._route_failures = {error.key for error in errors}
         self.metrics.route_errors.inc(len(errors))
         # Which edits landed is uncertain now: take a full view rather than guess.
         await self._resync_kernel()
