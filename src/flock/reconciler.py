@@ -86,6 +86,8 @@ class Reconciler:
         cache must not withdraw what the previous agent routed."""
         self._held: dict[IPAddress, Nexthops] = {}
         self._running = False
+        self._settled = False  # the last pass finished all it set out to do: a quiet tick may skip
+        self._errors_this_pass = 0
         self.passes = 0
         self.last_pass_ok = 0.0  # monotonic time of the last pass that finished (for /healthz)
 
@@ -195,8 +197,15 @@ class Reconciler:
 
     async def reconcile(self, *, full_view: bool = False, trigger: str = "manual") -> None:
         started = time.monotonic()
-        if full_view:
-            await self._resync_kernel()
+        drifted = await self._resync_kernel() if full_view else False
+        if trigger == "tick" and self._settled and not drifted and not self.holding:
+            # Nothing changed since a pass that finished all it set out to do (every other
+            # change wakes the reconciler with a trigger of its own): the same inputs would
+            # give no edit, the same bird.conf and no Event. A quiet tick costs nothing.
+            self._passed(started, trigger)
+            return
+        self._settled = False
+        self._errors_this_pass = 0
 
         if self.holding:
             # Put back what was routed at start-up if it drifted; route and withdraw nothing.
@@ -221,6 +230,9 @@ class Reconciler:
         await self._apply([d for d in deletes if d.address not in self._advertised])
 
         self._post_events(resolution.serving, resolution.findings, pods)
+        if self._errors_this_pass == 0:
+            self._route_failures = set()
+        self._settled = self._errors_this_pass == 0 and self._bird_failure.current is None
         self._passed(started, trigger)
 
     def _passed(self, started: float, trigger: str) -> None:
@@ -231,7 +243,8 @@ class Reconciler:
         self.passes += 1
         self.last_pass_ok = time.monotonic()
 
-    async def _resync_kernel(self) -> None:
+    async def _resync_kernel(self) -> bool:
+        """Take a full view of the kernel's routes. True if they drifted from what flock wrote."""
         kernel = await self.routes.dump()
         drift = {a for a in set(kernel) | set(self._kernel) if kernel.get(a) != self._kernel.get(a)}
         if drift:
@@ -240,6 +253,7 @@ class Reconciler:
             self.metrics.drift_repairs.inc(len(drift))
         self._kernel = kernel
         self._last_resync = time.monotonic()
+        return bool(drift)
 
     async def _apply(self, edits: Sequence[RouteEdit]) -> None:
         if not edits:
@@ -251,6 +265,7 @@ class Reconciler:
         if not errors:
             self._kernel = apply_edits(self._kernel, edits)
             return
+        self._errors_this_pass += len(errors)
         for error in errors:
             # A person must act on a refused route; say it once, not on every tick.
             level = logging.DEBUG if error.key in self._route_failures else logging.ERROR

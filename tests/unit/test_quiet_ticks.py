@@ -1,0 +1,80 @@
+"""A tick with nothing changed costs nothing: no resolve, no render, no netlink, no Events."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from flock.adapters.store import AllocationStore
+from flock.core.model import IPAddress
+from flock.core.podcache import PodCache
+from flock.metrics import Metrics
+from flock.reconciler import Reconciler
+from flock.testing import FakeBird, FakeRoutes, RecordingEvents
+from tests.support.config import agent_config
+from tests.unit.factories import alloc, pod_body
+
+
+class CountingRender:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, anycast: frozenset[IPAddress]) -> str:
+        self.calls += 1
+        return " ".join(sorted(map(str, anycast)))
+
+
+@dataclasses.dataclass
+class Parts:
+    reconciler: Reconciler
+    routes: FakeRoutes
+    bird: FakeBird
+    render: CountingRender
+    pods: PodCache
+
+
+@pytest.fixture
+async def parts(tmp_path: pathlib.Path) -> Parts:
+    store = AllocationStore(tmp_path)
+    await store.load()
+    pods = PodCache("node-a")
+    routes, bird, render = FakeRoutes(), FakeBird(), CountingRender()
+    reconciler = Reconciler(config=agent_config(), store=store, pods=pods, routes=routes, bird=bird,
+                            render_bird=render, events=RecordingEvents(), metrics=Metrics())
+    await store.put(alloc("web-1", dev="flock00000001"))
+    pods.observe("ADDED", pod_body("web-1", uid="", anycast="198.51.100.10"))
+    return Parts(reconciler, routes, bird, render, pods)
+
+
+async def test_a_quiet_tick_resolves_renders_and_writes_nothing(parts: Parts) -> None:
+    reconciler, routes, bird, render, pods = parts.reconciler, parts.routes, parts.bird, parts.render, parts.pods
+    await reconciler.reconcile(trigger="start")
+    assert routes.writes == 1 and render.calls == 1
+    for _ in range(5):
+        await reconciler.reconcile(trigger="tick")
+    assert (routes.writes, routes.dumps, render.calls, bird.calls) == (1, 0, 1, 1)
+    assert reconciler.passes == 6, "a skipped tick still counts as a pass (liveness)"
+
+    pods.observe("MODIFIED", pod_body("web-1", uid="", ready=False, anycast="198.51.100.10"))
+    await reconciler.reconcile(trigger="pod")
+    assert routes.table == {} and render.calls == 2
+
+
+async def test_ticks_keep_retrying_while_bird_fails_and_a_full_view_still_repairs_drift(parts: Parts) -> None:
+    reconciler, routes, bird = parts.reconciler, parts.routes, parts.bird
+    bird.unavailable = True
+    await reconciler.reconcile(trigger="start")
+    await reconciler.reconcile(trigger="tick")
+    await reconciler.reconcile(trigger="tick")
+    assert bird.calls == 3, "not settled: every tick tries BIRD again"
+    bird.unavailable = False
+    await reconciler.reconcile(trigger="tick")
+    assert bird.applied != [] and bird.calls == 4
+    await reconciler.reconcile(trigger="tick")
+    assert bird.calls == 4, "settled again: quiet"
+
+    routes.table.clear()  # a route deleted by hand
+    await reconciler.reconcile(trigger="tick", full_view=True)
+    assert routes.table != {}, "the periodic full view repairs it"
