@@ -32,9 +32,9 @@ pyroute2 0.9.7 filters ``proto`` in Python after decoding every route of the tab
 strace), and decoding costs it ~0.1-0.2 ms per message. So :meth:`NetlinkRoutes.dump`
 sends its own RTM_GETROUTE with NETLINK_GET_STRICT_CHK on, rtm_table=main and
 rtm_protocol=N, which the kernel (>= 4.20) filters itself, and unpacks the few
-attributes it needs with ``struct``. That is as fast as ``ip -j`` once either is turned
-into the table, and needs neither a subprocess nor iproute2 in the image. The same
-socket dumps links (ifindex <-> name) cheaply.
+attributes it needs with ``struct`` (:mod:`flock.adapters.rtnetlink`). That is as fast
+as ``ip -j`` once either is turned into the table, and needs neither a subprocess nor
+iproute2 in the image. The same socket dumps links (ifindex <-> name) cheaply.
 
 Writes cost pyroute2 ~0.4 ms per route (5,000 replaces in ~2.1 s, deletes ~0.33 ms),
 almost all of it message encoding.
@@ -47,19 +47,46 @@ import concurrent.futures
 import dataclasses
 import errno
 import functools
-import ipaddress
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
+from flock.adapters import rtnetlink as rtnl
+from flock.adapters import sysctl
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
+from flock.adapters.rtnetlink import (
+    IFINFOMSG,
+    NETLINK_GET_STRICT_CHK,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_MULTIPATH,
+    RTA_NH_ID,
+    RTA_OIF,
+    RTA_PRIORITY,
+    RTM_F_CLONED,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    SOL_NETLINK,
+    describe_errno,
+)
 from flock.core.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from flock.core.settings import ROUTE_PROTOCOLS
@@ -69,75 +96,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Netlink and rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
-_SOL_NETLINK: Final = 270
-_NETLINK_GET_STRICT_CHK: Final = 12
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
-_NLM_F_REQUEST: Final = 0x1
-_NLM_F_DUMP: Final = 0x300
-_NLM_F_DUMP_INTR: Final = 0x10
-_RTM_NEWLINK: Final = 16
-_RTM_GETLINK: Final = 18
-_RTM_NEWROUTE: Final = 24
-_RTM_GETROUTE: Final = 26
-_RT_TABLE_MAIN: Final = 254
-_RT_SCOPE_UNIVERSE: Final = 0
-_RTN_UNICAST: Final = 1
-_RTM_F_CLONED: Final = 0x200
-_RTA_DST: Final = 1
-_RTA_OIF: Final = 4
-_RTA_GATEWAY: Final = 5
-_RTA_PRIORITY: Final = 6
-_RTA_MULTIPATH: Final = 9
-_RTA_TABLE: Final = 15
-_RTA_NH_ID: Final = 30
-_IFLA_IFNAME: Final = 3
 _IP6_RT_PRIO_USER: Final = 1024  # the kernel's metric for an IPv6 route written without one
-
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-# family, dst_len, src_len, tos, table, protocol, scope, type, flags:
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_RTATTR = struct.Struct("=HH")  # len, type
-_RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
-_U32 = struct.Struct("=I")
-
 _RECV_BUFFER: Final = 1 << 20  # far above the kernel's 32 KiB dump chunks
 _DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is redone
 _APPLY_SLICE: Final = 0.05  # seconds of edits per trip to the worker thread
-
-
-def _align4(length: int) -> int:
-    return (length + 3) & ~3
-
-
-def _attributes(data: bytearray, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """type -> (value start, value end) of the rtattrs in ``data[start:end]``.
-
-    A plain loop filling a dict, not a generator: dump() calls this ~10 times per
-    route, and parsing is most of its cost.
-    """
-    spans = {}
-    unpack = _RTATTR.unpack_from
-    while start + 4 <= end:
-        length, kind = unpack(data, start)
-        if length < 4:
-            break
-        spans[kind & 0x3FFF] = (start + 4, start + length)  # without the NLA_F_* bits
-        start += (length + 3) & ~3
-    return spans
-
-
-def _address(raw: bytes) -> IPAddress:
-    """The address packed in ``raw`` (4 or 16 bytes)."""
-    if len(raw) == 4:
-        return ipaddress.IPv4Address(raw)
-    return ipaddress.IPv6Address(raw)
-
-
-def _describe_errno(code: int) -> str:
-    return f"{os.strerror(code)} (netlink {code})"
 
 
 @dataclasses.dataclass
@@ -160,7 +122,7 @@ class _RtnlDumper:
         self._sock = sock
         self._sock.settimeout(timeout)
         try:
-            self._sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         except OSError:
             # Kernel < 4.20: the dump then covers every route and the protocol check in
             # parse_route() does the filtering.
@@ -184,8 +146,8 @@ class _RtnlDumper:
     def _dump_once(self, msg_type: int, body: bytes) -> tuple[list[tuple[int, bytearray]], bool]:
         self._seq = (self._seq % 0xFFFFFFFF) + 1
         seq = self._seq
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type,
-                                _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type,
+                                    NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self._sock.send(header + body)
         messages: list[tuple[int, bytearray]] = []
         interrupted = False
@@ -194,44 +156,38 @@ class _RtnlDumper:
             size = self._sock.recv_into(buffer, len(buffer), socket.MSG_TRUNC)
             if size > len(buffer):
                 raise OSError(errno.EMSGSIZE, f"netlink message of {size} bytes truncated")
-            offset = 0
-            while offset + _NLMSGHDR.size <= size:
-                length, kind, flags, msg_seq, msg_pid = _NLMSGHDR.unpack_from(buffer, offset)
-                if length < _NLMSGHDR.size:
-                    break
-                payload_start, offset = offset + _NLMSGHDR.size, offset + _align4(length)
+            for kind, flags, msg_seq, msg_pid, start, end in rtnl.messages(buffer, size):
                 if msg_seq != seq or msg_pid != self._pid:
                     continue  # left over from an earlier dump that timed out
-                if flags & _NLM_F_DUMP_INTR:
+                if flags & NLM_F_DUMP_INTR:
                     interrupted = True
-                if kind == _NLMSG_DONE:
+                if kind == NLMSG_DONE:
                     return messages, interrupted
-                if kind == _NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", buffer, payload_start)
+                if kind == NLMSG_ERROR:
+                    code = rtnl.error_code(buffer, start)
                     if code:
-                        raise OSError(-code, os.strerror(-code))
+                        raise OSError(code, os.strerror(code))
                     continue
-                payload_end = payload_start + length - _NLMSGHDR.size
-                messages.append((kind, buffer[payload_start:payload_end]))
+                messages.append((kind, buffer[start:end]))
 
     def links(self) -> dict[int, str]:
         """ifindex -> name of every link in the namespace."""
         names: dict[int, str] = {}
-        for kind, msg in self.dump(_RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-            if kind != _RTM_NEWLINK:
+        request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        for kind, msg in self.dump(RTM_GETLINK, request):
+            if kind != RTM_NEWLINK:
                 continue
-            index = _IFINFOMSG.unpack_from(msg, 0)[2]
-            span = _attributes(msg, _IFINFOMSG.size, len(msg)).get(_IFLA_IFNAME)
-            if span is not None:
-                names[index] = bytes(msg[span[0]:span[1]]).split(b"\0", 1)[0].decode()
+            index, name = rtnl.link(msg, 0, len(msg))
+            if name is not None:
+                names[index] = name
         return names
 
     def routes(self, family: int, protocol: int) -> list[_ParsedRoute]:
         """flock's routes of one family in the main table, parsed, problems noted."""
-        request = _RTMSG.pack(family, 0, 0, 0, _RT_TABLE_MAIN, protocol, 0, 0, 0)
+        request = RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0)
         parsed = []
-        for kind, msg in self.dump(_RTM_GETROUTE, request):
-            if kind == _RTM_NEWROUTE:
+        for kind, msg in self.dump(RTM_GETROUTE, request):
+            if kind == RTM_NEWROUTE:
                 route = self.parse_route(msg, family, protocol)
                 if route is not None:
                     parsed.append(route)
@@ -240,59 +196,47 @@ class _RtnlDumper:
     @staticmethod
     def parse_route(msg: bytearray, family: int, protocol: int) -> _ParsedRoute | None:
         """One RTM_NEWROUTE; None if it is not flock's (protocol, table, cloned)."""
-        (msg_family, dst_len, src_len, _tos, table, msg_protocol, _scope, rtype,
-         rflags) = _RTMSG.unpack_from(msg, 0)
-        if msg_family != family or msg_protocol != protocol or rflags & _RTM_F_CLONED:
+        (msg_family, dst_len, src_len, table, msg_protocol, rtype, rflags,
+         attrs) = rtnl.route(msg, 0, len(msg))
+        if msg_family != family or msg_protocol != protocol or rflags & RTM_F_CLONED:
             return None
-        attrs = _attributes(msg, _RTMSG.size, len(msg))
-        if _RTA_GATEWAY not in attrs and _RTA_MULTIPATH not in attrs and _RTA_OIF in attrs:
+        if RTA_GATEWAY not in attrs and RTA_MULTIPATH not in attrs and RTA_OIF in attrs:
             # A device route: a pod's own /32 or /128 on its veth (CNI plumbing; IPv6 routes
             # have no scope to tell them by). Never an anycast route, and expected: no warning.
             return None
-        if _RTA_TABLE in attrs:
-            table = _U32.unpack_from(msg, attrs[_RTA_TABLE][0])[0]
-        if table != _RT_TABLE_MAIN:
+        if table != RT_TABLE_MAIN:
             return None
         max_len = 32 if family == socket.AF_INET else 128
         size = max_len // 8
-        start, end = attrs.get(_RTA_DST, (0, 0))
+        start, end = attrs.get(RTA_DST, (0, 0))
         dst = bytes(msg[start:end]) if end else b"\0" * size
-        priority = 0
-        if _RTA_PRIORITY in attrs:
-            priority = _U32.unpack_from(msg, attrs[_RTA_PRIORITY][0])[0]
-        route = _ParsedRoute(_address(dst), [])
+        priority = rtnl.u32(msg, attrs[RTA_PRIORITY]) if RTA_PRIORITY in attrs else 0
+        route = _ParsedRoute(rtnl.address(dst), [])
         expected_priority = 0 if family == socket.AF_INET else _IP6_RT_PRIO_USER
         problem = ""
         if dst_len != max_len or src_len != 0:
             problem = "not a host route"
-        elif rtype != _RTN_UNICAST:
+        elif rtype != RTN_UNICAST:
             problem = f"route type {rtype}, not unicast"
         elif priority != expected_priority:
             problem = f"metric {priority}, flock writes {expected_priority}"
-        elif _RTA_NH_ID in attrs:
+        elif RTA_NH_ID in attrs:
             problem = "uses a nexthop object, not a gateway"
-        elif _RTA_MULTIPATH in attrs:
-            offset, end = attrs[_RTA_MULTIPATH]
-            while offset + _RTNEXTHOP.size <= end:
-                length, _flags, _hops, ifindex = _RTNEXTHOP.unpack_from(msg, offset)
-                if length < _RTNEXTHOP.size:
-                    break
-                hop_attrs = _attributes(msg, offset + _RTNEXTHOP.size, offset + length)
-                start, stop = hop_attrs.get(_RTA_GATEWAY, (0, 0))
+        elif RTA_MULTIPATH in attrs:
+            for ifindex, hop_attrs in rtnl.nexthops(msg, attrs[RTA_MULTIPATH]):
+                start, stop = hop_attrs.get(RTA_GATEWAY, (0, 0))
                 if stop - start != size:
                     problem = "a next hop has no gateway of its family"
                     break
                 route.hops.append((bytes(msg[start:stop]), ifindex))
-                offset += _align4(length)
-        elif _RTA_OIF not in attrs or _RTA_GATEWAY not in attrs:
+        elif RTA_OIF not in attrs or RTA_GATEWAY not in attrs:
             problem = "no gateway"
         else:
-            start, stop = attrs[_RTA_GATEWAY]
+            start, stop = attrs[RTA_GATEWAY]
             if stop - start != size:
                 problem = "no gateway of its family"
             else:
-                oif = _U32.unpack_from(msg, attrs[_RTA_OIF][0])[0]
-                route.hops.append((bytes(msg[start:stop]), oif))
+                route.hops.append((bytes(msg[start:stop]), rtnl.u32(msg, attrs[RTA_OIF])))
         if not problem and not route.hops:
             problem = "no next hops"
         if problem:  # formatted only here: str() of an IPv6 address is slow
@@ -379,7 +323,8 @@ class NetlinkRoutes:
             self._refresh_links()
         except (OSError, NetlinkError) as exc:
             self._close_sockets()
-            raise RouteError(f"open netlink{where}: {exc}") from exc
+            code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+            raise RouteError(f"open netlink{where}: {exc}", errno=code) from exc
 
     def _close_sockets(self) -> None:
         ipr, self._ipr = self._ipr, None
@@ -434,8 +379,8 @@ class NetlinkRoutes:
         try:
             return self._dump_routes()
         except OSError as exc:
-            reason = _describe_errno(exc.errno) if exc.errno else str(exc)
-            raise RouteError(f"dump routes proto {self.protocol}: {reason}") from exc
+            reason = describe_errno(exc.errno) if exc.errno else str(exc)
+            raise RouteError(f"dump routes proto {self.protocol}: {reason}", errno=exc.errno) from exc
 
     def _dump_routes(self) -> dict[IPAddress, Nexthops]:
         if self._dumper is None:
@@ -453,7 +398,7 @@ class NetlinkRoutes:
                 if name is None:  # the link went away mid-dump; the route will too
                     route.problem = f"{host_prefix(route.address)}: no link with index {index}"
                     break
-                memo[gateway, index] = Nexthop(_address(gateway), name)
+                memo[gateway, index] = Nexthop(rtnl.address(gateway), name)
             if route.problem:
                 problems.add(route.problem)
                 continue
@@ -482,7 +427,7 @@ class NetlinkRoutes:
                 results, position = await self._call(self._apply_some, edits, position)
             except TimeoutError:
                 errors.extend(RouteError(f"{edit}: outcome unknown, no answer from netlink "
-                                         f"within {self.timeout} s") for edit in edits[position:])
+                                         f"within {self.timeout} s", edit=edit) for edit in edits[position:])
                 break
             errors.extend(error for error in results if error is not None)
         return errors
@@ -511,32 +456,33 @@ class NetlinkRoutes:
                 return self._replace(edit)
             return self._delete(edit)
         except OSError as exc:  # the socket itself failed (link lookup, closed, ...)
-            return RouteError(f"{edit}: {exc}")
+            return RouteError(f"{edit}: {exc}", edit=edit, errno=exc.errno)
         except Exception as exc:  # pyroute2 may raise anything; one edit must not stop the rest
             log.exception("unexpected error from pyroute2 edit=%s", edit)
-            return RouteError(f"{edit}: {type(exc).__name__}: {exc}")
+            return RouteError(f"{edit}: {type(exc).__name__}: {exc}", edit=edit)
 
     def _replace(self, edit: ReplaceRoute) -> RouteError | None:
         if not edit.nexthops:
-            return RouteError(f"{edit}: no next hops (delete the route instead)")
+            return RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit)
         for attempt in range(2):
             indexes = []
             for hop in edit.nexthops:
                 index = self._ifindex(hop.dev)
                 if index is None:
-                    return RouteError(f"{edit}: {_describe_errno(errno.ENODEV)}: {hop.dev}")
+                    return RouteError(f"{edit}: {describe_errno(errno.ENODEV)}: {hop.dev}",
+                                      edit=edit, errno=errno.ENODEV)
                 if hop.via.version != edit.address.version:
                     family = f"IPv{edit.address.version}"
-                    return RouteError(f"{edit}: next hop {hop.via} is not {family}")
+                    return RouteError(f"{edit}: next hop {hop.via} is not {family}", edit=edit)
                 indexes.append(index)
             request: dict[str, Any] = {
                 "family": socket.AF_INET if edit.address.version == 4 else socket.AF_INET6,
                 "dst": str(edit.address),
                 "dst_len": edit.address.max_prefixlen,
                 "proto": self.protocol,
-                "table": _RT_TABLE_MAIN,
-                "scope": _RT_SCOPE_UNIVERSE,
-                "type": _RTN_UNICAST,
+                "table": RT_TABLE_MAIN,
+                "scope": RT_SCOPE_UNIVERSE,
+                "type": RTN_UNICAST,
             }
             if len(edit.nexthops) == 1:
                 request.update(gateway=str(edit.nexthops[0].via), oif=indexes[0])
@@ -550,7 +496,8 @@ class NetlinkRoutes:
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
                     return RouteError(f"{edit}: a route for {host_prefix(edit.address)} that is not "
-                                      f"flock's (another rtm_protocol) already exists; flock leaves it alone")
+                                      f"flock's (another rtm_protocol) already exists; flock leaves it alone",
+                                      edit=edit, errno=exc.code)
                 # A veth recreated under the same name has a new index, and the kernel
                 # answers a stale one with ENETUNREACH (IPv4 checks the gateway through
                 # the old oif before looking the device up) or ENODEV. So on any error,
@@ -559,7 +506,7 @@ class NetlinkRoutes:
                     self._refresh_links()
                     if [self._indexes.get(hop.dev) for hop in edit.nexthops] != indexes:
                         continue
-                return RouteError(f"{edit}: {_describe_errno(exc.code)}")
+                return RouteError(f"{edit}: {describe_errno(exc.code)}", edit=edit, errno=exc.code)
         raise AssertionError("unreachable")
 
     def _delete(self, edit: DeleteRoute) -> RouteError | None:
@@ -568,14 +515,15 @@ class NetlinkRoutes:
             "dst": str(edit.address),
             "dst_len": edit.address.max_prefixlen,
             "proto": self.protocol,  # the kernel then never deletes another protocol's route
-            "table": _RT_TABLE_MAIN,
+            "table": RT_TABLE_MAIN,
         }
         try:
             self._write("del", request)
         except NetlinkError as exc:
             if exc.code in (errno.ESRCH, errno.ENOENT):
                 return None  # already gone
-            return RouteError(f"{edit} proto {self.protocol}: {_describe_errno(exc.code)}")
+            return RouteError(f"{edit} proto {self.protocol}: {describe_errno(exc.code)}",
+                              edit=edit, errno=exc.code)
         return None
 
     def _write(self, command: str, request: dict[str, Any]) -> None:
@@ -587,40 +535,14 @@ class NetlinkRoutes:
     # -- sysctls ------------------------------------------------------------------
 
     async def set_multipath_hash_policy(self) -> list[str]:
-        """Hash ECMP flows on their 5-tuple, for IPv4 and IPv6.
+        """Hash ECMP flows on their 5-tuple, for IPv4 and IPv6 (see
+        :func:`flock.adapters.sysctl.set_multipath_hash_policy` for why).
 
-        Policy 3 with ``fib_multipath_hash_fields=0x0037`` (addresses, protocol, ports)
-        where the kernel has it (5.12+), else policy 1 (L4). Policy 1 reuses a hash the
-        packet already carries (set by a local socket, kept across veths, re-rolled by
-        TCP on a retransmission timeout), so a flow could change next hop mid-stream;
-        the custom fields are always read from the packet (shared/notes/drain.md).
         Works inside ``netns`` when one is set. Best effort: returns warnings, raises nothing.
         """
         if self._executor is None:
             raise RuntimeError(f"{self!r} is not started")
         # The worker thread is inside the netns (see _open), so its /proc/sys/net is.
         where = f" (netns {self.netns})" if self.netns else ""
-        warnings = await self._call(_set_hash_policy, self.proc)
+        warnings = await self._call(sysctl.set_multipath_hash_policy, self.proc)
         return [warning + where for warning in warnings]
-
-
-def _set_hash_policy(proc: str) -> list[str]:
-    warnings = []
-    for family in ("ipv4", "ipv6"):
-        if not _write_sysctls([f"net.{family}.fib_multipath_hash_fields"], "0x0037", proc):
-            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "3", proc)
-        else:  # no custom fields on this kernel: plain L4 hashing
-            warnings += _write_sysctls([f"net.{family}.fib_multipath_hash_policy"], "1", proc)
-    return warnings
-
-
-def _write_sysctls(keys: Sequence[str], value: str, proc: str = "/proc") -> list[str]:
-    """Write ``value`` to each sysctl of the calling thread's netns; warnings for failures."""
-    warnings = []
-    for key in keys:
-        try:
-            with open(f"{proc}/sys/" + key.replace(".", "/"), "w") as file:
-                file.write(value)
-        except OSError as exc:
-            warnings.append(f"set {key}={value}: {exc.strerror or exc}")
-    return warnings

@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -30,8 +29,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
+from flock.adapters import rtnetlink as rtnl
+from flock.adapters import sysctl
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
+from flock.adapters.rtnetlink import RT_SCOPE_LINK, describe_errno
 from flock.core.model import GATEWAY_V4, GATEWAY_V6, GATEWAYS, IPAddress
 from flock.core.ports import PlumbedPod
 from flock.errors import PlumbingError
@@ -42,12 +44,6 @@ T = TypeVar("T")
 
 
 _IFA_F_NODAD = 0x02
-_RT_SCOPE_LINK = 253
-
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-_NLMSG_ERROR = 2  # an ack: a negative errno, 0 for success
-_SOL_NETLINK = 270
-_NETLINK_CAP_ACK = 10  # acks carry no copy of the request
 _BATCH_REQUESTS = 256  # requests per send: 16 KB of RTM_NEWADDR, far below the socket's buffers
 _ACK_SECONDS = 10.0
 
@@ -77,20 +73,6 @@ async def in_netns(path: str | None, seconds: float, func: Callable[..., T], *ar
 
     threading.Thread(target=target, name="flock-netns", daemon=True).start()
     return await asyncio.wait_for(future, seconds)
-
-
-def _conf(proc: str, family: str, ifname: str, key: str) -> str:
-    # Interface names may contain dots, so build the path directly. procfs shows the
-    # sysctls of the netns of the thread that opens the file, whichever mount it uses.
-    return f"{proc}/sys/net/{family}/conf/{ifname}/{key}"
-
-
-def _write(path: str, value: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-    except FileNotFoundError:
-        logger.debug("%s does not exist here, skipped", path)
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
@@ -133,7 +115,7 @@ def _write_addresses(kind: int, addresses: Sequence[tuple[int, IPAddress]]) -> l
     errnos = [0] * len(addresses)
     flags = NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+        sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_CAP_ACK, 1)
         sock.bind((0, 0))
         sock.settimeout(_ACK_SECONDS)
         for start in range(0, len(addresses), _BATCH_REQUESTS):
@@ -143,14 +125,10 @@ def _write_addresses(kind: int, addresses: Sequence[tuple[int, IPAddress]]) -> l
             waiting = {i + 1 for i in batch}
             while waiting:
                 data = sock.recv(65536)
-                offset = 0
-                while offset + _NLMSGHDR.size <= len(data):
-                    length, msg_type, _, sequence, _ = _NLMSGHDR.unpack_from(data, offset)
-                    if msg_type == _NLMSG_ERROR and sequence in waiting:
-                        (error,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
-                        errnos[sequence - 1] = -error
+                for kind, _flags, sequence, _pid, start, _end in rtnl.messages(data):
+                    if kind == rtnl.NLMSG_ERROR and sequence in waiting:
+                        errnos[sequence - 1] = rtnl.error_code(data, start)
                         waiting.discard(sequence)
-                    offset += max((length + 3) & ~3, _NLMSGHDR.size)
     return errnos
 
 
@@ -168,16 +146,16 @@ def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[I
         index = _index(ipr, host_ifname)
         if index is None:
             raise OSError(errno.ENODEV, f"{host_ifname} vanished right after creation")
-        _write(_conf(proc, "ipv6", host_ifname, "accept_dad"), "0")
+        sysctl.write(f"net/ipv6/conf/{host_ifname}/accept_dad", "0", proc, missing_ok=True)
         # Loose reverse-path filtering: a terminating pod's in-flight replies (source = the
         # anycast IP) must pass once its next hop has left the anycast route.
-        _write(_conf(proc, "ipv4", host_ifname, "rp_filter"), "2")
+        sysctl.write(f"net/ipv4/conf/{host_ifname}/rp_filter", "2", proc, missing_ok=True)
         ipr.addr("add", index=index, address=str(GATEWAY_V4), prefixlen=32)
         ipr.addr("add", index=index, address=str(GATEWAY_V6), prefixlen=64, flags=_IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
         for ip in pod_ips:
             ipr.route("add", family=_family(ip), dst=str(ip), dst_len=ip.max_prefixlen, oif=index,
-                      scope=_RT_SCOPE_LINK, proto=protocol)
+                      scope=RT_SCOPE_LINK, proto=protocol)
         return _mac(ipr, index)
 
 
@@ -186,7 +164,7 @@ def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddr
         index = _index(ipr, ifname)
         if index is None:
             raise OSError(errno.ENODEV, f"{ifname} did not arrive in the pod's netns")
-        _write(_conf(proc, "ipv6", ifname, "accept_dad"), "0")
+        sysctl.write(f"net/ipv6/conf/{ifname}/accept_dad", "0", proc, missing_ok=True)
         ipr.link("set", index=index, state="up")
         lo = _index(ipr, "lo")
         assert lo is not None
@@ -204,7 +182,7 @@ def _pod_add(ifname: str, pod_ips: Sequence[IPAddress], anycast: Sequence[IPAddr
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
                 raise OSError(error, f"add {ip} to {'lo' if dev == lo else ifname}: {os.strerror(error)}{more}")
             if any(ip.version == 4 for ip in pod_ips):
-                ipr.route("add", dst=str(GATEWAY_V4), dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
+                ipr.route("add", dst=str(GATEWAY_V4), dst_len=32, oif=index, scope=RT_SCOPE_LINK)
                 ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=str(GATEWAY_V4), oif=index)
             if any(ip.version == 6 for ip in pod_ips):
                 ipr.route("add", family=socket.AF_INET6, dst="::", dst_len=0, gateway=str(GATEWAY_V6), oif=index)
@@ -341,21 +319,13 @@ class PodNetwork:
 
     async def enable_forwarding(self) -> list[str]:
         """IPv4 and IPv6 forwarding in the node's netns (pods' traffic is routed). Warnings."""
-        def write() -> list[str]:
-            warnings = []
-            for path in (f"{self.proc}/sys/net/ipv4/ip_forward", f"{self.proc}/sys/net/ipv6/conf/all/forwarding"):
-                try:
-                    with open(path, "w") as f:
-                        f.write("1")
-                except OSError as exc:
-                    warnings.append(f"{path}: {exc.strerror}")
-            return warnings
-        return await in_netns(self.host_path, self.timeout, write)
+        return await in_netns(self.host_path, self.timeout, sysctl.write_each,
+                              ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"), "1", self.proc)
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NetlinkError):
-        return f"{os.strerror(exc.code)} (netlink {exc.code})"
+        return describe_errno(exc.code)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:

@@ -15,26 +15,14 @@ import ipaddress
 import json
 import select
 import socket
-import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
+from flock.adapters import rtnetlink as rtnl
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
-
-_RTMGRP_LINK = 0x1
-_RTMGRP_IPV4_ROUTE = 0x40
-_RTMGRP_IPV6_ROUTE = 0x400
-_RTM_DELLINK = 17
-_RTM_NEWROUTE, _RTM_DELROUTE = 24, 25
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_IFINFOMSG = struct.Struct("=BxHiII")
-_RTATTR = struct.Struct("=HH")
-_RTA_DST = 1
-_IFLA_IFNAME = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +107,7 @@ def route_socket(netns: str, *, links: bool = False) -> socket.socket:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             with contextlib.suppress(OSError):  # SO_RCVBUFFORCE: a burst of changes is not dropped
                 sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
-            sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE | (_RTMGRP_LINK if links else 0)))
+            sock.bind((0, rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV6_ROUTE | (rtnl.RTMGRP_LINK if links else 0)))
             result["sock"] = sock
         except BaseException as exc:
             result["error"] = exc
@@ -147,31 +135,16 @@ class Notification:
 def notifications(data: bytes) -> list[Notification]:
     """The route (and link deletion) notifications in one read from the socket (others skipped)."""
     found = []
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
-        if length < _NLMSGHDR.size:
-            break
-        body, end = offset + _NLMSGHDR.size, offset + length
-        if kind in (_RTM_NEWROUTE, _RTM_DELROUTE):
-            family, dst_len, *_, protocol, _scope, _type, _flags = _RTMSG.unpack_from(data, body)
+    for kind, _flags, _seq, _pid, start, end in rtnl.messages(data):
+        if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+            family, dst_len, _src_len, _table, protocol, _type, _flags, attrs = rtnl.route(data, start, end)
             prefix = "default" if family == socket.AF_INET else "default (v6)"
-            for attr_type, raw in _attributes(data, body + _RTMSG.size, end):
-                if attr_type == _RTA_DST:
-                    prefix = f"{ipaddress.ip_address(raw)}/{dst_len}"
-            found.append(Notification("new" if kind == _RTM_NEWROUTE else "del", prefix, protocol))
-        elif kind == _RTM_DELLINK:
-            for attr_type, raw in _attributes(data, body + _IFINFOMSG.size, end):
-                if attr_type == _IFLA_IFNAME:
-                    found.append(Notification("link-del", raw.rstrip(b"\0").decode(), 0))
-        offset += (length + 3) & ~3
+            if rtnl.RTA_DST in attrs:
+                dst_start, dst_end = attrs[rtnl.RTA_DST]
+                prefix = f"{rtnl.address(data[dst_start:dst_end])}/{dst_len}"
+            found.append(Notification("new" if kind == rtnl.RTM_NEWROUTE else "del", prefix, protocol))
+        elif kind == rtnl.RTM_DELLINK:
+            _index, name = rtnl.link(data, start, end)
+            if name is not None:
+                found.append(Notification("link-del", name, 0))
     return found
-
-
-def _attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while start + _RTATTR.size <= end:
-        attr_len, attr_type = _RTATTR.unpack_from(data, start)
-        if attr_len < _RTATTR.size:
-            return
-        yield attr_type, bytes(data[start + _RTATTR.size:start + attr_len])
-        start += (attr_len + 3) & ~3
