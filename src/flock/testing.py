@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from flock.adapters.rtnetlink import describe_errno
 from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
 from flock.core.routediff import ReplaceRoute, RouteEdit
 from flock.errors import BirdConfigRejected, BirdUnavailable, RouteError
@@ -18,16 +19,17 @@ class FakeRoutes:
     """In-memory stand-in for :class:`NetlinkRoutes`, for unit tests.
 
     ``table`` is the "kernel"; ``applied`` records every edit that succeeded, in order;
-    ``fail`` maps an address to the reason its edits fail. ``writes`` counts attempted
-    edits like the real adapter counts netlink requests.
+    ``fail`` maps an address to why its edits fail: a reason, or an errno the "kernel"
+    answers (the RouteError then carries it, as the real one's does). ``writes`` counts
+    attempted edits like the real adapter counts netlink requests.
     """
 
     def __init__(self, table: dict[IPAddress, Nexthops] | None = None, *,
-                 fail: dict[IPAddress, str] | None = None,
+                 fail: dict[IPAddress, str | int] | None = None,
                  sysctl_warnings: Sequence[str] = ()) -> None:
         self.table: dict[IPAddress, Nexthops] = dict(table or {})
         self.applied: list[RouteEdit] = []
-        self.fail: dict[IPAddress, str] = dict(fail or {})
+        self.fail: dict[IPAddress, str | int] = dict(fail or {})
         self.sysctl_warnings = list(sysctl_warnings)
         self.hash_policy_set = False
         self.started = False
@@ -50,11 +52,15 @@ class FakeRoutes:
         for edit in edits:
             self.writes += 1
             if edit.address in self.fail:
-                errors.append(RouteError(f"{edit}: {self.fail[edit.address]}"))
+                why = self.fail[edit.address]
+                if isinstance(why, int):
+                    errors.append(RouteError(f"{edit}: {describe_errno(why)}", edit=edit, errno=why))
+                else:
+                    errors.append(RouteError(f"{edit}: {why}", edit=edit))
                 continue
             if isinstance(edit, ReplaceRoute):
                 if not edit.nexthops:
-                    errors.append(RouteError(f"{edit}: no next hops (delete the route instead)"))
+                    errors.append(RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit))
                     continue
                 self.table[edit.address] = sorted_nexthops(edit.nexthops)
             else:
