@@ -163,8 +163,9 @@ def _annotation_problems(allocation: Allocation, annotation: ParsedAnnotation, p
                      f"beyond the limit of {annotation.limit} per pod left out (maxAnycastPerPod)")
     # Every address as written now, also while another entry does not parse: a hijack
     # attempt next to a typo must be heard of.
+    on_pod = set(allocation.anycast)
     for address in annotation.addresses:
-        if address in allocation.anycast:
+        if address in on_pod:
             continue
         rejection = pool_rejection(address, pod.namespace, pools)
         if rejection:
