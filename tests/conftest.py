@@ -13,8 +13,7 @@ from tests.support import birdlab
 from tests.support import netns as ns
 from tests.support.agent import AgentProcess
 from tests.support.apiserver import FakeCluster, declare_core_resources
-
-UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.environment import UNDER_CI
 
 
 def _privilege_problem(needs_bird: bool) -> str | None:

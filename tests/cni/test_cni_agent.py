@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import subprocess
@@ -10,11 +9,12 @@ import subprocess
 import pytest
 
 from flock.core.cnispec import NO_ADDRESS_LEFT
-from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import ANY_SHARED, CniNode, node_veths
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import sh
+from tests.support.routes import next_hops
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
 
@@ -64,14 +64,14 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
     all_ips = [ip["address"] for _, _, out in pods.values() for ip in out["ips"]]
     assert len(set(all_ips)) == 6
 
-    assert node_anycast(node.netns, "198.51.100.10/32") == [], "not Ready yet: no anycast route"
+    assert next_hops(node.netns, "198.51.100.10/32") == [], "not Ready yet: no anycast route"
     for name, _ in specs:
         await node.cluster.set_ready(name, True)
-    await eventually(lambda: len(node_anycast(node.netns, "198.51.100.10/32")) == 2, within=20,
+    await eventually(lambda: len(next_hops(node.netns, "198.51.100.10/32")) == 2, within=20,
                      what="a multipath route for the shared anycast IP")
-    await eventually(lambda: len(node_anycast(node.netns, "2001:db8:100::10/128")) == 2, within=20,
+    await eventually(lambda: len(next_hops(node.netns, "2001:db8:100::10/128")) == 2, within=20,
                      what="a multipath IPv6 route for the shared anycast IP")
-    await eventually(lambda: len(node_anycast(node.netns, "198.51.100.20/32")) == 1, within=20,
+    await eventually(lambda: len(next_hops(node.netns, "198.51.100.20/32")) == 1, within=20,
                      what="a plain route for db-1's anycast IP")
 
     # Real traffic from the node: ping every pod address, TCP to the anycast IP in a pod.
@@ -83,7 +83,8 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
                                "import socket\ns=socket.create_server(('198.51.100.20', 8080))\n"
                                "c,_=s.accept(); c.sendall(b'hello from db-1'); c.close()"])
     try:
-        await asyncio.sleep(0.5)
+        await eventually(lambda: "198.51.100.20:8080" in sh("ss", "-Hltn", netns=db_netns), within=10,
+                         what="the server in db-1 listening")
         got = sh("python3", "-c", "import socket\nc=socket.create_connection(('198.51.100.20', 8080), timeout=5)\n"
                  "print(c.recv(100).decode())", netns=node.netns)
         assert got.strip() == "hello from db-1"
@@ -95,17 +96,17 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
     # torn down after a crash): web-2 keeps the shared route all along. Deleting a veth that
     # is one next hop of an IPv4 multipath route makes the kernel drop the whole route.
     web1_v4 = pods["web-1"][2]["ips"][0]["address"].split("/")[0]
-    web2_hop = [hop for hop in node_anycast(node.netns, "198.51.100.10/32") if hop[0] != web1_v4]
+    web2_hop = [hop for hop in next_hops(node.netns, "198.51.100.10/32") if hop[0] != web1_v4]
     web1_veth = pods["web-1"][2]["interfaces"][0]["name"]
     with watch_routes(node.netns, links=True) as seen:
         assert (await node.cni("DEL", "ctr-web-1", pods["web-1"][1], pod="web-1")).code == 0
-        assert node_anycast(node.netns, "198.51.100.10/32") == web2_hop
+        assert next_hops(node.netns, "198.51.100.10/32") == web2_hop
     # The kernel announces no RTM_DELROUTE for the routes a deleted device takes with it:
     # the order of the route's replacement and the veth's deletion tells.
     order = [(c.kind, c.prefix) for c in seen.seen if c.prefix in ("198.51.100.10/32", web1_veth)]
     assert order == [("new", "198.51.100.10/32"), ("link-del", web1_veth)], \
         "web-1 must leave the shared route before its veth goes"
-    assert len(node_anycast(node.netns, "2001:db8:100::10/128")) == 1
+    assert len(next_hops(node.netns, "2001:db8:100::10/128")) == 1
 
     # DEL: everything goes.
     for name in pods:
@@ -113,7 +114,7 @@ async def test_three_pods_get_networks_anycast_routes_and_real_traffic(cni_node:
         assert (await node.cni("DEL", f"ctr-{name}", path, pod=name)).code == 0
         assert (await node.cni("DEL", f"ctr-{name}", path, pod=name)).code == 0, "a repeated DEL succeeds"
     assert "flock" not in sh("ip", "-br", "link", netns=node.netns)
-    await eventually(lambda: node_anycast(node.netns, "198.51.100.10/32") == [], within=20,
+    await eventually(lambda: next_hops(node.netns, "198.51.100.10/32") == [], within=20,
                      what="the anycast routes go with the pods")
 
 

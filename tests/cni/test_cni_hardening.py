@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests.cni.conftest import CniNode, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import CniNode, node_veths
 from tests.support.netns import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
@@ -27,10 +27,6 @@ def anycast_on_lo(netns: str) -> list[str]:
     return [a["local"] for link in shown for a in link["addr_info"]
             if any(ipaddress.ip_address(a["local"]) in pool for pool in pools
                    if pool.version == ipaddress.ip_address(a["local"]).version)]
-
-
-def records(node: CniNode) -> list[dict[str, object]]:
-    return [json.loads(p.read_text()) for p in sorted((node.agent.workdir / "state" / "allocations").glob("*.json"))]
 
 
 def short_ipv6_annotation(size: int) -> tuple[str, list[str]]:
@@ -96,7 +92,7 @@ async def test_an_add_that_fails_midway_leaves_no_veth_record_or_address(cni_nod
     assert failed.code != 0 and failed.output["code"] == 5, failed.raw
     assert anycast_on_lo(netns) == []
     assert node_veths(node.netns) == set()
-    assert records(node) == []
+    assert node.records() == []
     assert "2001:db8:100::30" in failed.output["msg"], "the error names the address refused"
 
     # The runtime retries into the same sandbox once it can work: nothing left in the way.
@@ -108,9 +104,10 @@ async def test_an_add_that_fails_midway_leaves_no_veth_record_or_address(cni_nod
 
 async def test_a_slow_api_read_for_one_pod_does_not_hold_up_another_pods_add(cni_node: CniNode) -> None:
     node = cni_node
-    api_open = asyncio.Event()
+    api_open, asked = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
+        asked.set()
         await api_open.wait()  # then the emulator answers (404: the pod does not exist)
 
     # "slow" is in no watch cache: its ADD reads it from the API, which does not answer yet.
@@ -118,7 +115,7 @@ async def test_a_slow_api_read_for_one_pod_does_not_hold_up_another_pods_add(cni
     _, slow_path = node.pod_netns()
     slow = asyncio.create_task(node.cni("ADD", "slow", slow_path, pod="slow"))
     try:
-        await asyncio.sleep(1)  # the slow ADD is waiting for the API
+        await asyncio.wait_for(asked.wait(), timeout=30)  # the slow ADD is waiting for the API
         assert not slow.done()
         uid, _, path = await add_pod(node, "quick", "198.51.100.31")
         started = time.monotonic()
@@ -179,7 +176,7 @@ async def test_an_environment_against_the_specs_rules_gets_code_4_and_changes_no
     result = await node.cni("ADD", "spec-rules", path, pod="spec-rules", extra_env={variable: value})
     assert result.code != 0 and result.output["code"] == 4, result.raw
     assert variable in result.output["msg"]
-    assert node_veths(node.netns) == set() and records(node) == []
+    assert node_veths(node.netns) == set() and node.records() == []
     links = json.loads(sh("ip", "-j", "link", "show", netns=netns))
     assert [link["ifname"] for link in links] == ["lo"]
 

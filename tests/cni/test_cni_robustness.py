@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pathlib
 import threading
 import time
+from typing import Any
 
 import pytest
 
-from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import ANY_SHARED, CniNode, node_veths
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import sh
+from tests.support.routes import next_hops
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
-
-
-def records(state: pathlib.Path) -> list[dict[str, object]]:
-    return [json.loads(p.read_text()) for p in sorted((state / "allocations").glob("*.json"))]
-
-
-def state_dir(node: CniNode) -> pathlib.Path:
-    return node.agent.workdir / "state"
 
 
 async def test_a_hundred_adds_never_give_an_address_twice(cni_node: CniNode) -> None:
@@ -40,7 +33,7 @@ async def test_a_hundred_adds_never_give_an_address_twice(cni_node: CniNode) -> 
 
 async def test_an_agent_killed_during_an_add_leaks_and_doubles_nothing(cni_node: CniNode) -> None:
     node = cni_node
-    state = state_dir(node)
+    state = node.state_dir
     paths = [node.pod_netns()[1] for _ in range(30)]
     outcomes: dict[int, int] = {}
 
@@ -72,16 +65,16 @@ async def test_an_agent_killed_during_an_add_leaks_and_doubles_nothing(cni_node:
 
     # Restarted on the same state: the unfinished ADD is released, nothing else changes.
     node.agent.start()
-    await eventually(lambda: not any(r["state"] == "pending" for r in records(state)), within=30,
+    await eventually(lambda: not any(r["state"] == "pending" for r in node.records()), within=30,
                      what="the pending record is released at start-up")
-    await eventually(lambda: len(node_veths(node.netns)) == len(records(state)), within=30,
+    await eventually(lambda: len(node_veths(node.netns)) == len(node.records()), within=30,
                      what="no veth without a record (no leak)")
     # The runtime retries every ADD that failed; all succeed and no address is doubled.
     for i, code in outcomes.items():
         if code != 0:
             retried = await node.cni("ADD", f"crash-{i:02d}", paths[i], pod=f"crash-{i}")
             assert retried.code == 0, retried.raw
-    addresses = [ip for r in records(state) for ip in r["podIPs"]]  # type: ignore[attr-defined]
+    addresses = [ip for r in node.records() for ip in r["podIPs"]]
     assert len(addresses) == len(set(addresses)) == 2 * len(outcomes)
     assert len(node_veths(node.netns)) == len(outcomes)
 
@@ -94,18 +87,18 @@ async def test_bad_input_gets_spec_errors_and_other_pods_are_unaffected(cni_node
     assert good.code == 0, good.raw
 
     _, path = node.pod_netns()
-    cases = [
-        ({"config": "{this is not json"}, 6),
-        ({"config": {**node.net_config, "cniVersion": "0.3.1"}}, 1),
-        ({"extra_env": {"CNI_NETNS": ""}}, 4),
-        ({"extra_env": {"CNI_NETNS": None}}, 4),  # not set at all
-        ({"extra_env": {"CNI_NETNS": "/var/run/netns/flk-no-such-netns"}}, 4),
+    cases: list[tuple[dict[str, Any] | str | None, dict[str, str | None] | None, int]] = [
+        ("{this is not json", None, 6),  # (config, environment, CNI error code)
+        ({**node.net_config, "cniVersion": "0.3.1"}, None, 1),
+        (None, {"CNI_NETNS": ""}, 4),
+        (None, {"CNI_NETNS": None}, 4),  # not set at all
+        (None, {"CNI_NETNS": "/var/run/netns/flk-no-such-netns"}, 4),
     ]
-    for kwargs, code in cases:
-        result = await node.cni("ADD", "bad", path, pod="bad", **kwargs)  # type: ignore[arg-type]
-        assert result.code != 0 and result.output["code"] == code, (kwargs, result.raw)
+    for config, env, code in cases:
+        result = await node.cni("ADD", "bad", path, pod="bad", config=config, extra_env=env)
+        assert result.code != 0 and result.output["code"] == code, (config, env, result.raw)
         assert result.output["msg"], "every error says what is wrong"
-    assert "bad" not in "".join(p.name for p in (node.agent.workdir / "state" / "allocations").iterdir())
+    assert "bad" not in "".join(p.name for p in (node.state_dir / "allocations").iterdir())
 
     # An anycast IP outside the pools: the pod gets its network, not that IP, and an Event.
     created = await node.cluster.create_pod(pod_manifest("greedy", node="node-a",
@@ -193,13 +186,13 @@ async def test_a_del_cut_short_by_a_crash_is_finished_without_dropping_the_share
         result = await node.cni("ADD", f"ctr-{name}", path, pod=name, uid=created["metadata"]["uid"])
         assert result.code == 0, result.raw
         pods[name] = (path, result.output)
-    await eventually(lambda: len(node_anycast(node.netns, "198.51.100.10/32")) == 2, within=20,
+    await eventually(lambda: len(next_hops(node.netns, "198.51.100.10/32")) == 2, within=20,
                      what="a route with two next hops")
     web1_veth = pods["web-1"][1]["interfaces"][0]["name"]
-    web2_hop = [h for h in node_anycast(node.netns, "198.51.100.10/32") if h[1] != web1_veth]
+    web2_hop = [h for h in next_hops(node.netns, "198.51.100.10/32") if h[1] != web1_veth]
 
     node.agent.stop()
-    record = next(p for p in (state_dir(node) / "allocations").glob("*.json")
+    record = next(p for p in (node.state_dir / "allocations").glob("*.json")
                   if json.loads(p.read_text())["containerID"] == "ctr-web-1")
     record.write_text(record.read_text().replace('"committed"', '"releasing"'))
 
@@ -219,14 +212,14 @@ async def test_a_del_cut_short_by_a_crash_is_finished_without_dropping_the_share
                 break
             await asyncio.sleep(0.2)
         assert retry.code != 0 and retry.output["code"] == 11, retry.raw
-        await asyncio.sleep(1)
-        assert web1_veth in node_veths(node.netns) and len(node_anycast(node.netns, "198.51.100.10/32")) == 2
+        await node.agent.wait_for_passes(2)  # passes that hold the routes while the API is slow
+        assert web1_veth in node_veths(node.netns) and len(next_hops(node.netns, "198.51.100.10/32")) == 2
 
         api_open.set()
         await eventually(lambda: web1_veth not in node_veths(node.netns), within=30,
                          what="the restarted agent finishes the DEL")
-        assert node_anycast(node.netns, "198.51.100.10/32") == web2_hop
+        assert next_hops(node.netns, "198.51.100.10/32") == web2_hop
     order = [(c.kind, c.prefix) for c in seen.seen if c.prefix in ("198.51.100.10/32", web1_veth)]
     assert order == [("new", "198.51.100.10/32"), ("link-del", web1_veth)], order
     assert (await node.cni("DEL", "ctr-web-1", pods["web-1"][0], pod="web-1")).code == 0
-    assert not any(r["containerID"] == "ctr-web-1" for r in records(state_dir(node)))
+    assert not any(r["containerID"] == "ctr-web-1" for r in node.records())

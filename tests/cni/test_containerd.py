@@ -18,12 +18,10 @@ import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
-import yaml
 
 from flock.cni.install import install
-from tests.cni.conftest import NODE, NODE_PYTHON, POD_CIDRS, CniNode
-from tests.conftest import UNDER_CI
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import NODE, NODE_PYTHON, POD_CIDRS, CniNode
 from tests.support.containerd import (
     Containerd,
     PluginExecWatch,
@@ -33,6 +31,7 @@ from tests.support.containerd import (
     sandbox_pod_ips,
     start_containerd,
 )
+from tests.support.environment import UNDER_CI
 from tests.support.netns import host_ifname, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -72,11 +71,6 @@ def addresses(netns_path: str, dev: str) -> set[str]:
     return {f"{a['local']}/{a['prefixlen']}" for link in shown for a in link["addr_info"] if a["scope"] != "link"}
 
 
-def allocation_records(node: CniNode) -> list[dict[str, object]]:
-    state_dir = pathlib.Path(yaml.safe_load(node.agent.config_path.read_text())["stateDir"])
-    return [json.loads(p.read_text()) for p in sorted((state_dir / "allocations").glob("*.json"))]
-
-
 def host_links(node: CniNode) -> set[str]:
     return {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show", netns=node.netns))}
 
@@ -99,7 +93,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     assert add.env["CNI_IFNAME"] == "eth0"
     assert add.args | {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-ctr", "K8S_POD_UID": uid,
                        "K8S_POD_INFRA_CONTAINER_ID": sandbox} == add.args
-    [record] = allocation_records(node)
+    [record] = node.records()
     assert record["containerID"] == sandbox
     assert record["pod"] == {"namespace": "default", "name": "web-ctr", "uid": uid}
     assert record["state"] == "committed"
@@ -128,7 +122,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     assert stop.execs[0].args["K8S_POD_UID"] == uid
     assert f"pod unplumbed pod=default/web-ctr container={sandbox[:12]}" in node.agent.log()
     assert veth not in host_links(node)
-    assert allocation_records(node) == []
+    assert node.records() == []
 
     # RemovePodSandbox → DEL again, with an empty CNI_NETNS (containerd removed the netns
     # on stop). It must succeed, or kubelet could never remove the sandbox.
@@ -137,7 +131,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     assert [(e.command, e.netns) for e in remove.execs] == [("DEL", "")]
     assert remove.execs[0].env["CNI_CONTAINERID"] == sandbox
     assert veth not in host_links(node)
-    assert allocation_records(node) == []
+    assert node.records() == []
     assert not any(containerd.netns_dir.iterdir()), "containerd removed the sandbox netns"
     with pytest.raises(Exception) as gone:
         await asyncio.to_thread(containerd.client.pod_sandbox_status, sandbox)

@@ -6,33 +6,21 @@ the (emulated) API server's Events, the agent's log and /healthz.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import urllib.error
-import urllib.request
+from typing import Any
 
 import pytest
-import yaml
 
-from tests.cni.conftest import CniNode
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import CniNode
 from tests.support.netns import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
 
 
-def http_status(node: CniNode, path: str) -> int:
-    listen = yaml.safe_load(node.agent.config_path.read_text())["listen"]
-    try:
-        with urllib.request.urlopen(f"http://{listen}{path}", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def pod_events(node: CniNode, reason: str, pod: str) -> list[dict[str, object]]:
-    return [e for e in node.cluster.events(reason) if e["involvedObject"]["name"] == pod]  # type: ignore[index]
+def pod_events(node: CniNode, reason: str, pod: str) -> list[dict[str, Any]]:
+    return [e for e in node.cluster.events(reason) if e["involvedObject"]["name"] == pod]
 
 
 async def test_a_typo_a_hijack_and_a_zone_id_give_one_warning_and_the_pod_starts_with_the_rest(
@@ -55,7 +43,7 @@ async def test_a_typo_a_hijack_and_a_zone_id_give_one_warning_and_the_pod_starts
     for said in ("'bogus' is not an IP address", "'2001:db8:100::20%eth0' has a zone index",
                  "8.8.8.8 is outside the anycast pools"):
         assert said in message, message
-    await asyncio.sleep(2)  # four more passes: still one Event
+    await node.agent.wait_for_passes(4)  # four more passes: still one Event
     assert len(pod_events(node, "AnycastRejected", "mixed")) == 1
     assert node.agent.alive()
 
@@ -88,8 +76,8 @@ async def test_ten_thousand_junk_tokens_on_a_running_pod_give_one_warning_and_bo
     assert "last annotation that parsed" in message and len(message) < 600
 
     for _ in range(6):  # a dozen passes
-        assert http_status(node, "/healthz") == 200
-        await asyncio.sleep(0.5)
+        assert node.agent.http_status("/healthz") == 200
+        await node.agent.wait_for_passes(2)
     assert len(pod_events(node, "AnycastRejected", "junk")) == 2, "not one per pass or per token"
     assert pod_events(node, "AnycastWithdrawn", "junk") == [], "a broken annotation withdraws nothing"
     log = node.agent.log()[log_before:]
@@ -108,7 +96,7 @@ async def test_a_restarted_agent_says_nothing_about_the_pods_own_routes(cni_node
     log_before = len(node.agent.log())
     node.agent.start()
     await eventually(lambda: "agent started" in node.agent.log()[log_before:], within=30, what="the agent restarted")
-    await asyncio.sleep(1.5)  # passes with a full kernel view
+    await node.agent.wait_for_passes(3)  # passes with a full kernel view
     log = node.agent.log()[log_before:]
     assert "ignored a route" not in log, log
 
@@ -122,13 +110,13 @@ async def test_a_pod_that_keeps_changing_its_annotation_gets_counted_events_and_
     created = await node.cluster.create_pod(pod_manifest("flappy", node="node-a", anycast="198.51.100.31"))
     _, path = node.pod_netns()
     assert (await node.cni("ADD", "flappy", path, pod="flappy", uid=created["metadata"]["uid"])).code == 0
-    for i in range(32):  # two typos, alternating, each seen by a pass (tick 0.5 s)
+    for i in range(32):  # two typos, alternating, each seen by a pass
         await node.cluster.patch_pod("flappy", {"metadata": {"annotations": {
             "flock.io/anycast": f"198.51.100.31, typo-{i % 2}"}}})
-        await asyncio.sleep(0.6)
+        await node.agent.wait_for_passes(2)
     rejected = pod_events(node, "AnycastRejected", "flappy")
     assert len(rejected) == 2, "two distinct Events, counted, not 32 objects"
-    counts = sorted(int(e["count"]) for e in rejected)  # type: ignore[call-overload]
+    counts = sorted(int(e["count"]) for e in rejected)
     assert 20 <= sum(counts) <= 25, counts  # capped at the burst
     log = node.agent.log()
     assert log.count("too many events about Pod default/flappy") == 1, "a dropped run is logged once"

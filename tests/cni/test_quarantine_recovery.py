@@ -7,62 +7,34 @@ are given to no one else, and a DEL of its container cleans up as usual.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import pathlib
-import re
-import urllib.request
+from typing import Any
 
 import pytest
-import yaml
 
-from tests.cni.conftest import ANY_SHARED, CniNode, node_anycast, node_veths
 from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
+from tests.support.cni import ANY_SHARED, CniNode, node_veths
 from tests.support.netlink_monitor import watch_routes
+from tests.support.routes import next_hops
 
 pytestmark = [pytest.mark.netns, pytest.mark.bird, pytest.mark.kopf, pytest.mark.slow]
 
 SHARED_PREFIXES = ("198.51.100.10/32", "2001:db8:100::10/128")
 
 
-def state_dir(node: CniNode) -> pathlib.Path:
-    return node.agent.workdir / "state"
-
-
-def record_of(node: CniNode, container: str) -> dict[str, object] | None:
-    path = state_dir(node) / "allocations" / f"{container}.json"
+def record_of(node: CniNode, container: str) -> dict[str, Any] | None:
+    path = node.state_dir / "allocations" / f"{container}.json"
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        record: dict[str, Any] = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
+    return record
 
 
-async def passes(node: CniNode) -> int:
-    """Reconcile passes the running agent has finished (its /metrics)."""
-    listen = yaml.safe_load(node.agent.config_path.read_text())["listen"]
-
-    def read() -> str:
-        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as answer:
-            return answer.read().decode()
-    try:
-        text = await asyncio.to_thread(read)
-    except OSError:
-        return 0
-    return int(sum(float(v) for v in re.findall(r"^flock_reconcile_passes_total\{.*\} (\S+)$", text, re.M)))
-
-
-async def wait_for_passes(node: CniNode, count: int) -> None:
-    for _ in range(600):
-        if await passes(node) >= count:
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"the agent did not finish {count} reconcile passes within 60s")
-
-
-async def add_shared_pods(node: CniNode, names: tuple[str, ...]) -> dict[str, tuple[str, dict[str, object], str]]:
+async def add_shared_pods(node: CniNode, names: tuple[str, ...]) -> dict[str, tuple[str, dict[str, Any], str]]:
     """Ready pods sharing ANY_SHARED, ADDed: name -> (netns path, ADD result, uid)."""
-    pods = {}
+    pods: dict[str, tuple[str, dict[str, Any], str]] = {}
     for name in names:
         created = await node.cluster.create_pod(pod_manifest(name, node="node-a", anycast=ANY_SHARED, ready=True))
         uid = created["metadata"]["uid"]
@@ -71,24 +43,24 @@ async def add_shared_pods(node: CniNode, names: tuple[str, ...]) -> dict[str, tu
         assert result.code == 0, result.raw
         pods[name] = (path, result.output, uid)
     for prefix in SHARED_PREFIXES:
-        await eventually(lambda p=prefix: len(node_anycast(node.netns, p)) == len(names), within=30,
+        await eventually(lambda: len(next_hops(node.netns, prefix)) == len(names), within=30,  # noqa: B023 (awaited here)
                          what=f"{prefix} with {len(names)} next hops")
     return pods
 
 
-def ips_of(result: dict[str, object]) -> set[str]:
-    return {ip["address"].split("/")[0] for ip in result["ips"]}  # type: ignore[attr-defined]
+def ips_of(result: dict[str, Any]) -> set[str]:
+    return {ip["address"].split("/")[0] for ip in result["ips"]}
 
 
 async def test_a_pod_whose_record_was_quarantined_keeps_its_routes_addresses_and_veth(cni_node: CniNode) -> None:
     node = cni_node
     pods = await add_shared_pods(node, ("web-1", "web-2"))
     web1_path, web1_result, web1_uid = pods["web-1"]
-    web1_veth = web1_result["interfaces"][0]["name"]  # type: ignore[index]
-    routes_before = {prefix: node_anycast(node.netns, prefix) for prefix in SHARED_PREFIXES}
+    web1_veth = web1_result["interfaces"][0]["name"]
+    routes_before = {prefix: next_hops(node.netns, prefix) for prefix in SHARED_PREFIXES}
 
     node.agent.stop()
-    record = state_dir(node) / "allocations" / "ctr-web-1.json"
+    record = node.state_dir / "allocations" / "ctr-web-1.json"
     text = record.read_text()
     record.write_text(text[:text.index('"podIPs"') + 15])  # cut short in the middle of its addresses
 
@@ -96,12 +68,12 @@ async def test_a_pod_whose_record_was_quarantined_keeps_its_routes_addresses_and
         node.agent.start()
         await eventually(lambda: node.cluster.events("AllocationQuarantined"), within=60,
                          what="the damaged record is quarantined")
-        await wait_for_passes(node, 4)
+        await node.agent.wait_for_passes(4)
         await eventually(lambda: node.cluster.events("AllocationRecovered"), within=30,
                          what="an AllocationRecovered Event")
     touched = [str(c) for c in seen.seen if c.prefix in (*SHARED_PREFIXES, web1_veth)]
     assert touched == [], f"web-1 left its route or lost its veth at the restart: {touched}"
-    assert {prefix: node_anycast(node.netns, prefix) for prefix in SHARED_PREFIXES} == routes_before
+    assert {prefix: next_hops(node.netns, prefix) for prefix in SHARED_PREFIXES} == routes_before
 
     [event] = node.cluster.events("AllocationRecovered")
     assert event["type"] == "Warning"
@@ -123,9 +95,9 @@ async def test_a_pod_whose_record_was_quarantined_keeps_its_routes_addresses_and
     assert deleted.code == 0, deleted.raw
     assert web1_veth not in node_veths(node.netns)
     assert record_of(node, "ctr-web-1") is None
-    web2_veth = pods["web-2"][1]["interfaces"][0]["name"]  # type: ignore[index]
+    web2_veth = pods["web-2"][1]["interfaces"][0]["name"]
     for prefix in SHARED_PREFIXES:
-        assert [dev for _, dev in node_anycast(node.netns, prefix)] == [web2_veth]
+        assert [dev for _, dev in next_hops(node.netns, prefix)] == [web2_veth]
 
 
 async def test_a_veth_without_any_record_keeps_its_addresses_until_its_del(cni_node: CniNode) -> None:
@@ -135,10 +107,10 @@ async def test_a_veth_without_any_record_keeps_its_addresses_until_its_del(cni_n
     node = cni_node
     pods = await add_shared_pods(node, ("web-1",))
     web1_path, web1_result, _ = pods["web-1"]
-    web1_veth = web1_result["interfaces"][0]["name"]  # type: ignore[index]
+    web1_veth = web1_result["interfaces"][0]["name"]
 
     node.agent.stop()
-    (state_dir(node) / "allocations" / "ctr-web-1.json").unlink()
+    (node.state_dir / "allocations" / "ctr-web-1.json").unlink()
     node.agent.start()
     placeholder = f"recovered-{web1_veth}"
     await eventually(lambda: record_of(node, placeholder) is not None, within=60,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import json
 import pathlib
 import re
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,10 +22,12 @@ from flock.adapters.store import AllocationStore
 from flock.core.model import Allocation, AllocationState, ContainerID, PodRef
 from tests.chart.rendering import render
 from tests.support import birdlab, rbac
-from tests.support.agent import AgentProcess, eventually, free_port
+from tests.support.agent import AgentProcess, eventually
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
+from tests.support.config import process_config
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import plumb_pod, sh
+from tests.support.routes import flock_prefixes
 
 pytestmark = [pytest.mark.bird, pytest.mark.netns, pytest.mark.kopf, pytest.mark.slow]
 
@@ -33,11 +35,8 @@ ANYCAST = ["198.51.100.10/32", "2001:db8:100::10/128"]
 NODE_ASN, TOR_ASN = 65101, 65000
 
 
-def node_routes(netns: str) -> set[str]:
-    return birdlab.kernel_prefixes(netns, proto="201")
-
-
-def tor_and_node(make_netns, birds):  # type: ignore[no-untyped-def]
+def tor_and_node(make_netns: Callable[[str], str], birds: birdlab.Birds
+                 ) -> tuple[str, str, birdlab.Link, birdlab.RunningBird]:
     """A ToR and a node netns on link 0, BIRD in each; the node's BIRD waits for flock's config."""
     tor, node = make_netns("tor"), make_netns("node")
     wire = birdlab.link(tor, node, 0)
@@ -50,23 +49,15 @@ def tor_and_node(make_netns, birds):  # type: ignore[no-untyped-def]
 
 def agent_config(node: str, wire: birdlab.Link, node_bird: birdlab.RunningBird, tmp_path: pathlib.Path,
                  tick_seconds: float) -> dict[str, Any]:
-    return {
-        "nodeName": "node-a",
-        "hostNetns": node,
-        "stateDir": str(tmp_path / "state"),
-        "cniSocket": str(tmp_path / "cni.sock"),
-        "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
-        "tickSeconds": tick_seconds,
-        "listen": f"127.0.0.1:{free_port()}",
-        "bird": {"configPath": str(node_bird.config_path), "socket": str(node_bird.socket),
-                 "routerId": str(wire.b_v4.ip), "asn": NODE_ASN,
-                 "peers": [{"address": str(wire.a_v4.ip), "asn": TOR_ASN},
-                           {"address": str(wire.a_v6.ip), "asn": TOR_ASN}]},
-    }
+    """The node's agent peers with the ToR over link 0; its pod CIDRs come from its Node."""
+    return process_config(tmp_path, node_bird, node, router_id=str(wire.b_v4.ip), asn=NODE_ASN,
+                          peers=[(str(wire.a_v4.ip), TOR_ASN), (str(wire.a_v6.ip), TOR_ASN)],
+                          podCIDRs=None, tickSeconds=tick_seconds)
 
 
 async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
-    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+    make_netns: Callable[[str], str], birds: birdlab.Birds, cluster: FakeCluster, agents: list[AgentProcess],
+    tmp_path: pathlib.Path,
 ) -> None:
     tor, node, wire, node_bird = tor_and_node(make_netns, birds)
 
@@ -78,7 +69,7 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
                                web1.host_ifname, web1.ips, web1.anycast, AllocationState.COMMITTED))
     # A pod of another node that this node's store knows by name: it must have no effect.
     await store.put(Allocation(ContainerID("c-web-9"), PodRef("default", "web-9"), web1.host_ifname,
-                               web1.ips, (birdlab.ipaddress.ip_address("198.51.100.20"),),
+                               web1.ips, (ipaddress.ip_address("198.51.100.20"),),
                                AllocationState.COMMITTED))
 
     cluster.create_namespace("default")
@@ -96,13 +87,16 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
                      within=60, what="the ToR learns the node's pod CIDRs over BGP")
     assert agent.alive(), agent.log()
 
+    before = agent.passes()
+    assert before is not None, agent.log()
     await cluster.create_pod(pod_manifest("web-1", node="node-a", anycast="198.51.100.10 2001:db8:100::10"))
     await cluster.create_pod(pod_manifest("web-9", node="node-b", anycast="198.51.100.20", ready=True))
-    await asyncio.sleep(1.5)
-    assert node_routes(node) == set(), "a pod that is not Ready must not be routed"
+    # The tick is 30 s: a pass now is one the watch woke for these pods.
+    await agent.wait_for_passes(1, since=before)
+    assert flock_prefixes(node) == set(), "a pod that is not Ready must not be routed"
 
     await cluster.set_ready("web-1", True)
-    await eventually(lambda: node_routes(node) == set(ANYCAST), within=20,
+    await eventually(lambda: flock_prefixes(node) == set(ANYCAST), within=20,
                      what="the node routes the anycast IPs to the Ready pod")
     await eventually(lambda: birdlab.has_all(tor, ANYCAST), within=30,
                      what="the ToR learns the anycast /32 and /128")
@@ -120,7 +114,7 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
 
     # kubectl annotate --overwrite on the running pod: the IP taken off is withdrawn...
     await cluster.patch_pod("web-1", {"metadata": {"annotations": {"flock.io/anycast": "2001:db8:100::10"}}})
-    await eventually(lambda: node_routes(node) == {ANYCAST[1]}, within=10,
+    await eventually(lambda: flock_prefixes(node) == {ANYCAST[1]}, within=10,
                      what="the node stops routing the IP taken off the annotation")
     await eventually(lambda: birdlab.has_none(tor, ANYCAST[:1]) and birdlab.has_all(tor, ANYCAST[1:]),
                      within=10, what="the ToR loses only that prefix")
@@ -130,14 +124,14 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     await cluster.patch_pod("web-1", {"metadata": {"annotations": {
         "flock.io/anycast": "198.51.100.10 2001:db8:100::10"}}})
     await eventually(lambda: birdlab.has_all(tor, ANYCAST), within=10, what="the ToR learns the prefix again")
-    assert node_routes(node) == set(ANYCAST)
+    assert flock_prefixes(node) == set(ANYCAST)
     await eventually(lambda: len(cluster.events("AnycastAdvertised")) == 2, within=10,
                      what="a second AnycastAdvertised Event")
 
     await cluster.mark_for_deletion("web-1")
     await eventually(lambda: birdlab.has_none(tor, ANYCAST), within=10,
                      what="the ToR loses the anycast prefixes once the pod is terminating")
-    assert node_routes(node) == set()
+    assert flock_prefixes(node) == set()
     await eventually(lambda: len(cluster.events("AnycastWithdrawn")) == 2, within=10,
                      what="one more AnycastWithdrawn Event, for both IPs")
     assert sum("2 anycast IPs withdrawn from node-a: pod terminating" in e["message"]
@@ -162,27 +156,6 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     assert agent.alive(), agent.log()
 
 
-def http_status(config: dict[str, Any], path: str) -> int:
-    """The agent's answer to a GET of ``path`` (0: not answering yet)."""
-    try:
-        with urllib.request.urlopen(f"http://{config['listen']}{path}", timeout=2) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
-def reconcile_passes(config: dict[str, Any]) -> int | None:
-    """flock_reconcile_passes_total from the agent's /metrics (None: not answering yet)."""
-    try:
-        with urllib.request.urlopen(f"http://{config['listen']}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return None
-    return int(sum(float(v) for v in re.findall(r"^flock_reconcile_passes_total\S* (\S+)$", text, re.M)))
-
-
 def last_reconfiguration(bird: birdlab.RunningBird) -> datetime.datetime:
     found = re.search(r"Last reconfiguration on (\S+ \S+)", bird.birdc("show", "status"))
     assert found, "birdc show status has no 'Last reconfiguration' line"
@@ -190,7 +163,8 @@ def last_reconfiguration(bird: birdlab.RunningBird) -> datetime.datetime:
 
 
 async def test_agent_restart_waits_for_the_pod_list_and_changes_nothing(
-    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+    make_netns: Callable[[str], str], birds: birdlab.Birds, cluster: FakeCluster, agents: list[AgentProcess],
+    tmp_path: pathlib.Path,
 ) -> None:
     """A new agent knows no pods until the API answers: it must not withdraw what is routed."""
     tor, node, wire, node_bird = tor_and_node(make_netns, birds)
@@ -228,18 +202,16 @@ async def test_agent_restart_waits_for_the_pod_list_and_changes_nothing(
         agents.append(second)
         first_log = len(second.log())  # the same file: the first agent's lines come before
         second.start()
-        await eventually(lambda: http_status(config, "/healthz") == 200, within=30,
+        await eventually(lambda: second.http_status("/healthz") == 200, within=30,
                          what="the new agent alive (passes that hold the routes) while the API is away")
-        await asyncio.sleep(3)  # six ticks
-        assert http_status(config, "/healthz") == 200 and http_status(config, "/readyz") == 503
+        await second.wait_for_passes(6)  # six ticks
+        assert second.http_status("/healthz") == 200 and second.http_status("/readyz") == 503
         assert "agent started" not in second.log()[first_log:], "routing began before the pods were listed"
         api_open.set()
         await eventually(lambda: "agent started" in second.log()[first_log:], within=30,
                          what="the new agent lists its pods")
-        held = reconcile_passes(config) or 0
-        await eventually(lambda: (reconcile_passes(config) or 0) >= held + 3, within=30,
-                         what="a few passes on the listed pods")
-        assert http_status(config, "/readyz") == 200
+        await second.wait_for_passes(3, within=30)  # a few passes on the listed pods
+        assert second.http_status("/readyz") == 200
     assert node_changes.changes() == [], "the restart changed the node's routes"
     assert tor_changes.changes() == [], "the restart changed the ToR's routes"
     # BIRD prints that time converted from its monotonic clock: it may differ by a ms between

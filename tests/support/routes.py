@@ -1,0 +1,38 @@
+"""Reading a node's flock routes (protocol 201) the way an operator would: ``ip -j route``.
+
+    next_hops(node, "198.51.100.10/32")   # [("203.0.113.11", "flock0a1b2c3d"), ...], [] if none
+    flock_prefixes(node)                  # {"198.51.100.10/32", "2001:db8:100::10/128"}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.support.birdlab import kernel_prefixes
+from tests.support.netns import sh
+
+PROTO = 201  # the agent's default routeProtocol
+
+
+def flock_routes(netns: str, prefix: str) -> list[dict[str, Any]]:
+    """``ip -j route show PREFIX proto 201`` in ``netns``, parsed."""
+    family = "-6" if ":" in prefix else "-4"
+    return list(json.loads(sh("ip", "-n", netns, family, "-j", "route", "show", prefix, "proto", str(PROTO))
+                           or "[]"))
+
+
+def next_hops(netns: str, prefix: str) -> list[tuple[str, str]]:
+    """Sorted (via, dev) of flock's route to ``prefix`` in ``netns``: [] when there is none."""
+    shown = flock_routes(netns, prefix)
+    if not shown:
+        return []
+    (route,) = shown
+    if "nexthops" in route:
+        return sorted((str(h["gateway"]), str(h["dev"])) for h in route["nexthops"])
+    return [(str(route["gateway"]), str(route["dev"]))]
+
+
+def flock_prefixes(netns: str) -> set[str]:
+    """Every prefix flock routes in ``netns``, both families."""
+    return kernel_prefixes(netns, proto=str(PROTO))
