@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from flock.adapters.bird import BirdControl, FakeBird, parse_reply, render_bird_conf
+from flock.adapters.bird import BirdControl, parse_reply, render_bird_conf
 from flock.errors import BirdConfigRejected, BirdError, BirdUnavailable
+from flock.testing import FakeBird
 from tests.bird.test_render import GOLDEN, SCENARIOS
 from tests.support import birdlab
 
@@ -113,7 +114,8 @@ async def test_applying_the_same_text_again_runs_no_birdc(
 def protocols(running: birdlab.RunningBird) -> list[tuple[str, str]]:
     """(name, proto) of BIRD's protocols: what the running config defines (no timestamps)."""
     lines = running.birdc("show", "protocols").splitlines()
-    return [tuple(line.split()[:2]) for line in lines[1:] if line.strip() and not line.startswith("BIRD")]  # type: ignore[misc]
+    rows = [line.split() for line in lines[1:] if line.strip() and not line.startswith("BIRD")]
+    return [(row[0], row[1]) for row in rows]
 
 
 @pytest.mark.bird

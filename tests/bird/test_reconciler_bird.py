@@ -4,33 +4,34 @@ previous one stays live, and the next pass retries."""
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from flock.adapters.bird import BirdControl, render_bird_conf
-from flock.adapters.kube import RecordingEvents
-from flock.adapters.metrics import Metrics
-from flock.adapters.netlink import FakeRoutes
 from flock.adapters.store import AllocationStore
 from flock.core.birdview import bird_view
 from flock.core.model import IPAddress
 from flock.core.podcache import PodCache
+from flock.metrics import Metrics
 from flock.reconciler import Reconciler
+from flock.testing import FakeRoutes, RecordingEvents
 from tests.support import birdlab
-from tests.unit.factories import alloc, config, pod_body
+from tests.support.config import agent_config
+from tests.unit.factories import alloc, pod_body
 
 pytestmark = [pytest.mark.bird, pytest.mark.netns]
 
 
 async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_config_stays(
-        make_netns: Any, birds: birdlab.Birds, tmp_path: pathlib.Path) -> None:
+        make_netns: Callable[[str], str], birds: birdlab.Birds, tmp_path: pathlib.Path) -> None:
     daemon = birds.start(make_netns("node"), "router id 192.0.2.2;\nprotocol device {}\n")
-    agent_config = config()
-    templates = {"template": None}  # None: flock's own; a path: the operator's replacement
+    node_config = agent_config()
+    # None: flock's own; a path: the operator's replacement
+    templates: dict[str, pathlib.Path | None] = {"template": None}
 
     def render(active: frozenset[IPAddress]) -> str:
-        view = bird_view(config=agent_config, anycast=active, pod_cidrs=agent_config.pod_cidrs or ())
+        view = bird_view(config=node_config, anycast=active, pod_cidrs=node_config.pod_cidrs or ())
         return render_bird_conf(view, templates["template"])
 
     store = AllocationStore(tmp_path / "state")
@@ -39,7 +40,7 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     pods = PodCache("node-a")
     pods.observe("ADDED", pod_body("web-1", anycast="198.51.100.10"))
     events = RecordingEvents()
-    reconciler = Reconciler(config=agent_config, store=store, pods=pods, routes=FakeRoutes(),
+    reconciler = Reconciler(config=node_config, store=store, pods=pods, routes=FakeRoutes(),
                             bird=BirdControl(config_path=daemon.config_path, socket=daemon.socket, timeout=10),
                             render_bird=render, events=events, metrics=Metrics())
     await reconciler.reconcile()
@@ -50,7 +51,7 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     # An operator's template that renders something BIRD cannot parse.
     broken = tmp_path / "bird.conf.j2"
     broken.write_text('{% include "_protocols.j2" %}\nprotocol bgp broken { neighbor ; }\n')
-    templates["template"] = broken  # type: ignore[assignment]
+    templates["template"] = broken
     await store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), anycast=("198.51.100.11",)))
     pods.observe("ADDED", pod_body("web-2", anycast="198.51.100.11"))
     for _ in range(3):

@@ -30,7 +30,7 @@ class Rendered:
 
     @property
     def manifests(self) -> list[dict[str, Any]]:
-        found = []
+        found: list[dict[str, Any]] = []
         for name, text in sorted(self.files.items()):
             if name.endswith(".yaml"):
                 found.extend(doc for doc in yaml.safe_load_all(text) if doc)

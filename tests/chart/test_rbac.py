@@ -18,6 +18,7 @@ import pathlib
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ import yaml
 
 from flock.cni.install import install
 from tests.chart.rendering import Rendered, render, run_render_config
-from tests.support import rbac
+from tests.support import birdlab, rbac
 from tests.support.agent import AgentProcess, eventually, free_port
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
 
@@ -98,7 +99,8 @@ async def cni_add(bin_dir: pathlib.Path, conf_dir: pathlib.Path, *, container_id
 
 
 async def test_cluster_role_grants_exactly_the_api_calls_the_agent_makes(
-    make_netns, birds, cluster: FakeCluster, agents, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+    make_netns: Callable[[str], str], birds: birdlab.Birds, cluster: FakeCluster, agents: list[AgentProcess],
+    tmp_path: pathlib.Path,
 ) -> None:
     rendered = render(VALUES)
     node = make_netns("node")
@@ -133,7 +135,10 @@ async def test_cluster_role_grants_exactly_the_api_calls_the_agent_makes(
     non_resource: set[rbac.NonResource] = set()
     for request in cluster.agent_requests():
         permission = rbac.required(request)
-        (needed if isinstance(permission, rbac.Permission) else non_resource).add(permission)
+        if isinstance(permission, rbac.Permission):
+            needed.add(permission)
+        else:
+            non_resource.add(permission)
     granted = rbac.granted(rendered.one("ClusterRole")["rules"])
 
     assert needed == granted, (

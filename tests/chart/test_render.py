@@ -15,7 +15,7 @@ from tests.chart.rendering import CHART, DUALSTACK, load_values, render
 # ships both schema sets offline.
 KUBERNETES_VERSIONS = ["1.29.0", "1.35.0"]
 
-SCENARIOS = {
+SCENARIOS: dict[str, dict[str, Any] | None] = {
     "default": None,
     "dualstack": load_values(DUALSTACK),
     "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},

@@ -16,14 +16,15 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from flock.adapters.netlink import FakeRoutes, NetlinkRoutes, _ParsedRoute
+from flock.adapters.netlink import NetlinkRoutes, _ParsedRoute, _RtnlDumper
 from flock.core.model import IPAddress, Nexthop, Nexthops, RouteTable, sorted_nexthops
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from flock.errors import RouteError
+from flock.testing import FakeRoutes
 from tests.support import netns as netns_support
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import plumb_pod, sh
@@ -243,7 +244,7 @@ def test_dump_merges_ipv6_next_hops_reported_as_separate_routes() -> None:
             return {7: "flock0000000b", 8: "flock0000000a"}
 
     routes = NetlinkRoutes(protocol=PROTO)
-    routes._dumper = SiblingDumper()  # type: ignore[assignment]
+    routes._dumper = cast(_RtnlDumper, SiblingDumper())  # a stand-in with the two methods _dump calls
     assert routes._dump() == {ANY6: (Nexthop(A("2001:db8::11"), "flock0000000a"),
                                      Nexthop(A("2001:db8::12"), "flock0000000b"))}
 

@@ -16,40 +16,23 @@ from typing import Any
 
 import pytest
 
-from flock.adapters.bird import FakeBird
-from flock.adapters.kube import RecordingEvents
-from flock.adapters.metrics import Metrics
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.store import AllocationStore
 from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
 from flock.core.podcache import PodCache
+from flock.metrics import Metrics
 from flock.reconciler import Reconciler
+from flock.testing import FakeBird, RecordingEvents
 from tests.support.agent import eventually
+from tests.support.config import agent_config
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import PlumbedPod, plumb_pod, sh
-from tests.unit.factories import config, pod_body
+from tests.support.routes import PROTO, flock_routes, next_hops
+from tests.unit.factories import pod_body
 
 pytestmark = pytest.mark.netns
 
-PROTO = 201
 V4, V6 = "198.51.100.10/32", "2001:db8:100::10/128"
-
-
-def routes_shown(node: str, prefix: str) -> list[dict[str, Any]]:
-    family = "-6" if ":" in prefix else "-4"
-    return list(json.loads(sh("ip", "-n", node, family, "-j", "route", "show", prefix, "proto", str(PROTO))
-                           or "[]"))
-
-
-def hops(node: str, prefix: str) -> list[tuple[str, str]]:
-    """(via, dev) of flock's route for ``prefix``: [] when there is none."""
-    shown = routes_shown(node, prefix)
-    if not shown:
-        return []
-    (route,) = shown
-    if "nexthops" in route:
-        return sorted((h["gateway"], h["dev"]) for h in route["nexthops"])
-    return [(route["gateway"], route["dev"])]
 
 
 class Node:
@@ -76,15 +59,16 @@ class Node:
         self.routes = NetlinkRoutes(protocol=PROTO, netns=self.netns)
         await self.routes.start()
         self.reconciler = Reconciler(
-            config=config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache, routes=self.routes,
+            config=agent_config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache,
+            routes=self.routes,
             bird=self.bird, render_bird=lambda active: ",".join(sorted(map(str, active))),
             events=self.events, metrics=Metrics())
         await self.reconciler.adopt()
         return self.reconciler
 
-    def pod_event(self, index: int, **state: bool) -> None:
-        self.cache.observe("MODIFIED", pod_body(f"web-{index}", uid=f"uid-{index}",
-                                                    anycast="198.51.100.10, 2001:db8:100::10", **state))
+    def pod_event(self, index: int, *, ready: bool, terminating: bool = False) -> None:
+        self.cache.observe("MODIFIED", pod_body(f"web-{index}", uid=f"uid-{index}", ready=ready,
+                                                terminating=terminating, anycast="198.51.100.10, 2001:db8:100::10"))
 
 
 @pytest.fixture
@@ -119,14 +103,14 @@ async def test_routes_follow_the_pods_through_their_lifecycle(node: Node) -> Non
 
     node.pod_event(0, ready=True)
     await reconciler.reconcile()
-    assert hops(node.netns, V4) == [hop(p0, 4)]
-    assert "nexthops" not in routes_shown(node.netns, V4)[0], "one pod: the plain `via … dev …` shape"
-    assert hops(node.netns, V6) == [hop(p0, 6)]
+    assert next_hops(node.netns, V4) == [hop(p0, 4)]
+    assert "nexthops" not in flock_routes(node.netns, V4)[0], "one pod: the plain `via … dev …` shape"
+    assert next_hops(node.netns, V6) == [hop(p0, 6)]
 
     node.pod_event(1, ready=True)
     await reconciler.reconcile()
-    assert hops(node.netns, V4) == sorted([hop(p0, 4), hop(p1, 4)])
-    assert hops(node.netns, V6) == sorted([hop(p0, 6), hop(p1, 6)])
+    assert next_hops(node.netns, V4) == sorted([hop(p0, 4), hop(p1, 4)])
+    assert next_hops(node.netns, V6) == sorted([hop(p0, 6), hop(p1, 6)])
 
     with watch_routes(node.netns) as seen:
         await reconciler.reconcile()
@@ -135,12 +119,12 @@ async def test_routes_follow_the_pods_through_their_lifecycle(node: Node) -> Non
 
     node.pod_event(0, ready=True, terminating=True)
     await reconciler.reconcile()
-    assert hops(node.netns, V4) == [hop(p1, 4)]
-    assert hops(node.netns, V6) == [hop(p1, 6)]
+    assert next_hops(node.netns, V4) == [hop(p1, 4)]
+    assert next_hops(node.netns, V6) == [hop(p1, 6)]
 
     node.pod_event(1, ready=False)
     await reconciler.reconcile()
-    assert hops(node.netns, V4) == [] and hops(node.netns, V6) == []
+    assert next_hops(node.netns, V4) == [] and next_hops(node.netns, V6) == []
 
     static = json.loads(sh("ip", "-n", node.netns, "-j", "route", "show", V4, "proto", "static"))
     assert [(r["gateway"], r["metric"]) for r in static] == [("203.0.113.12", 100)], "foreign route untouched"
@@ -154,7 +138,7 @@ async def test_a_restarted_agent_with_unchanged_state_writes_nothing(node: Node)
     node.pod_event(0, ready=True)
     node.pod_event(2, ready=True)
     await reconciler.reconcile()
-    before = (hops(node.netns, V4), hops(node.netns, V6))
+    before = (next_hops(node.netns, V4), next_hops(node.netns, V6))
     assert len(before[0]) == 2
 
     with watch_routes(node.netns) as seen:
@@ -162,7 +146,7 @@ async def test_a_restarted_agent_with_unchanged_state_writes_nothing(node: Node)
         await restarted.reconcile(full_view=True)
         await restarted.reconcile()
     assert seen.changes() == []
-    assert (hops(node.netns, V4), hops(node.netns, V6)) == before
+    assert (next_hops(node.netns, V4), next_hops(node.netns, V6)) == before
     assert [e.reason for e in node.events.events].count("AnycastAdvertised") == 2  # none re-posted
 
 
@@ -171,9 +155,9 @@ async def test_a_route_deleted_by_hand_is_repaired_on_the_next_full_view(node: N
     node.pod_event(0, ready=True)
     await reconciler.reconcile()
     sh("ip", "-n", node.netns, "route", "del", V4, "proto", str(PROTO))
-    assert hops(node.netns, V4) == []
+    assert next_hops(node.netns, V4) == []
     await reconciler.reconcile(full_view=True)
-    assert hops(node.netns, V4) == [hop(node.pods[0], 4)]
+    assert next_hops(node.netns, V4) == [hop(node.pods[0], 4)]
 
 
 async def test_the_running_loop_repairs_drift_every_resync(node: Node) -> None:
@@ -183,10 +167,10 @@ async def test_the_running_loop_repairs_drift_every_resync(node: Node) -> None:
     running = asyncio.create_task(reconciler.run())
     try:
         reconciler.wake("test")
-        await eventually(lambda: hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
+        await eventually(lambda: next_hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
                          what="the loop routes the Ready pod")
         sh("ip", "-n", node.netns, "route", "del", V4, "proto", str(PROTO))
-        await eventually(lambda: hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
+        await eventually(lambda: next_hops(node.netns, V4) == [hop(node.pods[0], 4)], within=10,
                          what="a resync puts back the route deleted by hand")
     finally:
         running.cancel()

@@ -143,7 +143,8 @@ class CriClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, method: str, request: Any, answer: type, timeout: float | None = None) -> Any:
+    def _call(self, method: str, request: Any, answer: Any, timeout: float | None = None) -> Any:
+        # ``answer``: a message class protoc generated at run time (untyped).
         call = self.channel.unary_unary(self.SERVICE + method, request_serializer=type(request).SerializeToString,
                                         response_deserializer=answer.FromString)
         return call(request, timeout=timeout or self.timeout)

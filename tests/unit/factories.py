@@ -1,4 +1,4 @@
-"""Small builders for unit tests: allocations, pod bodies, configs."""
+"""Small builders for unit tests: allocations, pod bodies (configs: tests/support/config.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from flock.core.annotation import parse_anycast
 from flock.core.model import Allocation, AllocationState, ContainerID, PodRef, PodStatus
-from flock.core.settings import AnycastPool, parse_config
+from flock.core.settings import AnycastPool
 
 POOLS = (
     AnycastPool(ipaddress.ip_network("198.51.100.0/24")),
@@ -50,17 +50,3 @@ def pod_body(name: str, *, ready: bool = True, terminating: bool = False, node: 
         "spec": {"nodeName": node},
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
-
-
-def config(**overrides: Any) -> Any:
-    data: dict[str, Any] = {
-        "nodeName": "node-a",
-        "stateDir": "/nonexistent",
-        "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
-        "podCIDRs": ["192.0.2.0/26", "2001:db8::/64"],
-        "tickSeconds": 0.05,
-        "bird": {"routerId": "192.0.2.1", "asn": 65001,
-                 "peers": [{"address": "192.0.2.254", "asn": 65000}]},
-    }
-    data.update(overrides)
-    return parse_config(data, environ={})

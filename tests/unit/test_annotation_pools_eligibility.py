@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from flock.core.annotation import parse_anycast
 from flock.core.eligibility import READY_ONLY, ineligibility_reason, pod_anycast_eligible
+from flock.core.model import IPAddress
 from flock.core.pools import pool_rejection
 from flock.core.settings import AnycastPool
 from tests.unit.factories import pod_body
@@ -92,7 +94,7 @@ def test_empty_annotation_means_no_anycast(text: str | None) -> None:
 
 
 @given(st.lists(st.ip_addresses(v=4) | st.ip_addresses(v=6), max_size=10), st.randoms())
-def test_parsing_is_canonical_and_loses_nothing_usable(addresses, rnd) -> None:  # type: ignore[no-untyped-def]
+def test_parsing_is_canonical_and_loses_nothing_usable(addresses: list[IPAddress], rnd: random.Random) -> None:
     separators = [",", " ", ", ", "\t", " ,"]
     text = "".join(str(a).upper() + rnd.choice(separators) for a in addresses)
     parsed = parse_anycast(text)

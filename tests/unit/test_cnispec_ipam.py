@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import pathlib
 import re
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
@@ -18,12 +20,15 @@ from flock.core.cnispec import (
     INVALID_CONFIG,
     INVALID_ENV,
     MAX_NETWORK_CONFIG_BYTES,
-    CniError,
     Interface,
     add_result,
     parse_request,
 )
-from flock.core.ipam import AddressesExhausted, choose_address, reserved_addresses
+from flock.core.ipam import choose_address, reserved_addresses
+from flock.errors import AddressesExhausted, CniError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock", "socket": "/run/x.sock"})
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/cni-1",
@@ -81,7 +86,7 @@ def test_the_plugin_and_the_agent_share_the_network_config_limit() -> None:
     assert 6 * MAX_NETWORK_CONFIG_BYTES + 64 * 1024 < plugin.MAX_FRAME, "escaped stdin fits a frame"
 
 
-def test_the_plugin_refuses_a_network_config_over_the_limit_without_asking_the_agent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_plugin_refuses_a_network_config_over_the_limit_without_asking_the_agent(tmp_path: pathlib.Path) -> None:
     code, out = plugin.run(dict(ENV), None)  # None: read_stdin found more than the limit
     error = json.loads(out)
     assert code == 1 and error["code"] == INVALID_CONFIG and "over" in error["msg"]
@@ -94,10 +99,11 @@ def test_the_plugin_reads_stdin_bounded() -> None:
         def readable(self) -> bool:
             return True
 
-        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-            self.asked += len(buffer)
-            buffer[:] = b"x" * len(buffer)
-            return len(buffer)
+        def readinto(self, buffer: WriteableBuffer) -> int:
+            view = memoryview(buffer)
+            self.asked += len(view)
+            view[:] = b"x" * len(view)
+            return len(view)
 
     stream = Endless()
     assert plugin.read_stdin(io.BufferedReader(stream)) is None
@@ -132,7 +138,7 @@ def test_the_plugin_answers_version_without_the_agent() -> None:
     assert code == 0 and json.loads(out)["supportedVersions"] == ["1.0.0"]
 
 
-def test_the_plugin_reports_try_again_later_when_the_agent_is_absent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_plugin_reports_try_again_later_when_the_agent_is_absent(tmp_path: pathlib.Path) -> None:
     config = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock",
                          "socket": str(tmp_path / "nobody.sock")})
     code, out = plugin.run(dict(ENV), config)
@@ -146,7 +152,7 @@ NET4 = ipaddress.ip_network("203.0.113.0/29")
 def test_network_first_host_and_broadcast_are_never_handed_out() -> None:
     assert reserved_addresses(NET4) == {ipaddress.ip_address(a) for a in
                                         ("203.0.113.0", "203.0.113.1", "203.0.113.7")}
-    given = []
+    given: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for _ in range(5):
         given.append(choose_address(NET4, given, given[-1] if given else None))
     assert [str(a) for a in given] == [f"203.0.113.{i}" for i in range(2, 7)]
@@ -167,7 +173,7 @@ def test_a_v6_64_is_cheap() -> None:
 
 
 @given(st.sets(st.integers(min_value=0, max_value=7)), st.integers(min_value=0, max_value=7))
-def test_a_chosen_address_is_free_and_usable(taken, after) -> None:  # type: ignore[no-untyped-def]
+def test_a_chosen_address_is_free_and_usable(taken: set[int], after: int) -> None:
     used = {NET4.network_address + i for i in taken}
     try:
         chosen = choose_address(NET4, used, NET4.network_address + after)

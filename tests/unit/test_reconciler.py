@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import pathlib
 from collections.abc import Sequence
 
 import pytest
 
-from flock.adapters.bird import FakeBird
-from flock.adapters.kube import RecordingEvents
-from flock.adapters.metrics import Metrics
-from flock.adapters.netlink import FakeRoutes
 from flock.adapters.store import AllocationStore
 from flock.core.model import IPAddress, Nexthop
 from flock.core.podcache import PodCache
 from flock.core.routediff import RouteEdit
 from flock.errors import RouteError
+from flock.metrics import Metrics
 from flock.reconciler import Reconciler, RepeatedFailure
-from tests.unit.factories import alloc, config, pod_body
+from flock.testing import FakeBird, FakeRoutes, RecordingEvents
+from tests.support.config import agent_config
+from tests.unit.factories import alloc, pod_body
 
 A4 = ipaddress.ip_address("198.51.100.10")
 A6 = ipaddress.ip_address("2001:db8:100::10")
@@ -60,125 +60,128 @@ def render(anycast: frozenset[IPAddress]) -> str:
     return "".join(f"active {a}\n" for a in sorted(anycast, key=lambda a: (a.version, int(a))))
 
 
+@dataclasses.dataclass
+class Node:
+    """One node's reconciler over in-memory adapters, and those adapters."""
+
+    store: AllocationStore
+    pods: PodCache
+    recorder: Recorder
+    events: RecordingEvents
+    reconciler: Reconciler
+
+    async def add_pod(self, name: str, ip4: str, ip6: str, ready: bool = True,
+                      anycast: tuple[str, ...] = ("198.51.100.10", "2001:db8:100::10")) -> None:
+        """A committed allocation for pod ``name`` (veth ``flock0000000<last char>``) and its watch event."""
+        await self.store.put(alloc(name, ips=(ip4, ip6), anycast=anycast, uid=f"uid-{name}",
+                                   dev=f"flock{name[-1]:0>8}"))
+        self.pods.observe("ADDED", pod_body(name, ready=ready, anycast=",".join(anycast)))
+
+
 @pytest.fixture
-async def node(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
+async def node(tmp_path: pathlib.Path) -> Node:
     store = AllocationStore(tmp_path)
     await store.load()
     recorder = Recorder()
     events = RecordingEvents()
     pods = PodCache("node-a")
-    reconciler = Reconciler(config=config(), store=store, pods=pods, routes=recorder,
+    reconciler = Reconciler(config=agent_config(), store=store, pods=pods, routes=recorder,
                             bird=BirdSide(recorder), render_bird=render, events=events,
                             metrics=Metrics())
-    return store, pods, recorder, events, reconciler
+    return Node(store, pods, recorder, events, reconciler)
 
 
-async def add_pod(store: AllocationStore, pods: PodCache, name: str, ip4: str, ip6: str,
-                  ready: bool = True, anycast: tuple[str, ...] = ("198.51.100.10", "2001:db8:100::10"),
-                  ) -> None:
-    await store.put(alloc(name, ips=(ip4, ip6), anycast=anycast, uid=f"uid-{name}", dev=f"flock{name[-1]:0>8}"))
-    pods.observe("ADDED", pod_body(name, ready=ready, anycast=",".join(anycast)))
-
-
-async def test_ready_pod_is_routed_then_advertised_and_announced(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
-    assert recorder.log == [
+async def test_ready_pod_is_routed_then_advertised_and_announced(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
+    assert node.recorder.log == [
         "add 198.51.100.10/32 via 192.0.2.11 dev flock00000001",
         "add 2001:db8:100::10/128 via 2001:db8::11 dev flock00000001",
         "bird: active 198.51.100.10,active 2001:db8:100::10",
     ]
     # One Event for the pod's anycast IPs that changed together in the pass.
-    assert [(e.reason, e.involved.name, e.message) for e in events.events] == [
+    assert [(e.reason, e.involved.name, e.message) for e in node.events.events] == [
         ("AnycastAdvertised", "web-1", "2 anycast IPs advertised from node-a: pod ready; "
          "198.51.100.10/32 (1 next hop on this node), 2001:db8:100::10/128 (1 next hop on this node)")]
 
 
-async def test_quiet_pass_writes_nothing_and_posts_nothing(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
-    before_log, before_events, before_calls = list(recorder.log), list(events.events), recorder.bird.calls
+async def test_quiet_pass_writes_nothing_and_posts_nothing(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
+    before = (list(node.recorder.log), list(node.events.events), node.recorder.bird.calls)
     for _ in range(3):
-        await reconciler.reconcile()
-    assert recorder.log == before_log
-    assert events.events == before_events
-    assert recorder.bird.calls == before_calls
+        await node.reconciler.reconcile()
+    assert (node.recorder.log, node.events.events, node.recorder.bird.calls) == before
 
 
-async def test_terminating_pod_leaves_the_nexthop_set(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
-    await add_pod(store, pods, "web-2", "192.0.2.12", "2001:db8::12", anycast=("198.51.100.10",))
-    await reconciler.reconcile()
-    assert len(recorder.routes.table[A4]) == 2
-    recorder.log.clear()
-    events.events.clear()
+async def test_terminating_pod_leaves_the_nexthop_set(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.add_pod("web-2", "192.0.2.12", "2001:db8::12", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    assert len(node.recorder.routes.table[A4]) == 2
+    node.recorder.log.clear()
+    node.events.events.clear()
 
-    pods.observe("MODIFIED", pod_body("web-1", ready=True, terminating=True, anycast="198.51.100.10"))
-    await reconciler.reconcile()
-    assert recorder.log == ["replace 198.51.100.10/32 via 192.0.2.12 dev flock00000002"]  # no BIRD reload
-    assert [(e.reason, e.message) for e in events.events] == [
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=True, terminating=True, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["replace 198.51.100.10/32 via 192.0.2.12 dev flock00000002"]  # no BIRD reload
+    assert [(e.reason, e.message) for e in node.events.events] == [
         ("AnycastWithdrawn", "198.51.100.10/32 withdrawn from node-a: pod terminating; 1 next hop left")]
 
 
-async def test_last_pod_leaving_is_withdrawn_from_bird_before_the_route_goes(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
-    await reconciler.reconcile()
-    recorder.log.clear()
-    pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
-    await reconciler.reconcile()
-    assert recorder.log == ["bird: ", "delete 198.51.100.10/32"]
-    assert A4 not in recorder.routes.table
-    assert "pod not ready; no next hop left, node-a no longer advertises it" in events.events[-1].message
+async def test_last_pod_leaving_is_withdrawn_from_bird_before_the_route_goes(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.recorder.log.clear()
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["bird: ", "delete 198.51.100.10/32"]
+    assert A4 not in node.recorder.routes.table
+    assert "pod not ready; no next hop left, node-a no longer advertises it" in node.events.events[-1].message
 
 
-async def test_rejected_bird_config_keeps_the_route_and_reports_once(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
-    await reconciler.reconcile()
-    recorder.bird.reject = "bird.conf:3:1 syntax error"
-    pods.observe("DELETED", pod_body("web-1"))
+async def test_rejected_bird_config_keeps_the_route_and_reports_once(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.recorder.bird.reject = "bird.conf:3:1 syntax error"
+    node.pods.observe("DELETED", pod_body("web-1"))
     for _ in range(3):
-        await reconciler.reconcile()
+        await node.reconciler.reconcile()
     # BIRD still announces the prefix, so the node keeps routing it.
-    assert A4 in recorder.routes.table
-    failures = [e for e in events.events if e.reason == "BirdReloadFailed"]
+    assert A4 in node.recorder.routes.table
+    failures = [e for e in node.events.events if e.reason == "BirdReloadFailed"]
     assert len(failures) == 1 and failures[0].involved.kind == "Node" and failures[0].type == "Warning"
     assert "syntax error" in failures[0].message
-    assert recorder.bird.calls == 4  # the first pass, then one retry per pass
+    assert node.recorder.bird.calls == 4  # the first pass, then one retry per pass
 
-    recorder.bird.reject = None
-    await reconciler.reconcile()
-    assert A4 not in recorder.routes.table
+    node.recorder.bird.reject = None
+    await node.reconciler.reconcile()
+    assert A4 not in node.recorder.routes.table
 
 
-async def test_a_withdrawal_waiting_for_bird_is_announced_only_once_it_happened(  # type: ignore[no-untyped-def]
-    node, caplog: pytest.LogCaptureFixture,
+async def test_a_withdrawal_waiting_for_bird_is_announced_only_once_it_happened(
+    node: Node, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
-    await reconciler.reconcile()
-    events.events.clear()
-    recorder.bird.unavailable = True
-    pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.events.events.clear()
+    node.recorder.bird.unavailable = True
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
     with caplog.at_level("INFO", logger="flock.reconciler"):
         for _ in range(5):
-            await reconciler.reconcile()
-    assert A4 in recorder.routes.table, "BIRD may still announce it: the route stays"
-    assert [e.reason for e in events.events] == ["BirdReloadFailed"], "no AnycastWithdrawn before it happens"
+            await node.reconciler.reconcile()
+    assert A4 in node.recorder.routes.table, "BIRD may still announce it: the route stays"
+    assert [e.reason for e in node.events.events] == ["BirdReloadFailed"], "no AnycastWithdrawn before it happens"
     failures = [r for r in caplog.records if "BIRD reload failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].levelname == "ERROR", "logged once, not every pass"
 
     caplog.clear()
-    recorder.bird.unavailable = False
+    node.recorder.bird.unavailable = False
     with caplog.at_level("INFO", logger="flock.reconciler"):
-        await reconciler.reconcile()
-    assert A4 not in recorder.routes.table
-    assert [e.reason for e in events.events] == ["BirdReloadFailed", "AnycastWithdrawn"]
-    assert "no next hop left, node-a no longer advertises it" in events.events[-1].message
+        await node.reconciler.reconcile()
+    assert A4 not in node.recorder.routes.table
+    assert [e.reason for e in node.events.events] == ["BirdReloadFailed", "AnycastWithdrawn"]
+    assert "no next hop left, node-a no longer advertises it" in node.events.events[-1].message
     assert [r.getMessage() for r in caplog.records if "BIRD reload failed" in r.getMessage()] == [
         "BIRD reload failed, the previous config stays live: cleared"]
 
@@ -203,67 +206,64 @@ def test_a_lasting_failure_is_logged_at_most_once_a_minute_with_a_count(caplog: 
     ]
 
 
-async def test_rejected_anycast_is_reported_once_and_never_routed(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11", anycast=("203.0.113.7", "198.51.100.10"))
+async def test_rejected_anycast_is_reported_once_and_never_routed(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("203.0.113.7", "198.51.100.10"))
     for _ in range(3):
-        await reconciler.reconcile()
-    rejected = [e for e in events.events if e.reason == "AnycastRejected"]
+        await node.reconciler.reconcile()
+    rejected = [e for e in node.events.events if e.reason == "AnycastRejected"]
     assert len(rejected) == 1 and rejected[0].type == "Warning"
     assert "203.0.113.7 is outside the anycast pools" in rejected[0].message
-    assert set(recorder.routes.table) == {A4}
+    assert set(node.recorder.routes.table) == {A4}
 
 
-async def test_failed_route_edit_takes_a_full_view_and_other_routes_still_land(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    recorder.routes.fail[A6] = "No such device (netlink 19)"
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
-    assert set(recorder.routes.table) == {A4}
-    assert "2001:db8:100::10" not in recorder.log[-1]  # never advertised without a route
-    assert [e.message.split()[0] for e in events.events if e.reason == "AnycastAdvertised"] == ["198.51.100.10/32"]
-    del recorder.routes.fail[A6]
-    await reconciler.reconcile()
-    assert set(recorder.routes.table) == {A4, A6}
+async def test_failed_route_edit_takes_a_full_view_and_other_routes_still_land(node: Node) -> None:
+    node.recorder.routes.fail[A6] = "No such device (netlink 19)"
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
+    assert set(node.recorder.routes.table) == {A4}
+    assert "2001:db8:100::10" not in node.recorder.log[-1]  # never advertised without a route
+    assert [e.message.split()[0] for e in node.events.events if e.reason == "AnycastAdvertised"] == ["198.51.100.10/32"]
+    del node.recorder.routes.fail[A6]
+    await node.reconciler.reconcile()
+    assert set(node.recorder.routes.table) == {A4, A6}
 
 
-async def test_restart_adopts_the_kernel_and_writes_nothing(node, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
+async def test_restart_adopts_the_kernel_and_writes_nothing(node: Node, tmp_path: pathlib.Path) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
 
-    restarted = Reconciler(config=reconciler.config, store=store, pods=pods, routes=recorder,
-                           bird=BirdSide(recorder), render_bird=render, events=events, metrics=Metrics())
-    recorder.log.clear()
-    events.events.clear()
+    restarted = Reconciler(config=node.reconciler.config, store=node.store, pods=node.pods, routes=node.recorder,
+                           bird=BirdSide(node.recorder), render_bird=render, events=node.events, metrics=Metrics())
+    node.recorder.log.clear()
+    node.events.events.clear()
     await restarted.adopt()
     await restarted.reconcile()
-    assert recorder.log == []
-    assert events.events == []
+    assert node.recorder.log == []
+    assert node.events.events == []
 
 
-async def test_drift_is_repaired_on_the_full_view(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, _, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
-    del recorder.routes.table[A4]  # someone ran `ip route del`
-    await reconciler.reconcile()
-    assert A4 not in recorder.routes.table  # between full views the agent trusts its own record
-    await reconciler.reconcile(full_view=True)
-    assert A4 in recorder.routes.table
+async def test_drift_is_repaired_on_the_full_view(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
+    del node.recorder.routes.table[A4]  # someone ran `ip route del`
+    await node.reconciler.reconcile()
+    assert A4 not in node.recorder.routes.table  # between full views the agent trusts its own record
+    await node.reconciler.reconcile(full_view=True)
+    assert A4 in node.recorder.routes.table
 
 
-async def test_a_burst_of_wakeups_coalesces_into_a_few_passes(node) -> None:  # type: ignore[no-untyped-def]
-    reconciler = node[-1]
+async def test_a_burst_of_wakeups_coalesces_into_a_few_passes(node: Node) -> None:
+    reconciler = node.reconciler
     task = asyncio.create_task(reconciler.run())
     try:
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(reconciler.next_pass("test"), timeout=10)  # the loop runs
         start = reconciler.passes
         for i in range(1000):
             reconciler.wake("pod")
             if i % 100 == 0:
-                await asyncio.sleep(0)
-        await asyncio.sleep(0.02)
+                await asyncio.sleep(0)  # let the loop run between bursts
+        # Once a pass that started after the burst has ended, every wake-up has been served.
+        await asyncio.wait_for(reconciler.next_pass("test"), timeout=10)
         assert 1 <= reconciler.passes - start <= 15
     finally:
         task.cancel()
@@ -271,19 +271,18 @@ async def test_a_burst_of_wakeups_coalesces_into_a_few_passes(node) -> None:  # 
             await task
 
 
-async def test_annotation_edits_on_a_running_pod(node) -> None:  # type: ignore[no-untyped-def]
-    store, pods, recorder, events, reconciler = node
-    await add_pod(store, pods, "web-1", "192.0.2.11", "2001:db8::11")
-    await reconciler.reconcile()
-    recorder.log.clear()
-    events.events.clear()
+async def test_annotation_edits_on_a_running_pod(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
+    await node.reconciler.reconcile()
+    node.recorder.log.clear()
+    node.events.events.clear()
 
     # kubectl annotate --overwrite: one IP taken off, one added.
-    pods.observe("MODIFIED", pod_body("web-1", anycast="2001:db8:100::10, 198.51.100.77"))
+    node.pods.observe("MODIFIED", pod_body("web-1", anycast="2001:db8:100::10, 198.51.100.77"))
     for _ in range(3):
-        await reconciler.reconcile()
-    assert recorder.log == ["bird: active 2001:db8:100::10", "delete 198.51.100.10/32"]
-    assert [(e.type, e.reason, e.message) for e in events.events] == [
+        await node.reconciler.reconcile()
+    assert node.recorder.log == ["bird: active 2001:db8:100::10", "delete 198.51.100.10/32"]
+    assert [(e.type, e.reason, e.message) for e in node.events.events] == [
         ("Normal", "AnycastWithdrawn", "198.51.100.10/32 withdrawn from node-a: pod no longer in its "
          "flock.io/anycast annotation; no next hop left, node-a no longer advertises it"),
         ("Warning", "AnycastRejected", "198.51.100.77 not routed: added to flock.io/anycast after the pod's "

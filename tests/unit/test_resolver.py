@@ -9,7 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.core.model import IPAddress, Nexthop
+from flock.core.model import Allocation, IPAddress, Nexthop, PodStatus
 from flock.core.podcache import PodCache
 from flock.core.resolver import FAMILY_MISMATCH, REJECTED, resolve
 from flock.core.settings import AnycastPool
@@ -118,8 +118,12 @@ pod_specs = st.lists(
 )
 
 
-def build(specs: list[tuple[int, list[str], bool, bool, str]]):  # type: ignore[no-untyped-def]
-    allocations, pods = [], {}
+PodSpec = tuple[int, list[str], bool, bool, str]  # index, anycast, eligible, committed, families
+
+
+def build(specs: list[PodSpec]) -> tuple[list[Allocation], dict[tuple[str, str], PodStatus]]:
+    allocations: list[Allocation] = []
+    pods: dict[tuple[str, str], PodStatus] = {}
     for index, anycast, eligible, committed, families in specs:
         ips = {"both": (f"192.0.2.{index}", f"2001:db8::{index:x}"),
                "v4": (f"192.0.2.{index}",), "v6": (f"2001:db8::{index:x}",)}[families]
@@ -131,7 +135,7 @@ def build(specs: list[tuple[int, list[str], bool, bool, str]]):  # type: ignore[
 
 
 @given(pod_specs, st.randoms())
-def test_input_order_never_changes_the_output(specs, rnd) -> None:  # type: ignore[no-untyped-def]
+def test_input_order_never_changes_the_output(specs: list[PodSpec], rnd: random.Random) -> None:
     allocations, pods = build(specs)
     expected = resolve(allocations, pods, POOLS)
     rnd.shuffle(allocations)
@@ -141,7 +145,7 @@ def test_input_order_never_changes_the_output(specs, rnd) -> None:  # type: igno
 
 
 @given(pod_specs)
-def test_every_nexthop_is_an_eligible_committed_pod_of_the_same_family(specs) -> None:  # type: ignore[no-untyped-def]
+def test_every_nexthop_is_an_eligible_committed_pod_of_the_same_family(specs: list[PodSpec]) -> None:
     allocations, pods = build(specs)
     result = resolve(allocations, pods, POOLS)
     by_dev = {a.host_ifname: a for a in allocations}
@@ -166,7 +170,8 @@ restricted_pools = st.lists(
 
 @given(pod_specs, restricted_pools, st.lists(st.sampled_from(["default", "payments", "web"]), min_size=201,
                                               max_size=201))
-def test_nothing_outside_the_pools_survives(specs, pools, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_outside_the_pools_survives(specs: list[PodSpec], pools: list[AnycastPool],
+                                            namespaces: list[str]) -> None:
     allocations, pods = build(specs)
     # Move each pod to its namespace, keeping allocation and status in step.
     allocations = [dataclasses.replace(a, pod=dataclasses.replace(a.pod, namespace=namespaces[i]))

@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.core.model import Nexthop, sorted_nexthops
+from flock.core.model import Nexthop, RouteTable, sorted_nexthops
 from flock.core.routediff import DeleteRoute, ReplaceRoute, apply_edits, diff_routes
 
 A = ipaddress.ip_address("198.51.100.10")
@@ -44,7 +44,7 @@ tables = st.dictionaries(
 
 
 @given(tables, tables)
-def test_applying_the_diff_reaches_the_desired_table(desired, current) -> None:  # type: ignore[no-untyped-def]
+def test_applying_the_diff_reaches_the_desired_table(desired: RouteTable, current: RouteTable) -> None:
     edits = diff_routes(desired, current)
     assert apply_edits(current, edits) == desired
     assert diff_routes(desired, apply_edits(current, edits)) == []
