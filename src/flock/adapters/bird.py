@@ -7,7 +7,8 @@ jinja2 templates in ``bird/``. :class:`BirdControl` makes the running BIRD use t
    on disk, so a restarted agent adopts a running BIRD): nothing happens;
 2. ``bird -p -c <candidate>`` checks a candidate file written next to ``config_path``;
    a rejection leaves ``config_path`` and BIRD untouched;
-3. the candidate replaces ``config_path`` atomically (fsync, rename, fsync of the dir);
+3. the candidate replaces ``config_path`` atomically (fsync, rename, fsync of the dir:
+   :mod:`flock.adapters.files`);
 4. ``birdc -v -s <socket> configure "<config_path>"``; the reply codes decide (birdc's
    exit status and English text are not reliable, see :func:`parse_reply`). A refusal
    puts the previous file back.
@@ -40,10 +41,10 @@ import functools
 import os
 import pathlib
 import re
-import tempfile
 
 import jinja2
 
+from flock.adapters import files
 from flock.core.birdview import BirdView
 from flock.errors import BirdConfigRejected, BirdError, BirdUnavailable
 
@@ -289,44 +290,23 @@ class BirdControl:
 
         Same directory: the rename is atomic, and relative ``include``s resolve alike.
         """
-        directory = self.config_path.parent
-        try:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=f".{self.config_path.name}.",
-                                        suffix=".tmp")
-        except OSError as exc:
-            raise BirdError(f"write a new {self.config_path}: {exc.strerror}") from exc
-        path = pathlib.Path(name)
-        try:
-            with os.fdopen(fd, "w") as file:
-                self._copy_ownership(file.fileno())
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            raise BirdError(f"write {path}: {exc.strerror}") from exc
-        return path
-
-    def _copy_ownership(self, fd: int) -> None:
-        # mkstemp makes 0600 files; BIRD often runs as its own user (Debian: bird), so
-        # keep the live file's mode and owner, or make a new file world-readable.
+        # BIRD often runs as its own user (Debian: bird), so keep the live file's mode
+        # and owner, or make a new file world-readable.
         try:
             stat = os.stat(self.config_path)
+            mode, owner = stat.st_mode & 0o7777, (stat.st_uid, stat.st_gid)
         except FileNotFoundError:
-            os.fchmod(fd, 0o644)
-            return
-        os.fchmod(fd, stat.st_mode & 0o7777)
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, stat.st_uid, stat.st_gid)
+            mode, owner = 0o644, None
+        except OSError as exc:
+            raise BirdError(f"write a new {self.config_path}: {exc.strerror}") from exc
+        try:
+            return files.write_temporary(self.config_path, text.encode(), mode, owner=owner)
+        except OSError as exc:
+            raise BirdError(f"write a new {self.config_path}: {exc.strerror}") from exc
 
     def _install(self, candidate: pathlib.Path) -> None:
         try:
-            os.replace(candidate, self.config_path)
-            dir_fd = os.open(self.config_path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # make the rename itself durable
-            finally:
-                os.close(dir_fd)
+            files.install(candidate, self.config_path)
         except OSError as exc:
             raise BirdError(f"install {self.config_path}: {exc.strerror}") from exc
 

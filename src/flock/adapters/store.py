@@ -1,7 +1,8 @@
 """Durable allocation records: one JSON file per container under ``<stateDir>/allocations``.
 
-Writes are atomic (temp file, fsync, rename, fsync of the directory) so a crash leaves
-either the old record or the new one, never half of one. On start the store reloads
+Writes are atomic (temp file, fsync, rename, fsync of the directory:
+:mod:`flock.adapters.files`) so a crash leaves either the old record or the new one,
+never half of one. On start the store reloads
 every record; a record that cannot be parsed is moved to ``<stateDir>/quarantine`` and
 reported, never silently dropped and never fatal; flock.core.recovery then rebuilds what it
 described from the kernel. Listeners registered with
@@ -15,7 +16,6 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -24,6 +24,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from flock.adapters.files import fsync_directory, write_atomically
 from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef
 from flock.core.recovery import MAX_SALVAGE_BYTES, Quarantined, quarantine_time
 from flock.errors import StateError
@@ -155,7 +156,7 @@ class AllocationStore:
         path = self.records_dir / f"{_safe_name(container_id)}.json"
         try:
             await aiofiles.os.remove(path)
-            await aiofiles.os.wrap(_fsync_dir)(path.parent)  # or a crash could bring it back
+            await aiofiles.os.wrap(fsync_directory)(path.parent)  # or a crash could bring it back
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -169,15 +170,9 @@ class AllocationStore:
             callback()
 
     async def _write_atomically(self, path: pathlib.Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             await aiofiles.os.makedirs(path.parent, exist_ok=True)
-            async with aiofiles.open(tmp, "w") as f:
-                await f.write(text)
-                await f.flush()
-                await aiofiles.os.wrap(os.fsync)(f.fileno())
-            await aiofiles.os.replace(tmp, path)
-            await aiofiles.os.wrap(_fsync_dir)(path.parent)
+            await aiofiles.os.wrap(write_atomically)(path, text.encode(), 0o644)
         except OSError as exc:
             raise StateError(f"write {path}: {exc.strerror or exc}") from exc
 
@@ -188,11 +183,3 @@ class AllocationStore:
         message = f"corrupt allocation record {path.name} moved to {target}: {why}"
         logger.error(message)
         return message
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

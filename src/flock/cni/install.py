@@ -1,7 +1,8 @@
 """flock-cni-install: put flock-cni and its network config into a node's CNI directories.
 
-Both files are written atomically (temp file in the same directory, fsync, rename), so
-a runtime never execs a half-written plugin or reads a half-written conflist. The
+Both files are written atomically and durably (temp file in the same directory, fsync,
+rename, fsync of the directory: :mod:`flock.adapters.files`), so a runtime never execs a
+half-written plugin or reads a half-written conflist, also after a crash. The
 plugin runs with the node's own Python 3 (``--interpreter``); it needs nothing else.
 
 The plugin type is ``flock``, and a runtime execs ``<bin dir>/<type>``: so the bin dir
@@ -16,6 +17,7 @@ import os
 import pathlib
 import sys
 
+from flock.adapters.files import fsync_directory, write_atomically
 from flock.cni import plugin
 
 PLUGIN_NAME = "flock-cni"
@@ -24,23 +26,10 @@ PLUGIN_TYPE = "flock"
 
 def conflist(socket_path: str, name: str = "flock") -> dict[str, object]:
     return {
-        "cniVersion": "1.0.0",
+        "cniVersion": plugin.SUPPORTED_VERSIONS[-1],  # what the plugin installed beside it speaks
         "name": name,
         "plugins": [{"type": PLUGIN_TYPE, "socket": socket_path}],
     }
-
-
-def write_atomically(path: pathlib.Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def link_atomically(path: pathlib.Path, target: str) -> None:
@@ -49,6 +38,7 @@ def link_atomically(path: pathlib.Path, target: str) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

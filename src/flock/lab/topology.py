@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from flock.adapters.files import write_atomically
 from flock.cni.install import install as install_cni
 
 PREFIX = "flk-lab-"
@@ -169,9 +170,7 @@ class State:
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.data, indent=1).encode(), 0o644)
 
     def add_netns(self, name: str) -> str:
         self.data["namespaces"].append(name)
