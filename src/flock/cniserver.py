@@ -34,6 +34,7 @@ from flock.core.cnispec import (
     IO_FAILURE,
     NETWORK_STATE_DIFFERS,
     NO_ADDRESS_LEFT,
+    SUPPORTED_VERSIONS,
     TRY_AGAIN_LATER,
     CniRequest,
     Interface,
@@ -85,7 +86,7 @@ class CniServer:
 
     async def handle(self, env: Mapping[str, str], stdin: str) -> tuple[int, str]:
         """One CNI request -> (exit code, stdout JSON)."""
-        version = "1.0.0"
+        version = SUPPORTED_VERSIONS[-1]
         try:
             request = parse_request(env, stdin)
             version = request.cni_version
@@ -102,7 +103,7 @@ class CniServer:
                 if request.command == "CHECK":
                     await self._check(request)
                     return 0, ""
-                return 0, json.dumps({"cniVersion": version, "supportedVersions": ["1.0.0"]})
+                return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
         except CniError as exc:
             logger.warning("CNI %s %s failed: %s %s", *_what(env), exc.msg, exc.details)
             return 1, json.dumps(error_result(version, exc))

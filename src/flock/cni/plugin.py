@@ -22,20 +22,22 @@ import struct
 import sys
 from typing import BinaryIO
 
-SUPPORTED_VERSIONS = ["1.0.0"]
+# Copies of flock.core.cnispec's values (this file imports nothing of flock);
+# tests/unit/test_cni_plugin_copies.py keeps them equal.
+SUPPORTED_VERSIONS = ("1.0.0",)
 DEFAULT_SOCKET = "/run/flock/cni.sock"
 CONNECT_SECONDS = 5.0
 ANSWER_SECONDS = 120.0  # a busy node may queue many ADDs; the runtime has its own limit
 MAX_FRAME = 16 * 1024 * 1024
-MAX_NETWORK_CONFIG_BYTES = 1024 * 1024  # = flock.core.cnispec.MAX_NETWORK_CONFIG_BYTES (this file imports nothing)
+MAX_NETWORK_CONFIG_BYTES = 1024 * 1024  # = flock.core.cnispec.MAX_NETWORK_CONFIG_BYTES
 
-# CNI spec error codes
-ERR_INCOMPATIBLE_VERSION = 1
-ERR_INVALID_ENV = 4
-ERR_IO = 5
-ERR_DECODE = 6
-ERR_INVALID_CONFIG = 7
-ERR_TRY_AGAIN_LATER = 11
+# CNI spec error codes, named as in flock.core.cnispec
+INCOMPATIBLE_VERSION = 1
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
 
 _HEADER = struct.Struct("!I")
 
@@ -94,30 +96,30 @@ def run(env: dict, stdin: str | bytes | None) -> tuple[int, str]:  # type: ignor
     """One plugin invocation: (exit code, stdout). ``stdin`` None: it was over the limit."""
     command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
-        return 0, json.dumps({"cniVersion": SUPPORTED_VERSIONS[-1], "supportedVersions": SUPPORTED_VERSIONS})
+        return 0, json.dumps({"cniVersion": SUPPORTED_VERSIONS[-1], "supportedVersions": list(SUPPORTED_VERSIONS)})
     if stdin is None or len(stdin) > MAX_NETWORK_CONFIG_BYTES:
         # Permanent, and told apart from "not JSON": the config may be well-formed, it is
         # just larger than any network config flock accepts. The agent is not asked.
-        return 1, error_json(SUPPORTED_VERSIONS[-1], ERR_INVALID_CONFIG,
+        return 1, error_json(SUPPORTED_VERSIONS[-1], INVALID_CONFIG,
                              f"network config on stdin is over {MAX_NETWORK_CONFIG_BYTES} bytes")
     try:
         if isinstance(stdin, bytes):
             stdin = stdin.decode("utf-8")  # UnicodeDecodeError is a ValueError
         config = json.loads(stdin)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
-        return 1, error_json(SUPPORTED_VERSIONS[-1], ERR_DECODE, "network config on stdin is not JSON",
+        return 1, error_json(SUPPORTED_VERSIONS[-1], DECODE_FAILURE, "network config on stdin is not JSON",
                              str(exc)[:200])
     version = _config_version(config)
     if not isinstance(config, dict):
-        return 1, error_json(version, ERR_INVALID_CONFIG, "network config must be a JSON object")
+        return 1, error_json(version, INVALID_CONFIG, "network config must be a JSON object")
     path = config.get("socket", DEFAULT_SOCKET)
     if not isinstance(path, str) or not path:
-        return 1, error_json(version, ERR_INVALID_CONFIG, "network config key 'socket' must be a path")
+        return 1, error_json(version, INVALID_CONFIG, "network config key 'socket' must be a path")
 
     request = {"env": {k: v for k, v in env.items() if k.startswith("CNI_")}, "stdin": stdin}
     frame = encode_frame(request)
     if len(frame) > _HEADER.size + MAX_FRAME:  # only a huge environment gets here: stdin is bounded
-        return 1, error_json(version, ERR_INVALID_ENV, f"the CNI_* environment is over {MAX_FRAME} bytes")
+        return 1, error_json(version, INVALID_ENV, f"the CNI_* environment is over {MAX_FRAME} bytes")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_SECONDS)
@@ -127,11 +129,11 @@ def run(env: dict, stdin: str | bytes | None) -> tuple[int, str]:  # type: ignor
             answer = recv_frame(sock)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        return 1, error_json(version, ERR_TRY_AGAIN_LATER, f"flock-agent is not answering on {path}: {reason}",
+        return 1, error_json(version, TRY_AGAIN_LATER, f"flock-agent is not answering on {path}: {reason}",
                              "is the flock agent running on this node? the runtime will retry")
     code, stdout = answer.get("exitCode"), answer.get("stdout")
     if not isinstance(code, int) or not isinstance(stdout, str):
-        return 1, error_json(version, ERR_IO, "flock-agent sent a malformed answer")
+        return 1, error_json(version, IO_FAILURE, "flock-agent sent a malformed answer")
     return code, stdout
 
 
