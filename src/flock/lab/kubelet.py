@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import socket
@@ -30,7 +31,7 @@ import aiohttp
 
 from flock.adapters.plumbing import in_netns
 from flock.core.annotation import parse_anycast
-from flock.lab.topology import Fabric, Node, python, stop_process
+from flock.lab.topology import Fabric, Node, python, stop_process, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,9 @@ class Kubelet:
 
     async def _until_answers(self, pod: LabPod) -> None:
         """kubelet's readiness probe: an HTTP GET to the pod's own IP, from the node."""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if await in_netns(f"/run/netns/{pod.node.spec.netns}", 5, _probe, pod.ipv4):
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"pod {pod.name}'s server never answered on {pod.ipv4}")
+        # One thread in the node's netns probes until the server answers (or 20 s pass).
+        await in_netns(f"/run/netns/{pod.node.spec.netns}", 30, wait_for, functools.partial(_probe, pod.ipv4),
+                       20, f"pod {pod.name}'s server to answer on {pod.ipv4}")
 
     async def terminate_pod(self, pod: LabPod) -> None:
         now = datetime.datetime.now(datetime.UTC).isoformat()

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import yaml
@@ -222,7 +222,10 @@ def python() -> str:
     return sys.executable
 
 
-def wait_for(predicate: Any, within: float, what: str, every: float = 0.05) -> None:
+def wait_for(predicate: Callable[[], object], within: float, what: str, every: float = 0.05) -> None:
+    """Call ``predicate`` every ``every`` seconds until it is true; RuntimeError naming
+    ``what`` after ``within`` seconds. The lab's one way to wait for a condition (blocking:
+    from async code, run it in a thread, or in a netns with flock.adapters.plumbing.in_netns)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if predicate():
