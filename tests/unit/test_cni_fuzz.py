@@ -21,10 +21,10 @@ from flock.core.cnispec import (
     NO_ADDRESS_LEFT,
     TRY_AGAIN_LATER,
     UNSUPPORTED_FIELD,
-    CniError,
     CniRequest,
     parse_request,
 )
+from flock.errors import CniError
 
 SPEC_CODES = {INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, CONTAINER_UNKNOWN, INVALID_ENV, IO_FAILURE,
               DECODE_FAILURE, INVALID_CONFIG, TRY_AGAIN_LATER, NETWORK_STATE_DIFFERS, NO_ADDRESS_LEFT}
