@@ -366,7 +366,8 @@ async def test_a_dump_writes_nothing(lab: Lab) -> None:
 # -- the fake ----------------------------------------------------------------------
 
 
-async def test_fake_routes_apply_record_and_fail_like_the_real_one() -> None:
+async def test_fake_routes_record_edits_and_fail_on_demand() -> None:
+    # That it behaves like NetlinkRoutes is tests/contract's job (both run the same checks).
     hop = Nexthop(A("192.0.2.11"), "flock0000000a")
     fake = FakeRoutes(fail={A("198.51.100.11"): "Network is unreachable (netlink 101)"})
     edits: list[RouteEdit] = [ReplaceRoute(ANY4, (hop,)), ReplaceRoute(A("198.51.100.11"), (hop,)),
