@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from flock.core.annotation import ANNOTATION
 from flock.core.model import (
+    Allocation,
     AllocationState,
+    ContainerID,
     Event,
     IPAddress,
     Nexthop,
@@ -38,7 +40,7 @@ from flock.core.model import (
 )
 from flock.core.podcache import PodCache
 from flock.core.ports import Allocations, Bird, EventSink, RenderBird, Routes
-from flock.core.resolver import Finding, resolve
+from flock.core.resolver import Contribution, Finding, Resolution, combine, contribution, matching_status
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
 from flock.core.settings import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError
@@ -86,6 +88,7 @@ class Reconciler:
         cache must not withdraw what the previous agent routed."""
         self._held: dict[IPAddress, Nexthops] = {}
         self._running = False
+        self._contributions: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
         self._settled = False  # the last pass finished all it set out to do: a quiet tick may skip
         self._errors_this_pass = 0
         self.passes = 0
@@ -214,7 +217,7 @@ class Reconciler:
             return
 
         pods = self.pods.snapshot()
-        resolution = resolve(self.store.all(), pods, self.config.anycast_pools)
+        resolution = self._resolve(pods)
         edits = diff_routes(resolution.routes, self._kernel)
         replaces = [e for e in edits if isinstance(e, ReplaceRoute)]
         deletes = [e for e in edits if isinstance(e, DeleteRoute)]
@@ -234,6 +237,21 @@ class Reconciler:
             self._route_failures = set()
         self._settled = self._errors_this_pass == 0 and self._bird_failure.current is None
         self._passed(started, trigger)
+
+    def _resolve(self, pods: Mapping[tuple[str, str], PodStatus]) -> Resolution:
+        """:func:`~flock.core.resolver.resolve`, but each allocation's contribution is computed
+        again only if the allocation or its pod's status changed since the last pass."""
+        fresh: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
+        for allocation in self.store.all():
+            status = matching_status(allocation, pods)
+            known = self._contributions.get(allocation.container_id)
+            if known is not None and known[0] == allocation and known[1] == status:
+                fresh[allocation.container_id] = known
+            else:
+                fresh[allocation.container_id] = (
+                    allocation, status, contribution(allocation, status, self.config.anycast_pools))
+        self._contributions = fresh
+        return combine(part for _, _, part in fresh.values() if part is not None)
 
     def _passed(self, started: float, trigger: str) -> None:
         self.metrics.anycast_routes.set(len(self._kernel))

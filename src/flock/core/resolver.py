@@ -79,50 +79,87 @@ def matching_status(allocation: Allocation, pods: Mapping[tuple[str, str], PodSt
     return status
 
 
-def resolve(
-    allocations: Iterable[Allocation],
-    pods: Mapping[tuple[str, str], PodStatus],
-    pools: Sequence[AnycastPool],
-) -> Resolution:
-    """Desired anycast routes from committed allocations and the pods' eligibility.
+@dataclasses.dataclass(frozen=True)
+class Contribution:
+    """What one committed allocation adds to the node: next hops, and problems to report.
 
-    Pending allocations are skipped. An anycast IP outside the pools, or of a family
-    the pod has no unicast address for, is left out and reported in a Finding
-    (whether or not the pod is eligible right now, so a person hears of it early);
-    so is every problem of the pod's annotation as written now.
+    The pure unit of resolving; the reconciler keeps each allocation's contribution and
+    computes it again only when the allocation or its pod's status changed.
     """
+
+    pod: PodRef
+    hops: tuple[tuple[IPAddress, Nexthop], ...]
+    """(anycast IP, this pod's next hop for it), for each IP routed to the pod."""
+    problems: tuple[tuple[str, str], ...]
+    """(Event reason, problem) in the order found."""
+    unlisted: tuple[tuple[str, int, str], ...] = ()
+    """(Event reason, how many problems not described one by one, note)."""
+
+
+def contribution(allocation: Allocation, status: PodStatus | None,
+                 pools: Sequence[AnycastPool]) -> Contribution | None:
+    """One allocation's next hops and problems (None: not committed, so nothing yet).
+
+    An anycast IP outside the pools, or of a family the pod has no unicast address for,
+    is left out and reported (whether or not the pod is eligible right now, so a person
+    hears of it early); so is every problem of the pod's annotation as written now.
+    """
+    if allocation.state is not AllocationState.COMMITTED:
+        return None
+    pod = allocation.pod
+    eligible = status is not None and status.eligible
+    # The annotation may change after ADD. An IP taken off it stops being routed to the
+    # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
+    # (While an entry does not parse, the pod cache holds the last set that did.)
+    listed = status.anycast if status is not None else None
+    problems: list[tuple[str, str]] = []
+    unlisted: list[tuple[str, int, str]] = []
+    if status is not None and status.annotation is not None:
+        _annotation_problems(allocation, status.annotation, pools, problems, unlisted)
+    hops: list[tuple[IPAddress, Nexthop]] = []
+    for address in allocation.anycast:
+        rejection = pool_rejection(address, pod.namespace, pools)
+        if rejection:
+            problems.append((REJECTED, rejection))
+            continue
+        via = allocation.pod_ip(address.version)
+        if via is None:
+            problems.append((FAMILY_MISMATCH,
+                             f"{address} skipped: the pod has no IPv{address.version} address to route it to"))
+            continue
+        if eligible and (listed is None or address in listed):
+            hops.append((address, Nexthop(via=via, dev=allocation.host_ifname)))
+    return Contribution(pod, tuple(hops), tuple(problems), tuple(unlisted))
+
+
+def combine(contributions: Iterable[Contribution]) -> Resolution:
+    """The node's desired routes, who serves what, and one Finding per pod and reason."""
     nexthops: dict[IPAddress, set[Nexthop]] = defaultdict(set)
     serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
     problems = _Problems()
-    for allocation in allocations:
-        if allocation.state is not AllocationState.COMMITTED:
-            continue
-        status = matching_status(allocation, pods)
-        eligible = status is not None and status.eligible
-        # The annotation may change after ADD. An IP taken off it stops being routed to the
-        # pod; one added to it is not on the pod's lo, so routing it would black-hole it.
-        # (While an entry does not parse, the pod cache holds the last set that did.)
-        listed = status.anycast if status is not None else None
-        if status is not None and status.annotation is not None:
-            _annotation_problems(allocation, status.annotation, pools, problems)
-        for address in allocation.anycast:
-            rejection = pool_rejection(address, allocation.pod.namespace, pools)
-            if rejection:
-                problems.add(allocation.pod, REJECTED, rejection)
-                continue
-            via = allocation.pod_ip(address.version)
-            if via is None:
-                problems.add(allocation.pod, FAMILY_MISMATCH,
-                             f"{address} skipped: the pod has no IPv{address.version} address to route it to")
-                continue
-            if eligible and (listed is None or address in listed):
-                nexthops[address].add(Nexthop(via=via, dev=allocation.host_ifname))
-                serving[allocation.pod].add(address)
+    for part in contributions:
+        for address, hop in part.hops:
+            nexthops[address].add(hop)
+            serving[part.pod].add(address)
+        for reason, problem in part.problems:
+            problems.add(part.pod, reason, problem)
+        for reason, count, note in part.unlisted:
+            problems.count_more(part.pod, reason, count, note)
     return Resolution(
         routes={address: sorted_nexthops(hops) for address, hops in nexthops.items()},
         serving={pod: frozenset(addresses) for pod, addresses in serving.items()},
         findings=problems.findings(),
     )
+
+
+def resolve(
+    allocations: Iterable[Allocation],
+    pods: Mapping[tuple[str, str], PodStatus],
+    pools: Sequence[AnycastPool],
+) -> Resolution:
+    """Desired anycast routes from committed allocations and the pods' eligibility."""
+    parts = (contribution(allocation, matching_status(allocation, pods), pools) for allocation in allocations)
+    return combine(part for part in parts if part is not None)
 
 
 class _Problems:
@@ -151,16 +188,16 @@ class _Problems:
 
 
 def _annotation_problems(allocation: Allocation, annotation: ParsedAnnotation, pools: Sequence[AnycastPool],
-                         problems: _Problems) -> None:
+                         problems: list[tuple[str, str]], unlisted: list[tuple[str, int, str]]) -> None:
     """What the pod's annotation, as written now, asks for that its network cannot have, and why."""
     pod = allocation.pod
     for error in annotation.errors:
-        problems.add(pod, REJECTED, f"{ANNOTATION}: {error}")
+        problems.append((REJECTED, f"{ANNOTATION}: {error}"))
     if annotation.error_count:
-        problems.count_more(pod, REJECTED, annotation.error_count - len(annotation.errors), KEEPS_LAST)
+        unlisted.append((REJECTED, annotation.error_count - len(annotation.errors), KEEPS_LAST))
     if annotation.excess:
-        problems.add(pod, REJECTED, f"{annotation.excess} anycast IP{'s' if annotation.excess != 1 else ''} "
-                     f"beyond the limit of {annotation.limit} per pod left out (maxAnycastPerPod)")
+        problems.append((REJECTED, f"{annotation.excess} anycast IP{'s' if annotation.excess != 1 else ''} "
+                         f"beyond the limit of {annotation.limit} per pod left out (maxAnycastPerPod)"))
     # Every address as written now, also while another entry does not parse: a hijack
     # attempt next to a typo must be heard of.
     on_pod = set(allocation.anycast)
@@ -169,7 +206,7 @@ def _annotation_problems(allocation: Allocation, annotation: ParsedAnnotation, p
             continue
         rejection = pool_rejection(address, pod.namespace, pools)
         if rejection:
-            problems.add(pod, REJECTED, f"{rejection}; not configured on the pod")
+            problems.append((REJECTED, f"{rejection}; not configured on the pod"))
         else:
-            problems.add(pod, REJECTED, f"{address} not routed: added to {ANNOTATION} after the pod's network "
-                         "was set up, so it is not on the pod's lo; it takes effect when the pod is recreated")
+            problems.append((REJECTED, f"{address} not routed: added to {ANNOTATION} after the pod's network "
+                             "was set up, so it is not on the pod's lo; it takes effect when the pod is recreated"))
