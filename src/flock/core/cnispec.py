@@ -35,8 +35,8 @@ the limit keeps the plugin's forwarded request well inside its 16 MB frame even 
 JSON escaping inflates it sixfold. flock-cni holds its own copy (it imports nothing)."""
 
 # The spec's rules for CNI_CONTAINERID (libcni ValidateContainerID) plus a length bound:
-# the record is stored as <id>.json, and its temporary file as .<id>.json.<pid>.tmp, which
-# must fit NAME_MAX (255) - so at most 237 characters. Runtimes use 64 hex characters.
+# the record is stored as <id>.json, and its temporary file as .<id>.json.<8 random>.tmp,
+# which must fit NAME_MAX (255) - so at most 236 characters. Runtimes use 64 hex characters.
 MAX_CONTAINER_ID = 200
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # CNI_IFNAME (libcni ValidateInterfaceName): at most IFNAMSIZ-1 bytes, not "." or "..",
