@@ -26,6 +26,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import NamedTuple
 
 from flock.core.model import Allocation, AllocationState, ContainerID, IPAddress, PodRef, address_sort_key
 
@@ -64,12 +65,13 @@ class Salvaged:
     anycast: tuple[IPAddress, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Quarantined:
+class Quarantined(NamedTuple):
     """A record moved to ``<stateDir>/quarantine``: its file name and (the start of) its text."""
 
     file_name: str
+    """``<container id>.json.<unix time>``: the container id survives a damaged text."""
     text: str
+    """The damaged record's text, at most :data:`MAX_SALVAGE_BYTES` of it."""
 
 
 @dataclasses.dataclass(frozen=True)

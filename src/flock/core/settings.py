@@ -24,7 +24,9 @@ class AnycastPool:
     """An address range anycast IPs may come from, optionally limited to some namespaces."""
 
     cidr: IPNetwork
-    namespaces: frozenset[str] | None = None  # None: every namespace may use the pool
+    """The range; an anycast IP is a host route inside it."""
+    namespaces: frozenset[str] | None = None
+    """Only pods of these namespaces may use the pool. Default: None, every namespace."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,9 @@ class BgpPeer:
     """An eBGP neighbour (usually a top-of-rack router)."""
 
     address: IPAddress
+    """The peer's address; one session per address (and so per family)."""
     asn: int
+    """The peer's AS number (eBGP)."""
 
 
 @dataclasses.dataclass(frozen=True)
