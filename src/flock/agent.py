@@ -64,7 +64,6 @@ class Agent:
         self.cni_socket = CniSocket(config.cni_socket, self.cni.handle)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
-        self._passing: asyncio.Task[None] | None = None  # Reconciler.run
         self._listed = asyncio.Event()  # the first full LIST of this node's pods is in the cache
         self._relist = asyncio.Event()  # kopf re-listed: LIST again soon
         self._api_up = False  # the last LIST was answered
@@ -106,10 +105,9 @@ class Agent:
         # Passes run from now on, also while the API server is away (liveness); until the
         # first full pod LIST they only keep what the kernel routes (Reconciler.holding).
         self.reconciler.holding = True
-        self._passing = asyncio.create_task(self.reconciler.run(), name="flock passes")
         self._tasks = [
+            asyncio.create_task(self.reconciler.run(), name="flock passes"),
             asyncio.create_task(self.events.run(), name="flock event poster"),
-            self._passing,
             asyncio.create_task(self._run(), name="flock start-up"),
             asyncio.create_task(self._keep_pods_listed(), name="flock pod lists"),
         ]
