@@ -1,10 +1,14 @@
 """Watch a namespace's routes to some prefixes, with timestamps, as the kernel changes them.
 
-A raw rtnetlink socket opened inside the namespace joins the IPv4 and IPv6 route groups;
-a thread reads it, and for every change of a watched prefix records the time it was
-announced (CLOCK_MONOTONIC) and the route's next hops right after (read with ``ip -j``).
-This is how the lab measures withdrawal latency and counts route changes at the ToR;
-the tests' netlink monitor uses the same socket and parser.
+A raw rtnetlink socket opened inside the namespace joins the IPv4 and IPv6 route groups
+and the link group; a thread reads it, stamps each read with CLOCK_MONOTONIC as soon as
+it returns, and decodes the next hops from the messages themselves (no ``ip`` subprocess
+in the loop, which would make a later message, e.g. the second address family's, look
+late by the subprocess's ~10 ms). Next hops are kept per prefix: a new route (or a
+replace) sets them, an appended one adds, a deletion removes those it names; a deleted
+link takes its IPv4 routes along unannounced, so it clears them here too. This is how
+the lab measures withdrawal latency and counts route changes at the ToR; the tests'
+netlink monitor uses the same socket and parser.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ class RouteChange:
     nexthops: frozenset[str]  # "via X dev Y", empty when the route is gone
 
 
+NLM_F_APPEND = 0x800  # linux/netlink.h, on a new-route notification: a next hop was added
+
+
+def link_names(netns: str) -> dict[int, str]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return {link["ifindex"]: link["ifname"] for link in json.loads(out or "[]")}
+
+
 def nexthops(netns: str, prefix: str) -> frozenset[str]:
     family = "-6" if ":" in prefix else "-4"
     out = subprocess.run(["ip", "-n", netns, family, "-j", "route", "show", "exact", prefix],
@@ -49,10 +62,11 @@ class RouteWatch:
         self.netns = netns
         self.prefixes = {str(ipaddress.ip_network(p)) for p in prefixes}
         self.changes: list[RouteChange] = []
-        self.current = {p: nexthops(netns, p) for p in self.prefixes}
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._sock = route_socket(netns)
+        self._sock = route_socket(netns, links=True)  # bound first: no change after the reads below is missed
+        self._names = link_names(netns)
+        self.current = {p: nexthops(netns, p) for p in self.prefixes}
         self._thread = threading.Thread(target=self._run, name=f"routewatch-{netns}", daemon=True)
         self._thread.start()
 
@@ -83,13 +97,62 @@ class RouteWatch:
             except OSError:
                 continue
             now = time.monotonic()
-            touched = {n.prefix for n in notifications(data) if n.prefix in self.prefixes}
-            for prefix in sorted(touched):
-                hops = nexthops(self.netns, prefix)
+            for prefix, hops in self._apply(data):
                 with self._lock:
                     if hops != self.current.get(prefix):
                         self.current[prefix] = hops
                         self.changes.append(RouteChange(now, prefix, hops))
+
+    def _apply(self, data: bytes) -> list[tuple[str, frozenset[str]]]:
+        """The watched prefixes' next hops after each message of one read, in order."""
+        after: list[tuple[str, frozenset[str]]] = []
+        state = dict(self.current)
+        for kind, flags, _seq, _pid, start, end in rtnl.messages(data):
+            if kind == rtnl.RTM_NEWLINK:
+                index, name = rtnl.link(data, start, end)
+                if name is not None:
+                    self._names[index] = name
+            elif kind == rtnl.RTM_DELLINK:
+                index, name = rtnl.link(data, start, end)
+                gone = f" dev {name or self._names.get(index, '?')}"
+                self._names.pop(index, None)
+                for prefix, hops in state.items():
+                    if any(hop.endswith(gone) for hop in hops):
+                        # IPv4 routes over a deleted link go unannounced, multipath ones whole.
+                        left = frozenset() if ":" not in prefix else frozenset(h for h in hops if not h.endswith(gone))
+                        state[prefix] = left
+                        after.append((prefix, left))
+            elif kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+                _family, dst_len, _src, table, _proto, _type, _flags, attrs = rtnl.route(data, start, end)
+                if table != rtnl.RT_TABLE_MAIN or rtnl.RTA_DST not in attrs:
+                    continue
+                dst_start, dst_end = attrs[rtnl.RTA_DST]
+                prefix = f"{rtnl.address(data[dst_start:dst_end])}/{dst_len}"
+                if prefix not in state:
+                    continue
+                hops = self._hops(data, attrs)
+                if kind == rtnl.RTM_DELROUTE:
+                    state[prefix] = state[prefix] - hops if hops else frozenset()
+                elif flags & NLM_F_APPEND:
+                    state[prefix] = state[prefix] | hops
+                else:
+                    state[prefix] = hops
+                after.append((prefix, state[prefix]))
+        return after
+
+    def _hops(self, data: bytes, attrs: dict[int, rtnl.Span]) -> frozenset[str]:
+        """A route message's next hops as ``ip`` shows them: "via GATEWAY dev NAME"."""
+        found: list[tuple[int, dict[int, rtnl.Span]]] = []
+        if rtnl.RTA_MULTIPATH in attrs:
+            found = rtnl.nexthops(data, attrs[rtnl.RTA_MULTIPATH])
+        elif rtnl.RTA_OIF in attrs:
+            found = [(rtnl.u32(data, attrs[rtnl.RTA_OIF]), attrs)]
+        hops = set()
+        for index, hop_attrs in found:
+            if rtnl.RTA_GATEWAY in hop_attrs:
+                start, end = hop_attrs[rtnl.RTA_GATEWAY]
+                hops.add(f"via {rtnl.address(data[start:end])} dev {self._names.get(index, f'if{index}')}")
+        return frozenset(hops)
 
 
 def route_socket(netns: str, *, links: bool = False) -> socket.socket:
