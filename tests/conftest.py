@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
-import kmock
 import pytest
 
+from flock.lab.apiserver import Emulator
 from tests.support import birdlab
 from tests.support import netns as ns
 from tests.support.agent import AgentProcess
-from tests.support.apiserver import FakeCluster, declare_core_resources
+from tests.support.apiserver import KEPT_REQUESTS, FakeCluster, declare_core_resources
 from tests.support.environment import UNDER_CI
 
 
@@ -61,7 +62,14 @@ def make_netns() -> Iterator[Callable[[str], str]]:
 
 
 @pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[FakeCluster]:
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    """kmock's plugin builds the lab's Emulator (flat cost, field selectors), keeping the
+    last KEPT_REQUESTS finished requests for tests that check what the agent asked."""
+    return {**kmock_options, "cls": Emulator, "keep": KEPT_REQUESTS}
+
+
+@pytest.fixture
+async def cluster(kmock: Emulator) -> AsyncIterator[FakeCluster]:
     """kmock as the Kubernetes API (Pods, Nodes, Namespaces, Events declared)."""
     declare_core_resources(kmock)
     yield FakeCluster(kmock, kmock.servers[0])

@@ -4,6 +4,10 @@ kmock gaps this module covers (see DESIGN.md): the resources must be declared or
 stalls; objects get no uid unless given one; a deletionTimestamp on an object without
 finalizers deletes it at once, so pods here carry a test finalizer that stands in for
 kubelet's graceful termination (``finish_deletion`` removes it).
+
+The emulator is the lab's (:class:`flock.lab.apiserver.Emulator`): a flat cost per request
+and ``fieldSelector`` honoured. It holds no unbounded request history: the tests' fixture
+keeps the last :data:`KEPT_REQUESTS` finished requests for :meth:`FakeCluster.agent_requests`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any
 
 import kmock
 
+from flock.lab.apiserver import Emulator
+
+KEPT_REQUESTS = 5000  # finished requests a test can inspect (a short test makes a few hundred)
 TEST_FINALIZER = "flock.test/graceful-termination"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
@@ -57,7 +64,7 @@ class FakeCluster:
     from the agent's (kopf's) requests.
     """
 
-    def __init__(self, api: kmock.KubernetesEmulator, server: kmock.Server) -> None:
+    def __init__(self, api: Emulator, server: kmock.Server) -> None:
         self.api = api
         self.server = server
         self.url = str(server.url).rstrip("/")
@@ -113,5 +120,7 @@ class FakeCluster:
         return found
 
     def agent_requests(self) -> list[kmock.Request]:
-        """Every request not made by this test helper (i.e. made by the agent)."""
-        return [r for r in list(self.api) if not r.headers.get("User-Agent", "").startswith("kmock/")]
+        """Every request not made by this test helper (i.e. made by the agent): the last
+        KEPT_REQUESTS finished ones, then those still being served (open watches)."""
+        requests = [*self.api.served, *self.api]
+        return [r for r in requests if not r.headers.get("User-Agent", "").startswith("kmock/")]
