@@ -24,16 +24,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from flock.adapters import rtnetlink as rtnl
 from flock.adapters import sysctl
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
-from flock.adapters.rtnetlink import RT_SCOPE_LINK, describe_errno
+from flock.adapters.rtnetlink import IFA_F_NODAD, RT_SCOPE_LINK, RTM_DELADDR, RTM_NEWADDR, describe_errno
 from flock.core.model import GATEWAY_V4, GATEWAY_V6, GATEWAYS, IPAddress
 from flock.core.ports import PlumbedPod
 from flock.errors import PlumbingError
@@ -43,8 +40,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-_IFA_F_NODAD = 0x02
-_BATCH_REQUESTS = 256  # requests per send: 16 KB of RTM_NEWADDR, far below the socket's buffers
 _ACK_SECONDS = 10.0
 
 
@@ -88,48 +83,20 @@ def _family(ip: IPAddress) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
-def _address_request(kind: int, flags: int, sequence: int, index: int, ip: IPAddress) -> bytes:
-    msg = ifaddrmsg()
-    msg["family"] = _family(ip)
-    msg["prefixlen"] = ip.max_prefixlen
-    msg["flags"] = _IFA_F_NODAD
-    msg["index"] = index
-    msg["attrs"] = [("IFA_LOCAL", str(ip)), ("IFA_ADDRESS", str(ip))]
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
-    msg["header"]["sequence_number"] = sequence
-    msg.encode()
-    return bytes(msg.data)
-
-
 def _write_addresses(kind: int, addresses: Sequence[tuple[int, IPAddress]]) -> list[int]:
     """Add (RTM_NEWADDR, exclusive) or delete (RTM_DELADDR) host addresses (/32, /128,
     no DAD) in this thread's netns: ``(ifindex, ip)`` each. Returns one errno per address,
-    0 where it succeeded.
+    0 where it succeeded (ETIMEDOUT where the kernel did not answer).
 
-    One netlink request per address, but many sent in one ``send`` and their acks read
-    back (matched by sequence number): a pod's addresses cost a few system calls, not one
-    pyroute2 round trip each (pyroute2 0.9's IPRoute has no batch mode). The kernel
-    answers every request of a buffer, also after one fails.
+    One netlink request per address, sent as one batch (:meth:`RtnlSocket.transact`:
+    many per ``send``, acks matched by sequence number): a pod's addresses cost a few
+    system calls, not one pyroute2 round trip each (pyroute2 0.9's IPRoute has no batch
+    mode). The kernel answers every request of a batch, also after one fails.
     """
-    errnos = [0] * len(addresses)
-    flags = NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_CAP_ACK, 1)
-        sock.bind((0, 0))
-        sock.settimeout(_ACK_SECONDS)
-        for start in range(0, len(addresses), _BATCH_REQUESTS):
-            batch = range(start, min(start + _BATCH_REQUESTS, len(addresses)))
-            # Sequence numbers: position + 1 (0 is what an unsolicited message carries).
-            sock.send(b"".join(_address_request(kind, flags, i + 1, *addresses[i]) for i in batch))
-            waiting = {i + 1 for i in batch}
-            while waiting:
-                data = sock.recv(65536)
-                for kind, _flags, sequence, _pid, start, _end in rtnl.messages(data):
-                    if kind == rtnl.NLMSG_ERROR and sequence in waiting:
-                        errnos[sequence - 1] = rtnl.error_code(data, start)
-                        waiting.discard(sequence)
-    return errnos
+    flags = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL if kind == rtnl.RTM_NEWADDR else 0
+    with rtnl.RtnlSocket(_ACK_SECONDS) as sock:
+        answers = sock.transact([(kind, flags, rtnl.address_request(index, ip)) for index, ip in addresses])
+    return [errno.ETIMEDOUT if answer is None else answer for answer in answers]
 
 
 def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
@@ -151,7 +118,7 @@ def _host_add(host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[I
         # anycast IP) must pass once its next hop has left the anycast route.
         sysctl.write(f"net/ipv4/conf/{host_ifname}/rp_filter", "2", proc, missing_ok=True)
         ipr.addr("add", index=index, address=str(GATEWAY_V4), prefixlen=32)
-        ipr.addr("add", index=index, address=str(GATEWAY_V6), prefixlen=64, flags=_IFA_F_NODAD)
+        ipr.addr("add", index=index, address=str(GATEWAY_V6), prefixlen=64, flags=IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
         for ip in pod_ips:
             ipr.route("add", family=_family(ip), dst=str(ip), dst_len=ip.max_prefixlen, oif=index,

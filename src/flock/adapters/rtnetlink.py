@@ -1,12 +1,14 @@
-"""rtnetlink on the wire: the structs, message and attribute walking, and the route and
-link decoding that flock's raw netlink sockets share.
+"""rtnetlink on the wire: the structs, message and attribute walking, the route and link
+decoding, the route and address encoding, and the one socket that sends batches of
+requests and matches their acks, which flock's raw netlink sockets share.
 
-Three places read netlink without pyroute2: the netlink adapter's route and link dumps
-(:mod:`flock.adapters.netlink`, where pyroute2's decoding costs ~0.1-0.2 ms a message),
-the pod plumbing's batched address requests and their acks
-(:mod:`flock.adapters.plumbing`), and the lab's route watch (:mod:`flock.lab.routewatch`,
-which the tests' route monitor uses too). They all decode with the few ``struct``\\ s
-below, from linux/netlink.h, linux/rtnetlink.h and linux/if_link.h.
+Three places talk netlink without pyroute2: the netlink adapter's route writes and its
+route and link dumps (:mod:`flock.adapters.netlink`, where pyroute2 spends ~0.4 ms
+encoding a route and ~0.1-0.2 ms decoding one), the pod plumbing's batched address
+requests (:mod:`flock.adapters.plumbing`), and the lab's route watch
+(:mod:`flock.lab.routewatch`, which the tests' route monitor uses too). They all use the
+few ``struct``\\ s below, from linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h and
+linux/if_link.h.
 
 Speed matters here: a dump of 5,000 routes walks ~50,000 attributes. So attributes are
 returned as spans (type -> value start and end in the buffer), nothing is copied until a
@@ -15,10 +17,15 @@ caller asks for a value, and the walkers are plain loops (bench/route_dump.py).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import select
+import socket
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import Final
 
 from flock.core.model import IPAddress
@@ -30,8 +37,13 @@ NETLINK_GET_STRICT_CHK: Final = 12
 NLMSG_ERROR: Final = 2  # an ack: a negative errno, 0 for success
 NLMSG_DONE: Final = 3
 NLM_F_REQUEST: Final = 0x1
+NLM_F_ACK: Final = 0x4
 NLM_F_DUMP_INTR: Final = 0x10
 NLM_F_DUMP: Final = 0x300
+NLM_F_REPLACE: Final = 0x100  # with NEW requests
+NLM_F_EXCL: Final = 0x200
+NLM_F_CREATE: Final = 0x400
+SO_RCVBUFFORCE: Final = 33  # asm-generic/socket.h; Python's socket module lacks it
 
 # linux/rtnetlink.h
 RTMGRP_LINK: Final = 0x1
@@ -40,12 +52,15 @@ RTMGRP_IPV6_ROUTE: Final = 0x400
 RTM_NEWLINK: Final = 16
 RTM_DELLINK: Final = 17
 RTM_GETLINK: Final = 18
+RTM_NEWADDR: Final = 20
+RTM_DELADDR: Final = 21
 RTM_NEWROUTE: Final = 24
 RTM_DELROUTE: Final = 25
 RTM_GETROUTE: Final = 26
 RT_TABLE_MAIN: Final = 254
 RT_SCOPE_UNIVERSE: Final = 0
 RT_SCOPE_LINK: Final = 253
+RT_SCOPE_NOWHERE: Final = 255  # in a delete: match a route of any scope
 RTN_UNICAST: Final = 1
 RTM_F_CLONED: Final = 0x200
 RTA_DST: Final = 1
@@ -56,6 +71,11 @@ RTA_MULTIPATH: Final = 9
 RTA_TABLE: Final = 15
 RTA_NH_ID: Final = 30
 
+# linux/if_addr.h
+IFA_ADDRESS: Final = 1
+IFA_LOCAL: Final = 2
+IFA_F_NODAD: Final = 0x02
+
 # linux/if_link.h
 IFLA_IFNAME: Final = 3
 
@@ -63,6 +83,7 @@ NLMSGHDR: Final = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags:
 RTMSG: Final = struct.Struct("=BBBBBBBBI")
 IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG: Final = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTATTR: Final = struct.Struct("=HH")  # length, type
 RTNEXTHOP: Final = struct.Struct("=HBBi")  # length, flags, hops, ifindex
 U32: Final = struct.Struct("=I")
@@ -171,3 +192,216 @@ def link(data: bytes | bytearray, start: int, end: int) -> tuple[int, str | None
     if span is None:
         return index, None
     return index, bytes(data[span[0]:span[1]]).split(b"\0", 1)[0].decode()
+
+
+# -- encoding -----------------------------------------------------------------------
+
+Request = tuple[int, int, bytes]
+"""One netlink request for :meth:`RtnlSocket.transact`: (nlmsg_type, nlmsg_flags, payload).
+The socket adds the header, NLM_F_REQUEST, NLM_F_ACK and the sequence number."""
+
+_OIF_ATTR: Final = RTATTR.pack(8, RTA_OIF)
+_GATEWAY_ATTR: Final = {4: RTATTR.pack(8, RTA_GATEWAY), 16: RTATTR.pack(20, RTA_GATEWAY)}
+_DST_ATTR: Final = {4: RTATTR.pack(8, RTA_DST), 16: RTATTR.pack(20, RTA_DST)}
+_FAMILY: Final = {4: socket.AF_INET, 16: socket.AF_INET6}
+
+
+def route_request(dst: bytes, protocol: int, hops: Sequence[tuple[bytes, int]]) -> bytes:
+    """The payload of an RTM_NEWROUTE for the host route to ``dst`` (4 or 16 packed bytes).
+
+    Table main, scope universe, type unicast, no metric (the kernel's default: 0 for
+    IPv4, 1024 for IPv6). One ``(gateway, ifindex)`` hop gives the plain RTA_GATEWAY +
+    RTA_OIF shape, several one RTA_MULTIPATH of weight-1 next hops, as ``ip route`` writes
+    them. Gateways must be of ``dst``'s family (the caller checks).
+    """
+    size = len(dst)
+    head = RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE,
+                      RTN_UNICAST, 0) + _DST_ATTR[size] + dst
+    if len(hops) == 1:
+        gateway, index = hops[0]
+        return head + _GATEWAY_ATTR[size] + gateway + _OIF_ATTR + U32.pack(index)
+    nexthops = b"".join(RTNEXTHOP.pack(RTNEXTHOP.size + 4 + size, 0, 0, index) + _GATEWAY_ATTR[size] + gateway
+                        for gateway, index in hops)
+    return head + RTATTR.pack(4 + len(nexthops), RTA_MULTIPATH) + nexthops
+
+
+def route_delete_request(dst: bytes, protocol: int) -> bytes:
+    """The payload of an RTM_DELROUTE for the host route to ``dst`` of ``protocol`` only.
+
+    Scope nowhere and type unspec match a route of any scope and type (as ``ip route
+    del``); the protocol makes the kernel answer ESRCH rather than delete another's route.
+    """
+    size = len(dst)
+    return RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_NOWHERE, 0,
+                      0) + _DST_ATTR[size] + dst
+
+
+def address_request(index: int, ip: IPAddress) -> bytes:
+    """The payload of an RTM_NEWADDR / RTM_DELADDR for host address ``ip`` (/32 or /128,
+    no DAD) on link ``index``."""
+    packed = ip.packed
+    attr = RTATTR.pack(4 + len(packed), IFA_LOCAL) + packed + RTATTR.pack(4 + len(packed), IFA_ADDRESS) + packed
+    return IFADDRMSG.pack(_FAMILY[len(packed)], ip.max_prefixlen, IFA_F_NODAD, 0, index) + attr
+
+
+# -- the socket ---------------------------------------------------------------------
+
+_RECV_BUFFER: Final = 1 << 20  # far above the kernel's 32 KiB dump chunks
+_ACK_QUEUE: Final = 4 << 20  # receive queue for a send's acks: each costs ~0.8 KiB of it
+_REQUESTS_PER_SEND: Final = 1024  # ~110 KiB of route requests, under the 208 KiB send limit
+_DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is redone
+
+
+class RtnlSocket:
+    """A bound NETLINK_ROUTE socket that joins no multicast group: batches of requests
+    with their acks matched back (:meth:`transact`), and dumps (:meth:`dump`).
+
+    Not thread-safe: use it from one thread. ``timeout`` (seconds) bounds each wait for
+    the kernel. ``strict`` asks for NETLINK_GET_STRICT_CHK (kernel-filtered dumps,
+    >= 4.20); :attr:`strict` says whether the kernel granted it. Every request and dump
+    gets a fresh sequence number, so a late answer to an earlier one is recognised and
+    dropped.
+    """
+
+    def __init__(self, timeout: float, *, strict: bool = False) -> None:
+        self.timeout = timeout
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            self.strict = False
+            if strict:
+                try:
+                    self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+                    self.strict = True
+                except OSError:
+                    pass
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            try:  # above net.core.rmem_max; needs CAP_NET_ADMIN, which the agent has
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _ACK_QUEUE)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ACK_QUEUE)
+            self._sock.bind((0, 0))
+            # Non-blocking, with explicit waits: a Python socket timeout polls before
+            # every recv, which doubles the system calls of reading 10,000 acks.
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._pid: int = self._sock.getsockname()[0]
+        self._seq = 0
+        self._buffer = bytearray(_RECV_BUFFER)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> RtnlSocket:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def _next_seq(self) -> int:
+        # 1 .. 2**32 - 1: 0 is what an unsolicited message carries.
+        self._seq = (self._seq % 0xFFFFFFFF) + 1
+        return self._seq
+
+    def _recv(self, deadline: float) -> int:
+        """Receive one datagram into the buffer, waiting until ``deadline`` (monotonic) at
+        most: its size. Raises TimeoutError, or OSError (ENOBUFS: the queue overflowed)."""
+        while True:
+            try:
+                size = self._sock.recv_into(self._buffer, len(self._buffer), socket.MSG_TRUNC)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                    raise TimeoutError(f"no answer from netlink within {self.timeout} s") from None
+                continue
+            if size > len(self._buffer):
+                raise OSError(errno.EMSGSIZE, f"netlink message of {size} bytes truncated")
+            return size
+
+    def transact(self, requests: Sequence[Request]) -> list[int | None]:
+        """Send ``requests`` in order, many per ``send``, and match each ack to its request
+        by sequence number: one result per request, 0 for success, the kernel's errno
+        (positive) for a failure, None when no answer came (outcome unknown).
+
+        The kernel answers every request of a buffer, also after one fails, and handles a
+        send's requests inside that ``send`` call (rtnetlink is synchronous), so its acks
+        are all queued by the time the call returns: waiting for one that is missing
+        means the kernel dropped it (ENOBUFS, the queue overflowed) or it never came. A
+        wait longer than ``timeout`` ends the batch: the requests not yet answered, sent
+        or not, are None. Raises OSError only when the socket itself fails.
+        """
+        results: list[int | None] = [None] * len(requests)
+        pack = NLMSGHDR.pack
+        flags_on = NLM_F_REQUEST | NLM_F_ACK
+        for first in range(0, len(requests), _REQUESTS_PER_SEND):
+            waiting: dict[int, int] = {}  # sequence number -> request index
+            parts = []
+            for index in range(first, min(first + _REQUESTS_PER_SEND, len(requests))):
+                kind, flags, payload = requests[index]
+                seq = self._next_seq()
+                waiting[seq] = index
+                parts.append(pack(NLMSGHDR.size + len(payload), kind, flags | flags_on, seq, 0))
+                parts.append(payload)
+            self._sock.send(b"".join(parts))
+            if not self._collect(waiting, results):
+                break
+        return results
+
+    def _collect(self, waiting: dict[int, int], results: list[int | None]) -> bool:
+        """Read acks into ``results`` until none is ``waiting``: False if some never came."""
+        deadline = time.monotonic() + self.timeout
+        dropped = False
+        buffer = self._buffer
+        while waiting:
+            try:
+                if dropped:  # what the kernel did not drop is queued already: do not wait
+                    deadline = 0.0
+                size = self._recv(deadline)
+            except TimeoutError:
+                return dropped  # acks dropped: the socket still works; else: it is stuck
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                dropped = True
+                continue
+            for kind, _flags, seq, pid, start, _end in messages(buffer, size):
+                if kind == NLMSG_ERROR and pid == self._pid and seq in waiting:
+                    results[waiting.pop(seq)] = error_code(buffer, start)
+        return True
+
+    def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytearray]]:
+        """Every message of one dump as (nlmsg_type, payload); redone if interrupted.
+
+        Raises TimeoutError when the kernel stops answering, OSError when it refuses.
+        """
+        for _ in range(_DUMP_RETRIES):
+            messages_, interrupted = self._dump_once(msg_type, body)
+            if not interrupted:
+                return messages_
+        raise OSError(errno.EINTR, f"dump interrupted {_DUMP_RETRIES} times by concurrent changes")
+
+    def _dump_once(self, msg_type: int, body: bytes) -> tuple[list[tuple[int, bytearray]], bool]:
+        seq = self._next_seq()
+        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        self._sock.send(header + body)
+        found: list[tuple[int, bytearray]] = []
+        interrupted = False
+        buffer = self._buffer
+        deadline = time.monotonic() + self.timeout
+        while True:
+            size = self._recv(deadline)
+            for kind, flags, msg_seq, msg_pid, start, end in messages(buffer, size):
+                if msg_seq != seq or msg_pid != self._pid:
+                    continue  # left over from an earlier request that timed out
+                if flags & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if kind == NLMSG_DONE:
+                    return found, interrupted
+                if kind == NLMSG_ERROR:
+                    code = error_code(buffer, start)
+                    if code:
+                        raise OSError(code, os.strerror(code))
+                    continue
+                found.append((kind, buffer[start:end]))
