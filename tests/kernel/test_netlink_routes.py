@@ -274,10 +274,9 @@ async def test_a_failed_edit_is_reported_and_the_others_still_apply(lab: Lab) ->
 
 
 @pytest.mark.netns
-async def test_a_large_batch_spans_several_worker_trips_and_keeps_every_result(
-        lab: Lab) -> None:
+async def test_a_batch_of_600_edits_with_bad_ones_inside_keeps_every_result(lab: Lab) -> None:
     base = int(A("2001:db8:100::"))
-    addresses = [ipaddress.IPv6Address(base + n) for n in range(1, 601)]  # ~0.25 s of edits
+    addresses = [ipaddress.IPv6Address(base + n) for n in range(1, 601)]
     broken = (Nexthop(A("2001:db8::11"), "flockdeadbeef"),)
     edits: list[RouteEdit] = [ReplaceRoute(a, lab.hops(n % 3, version=6))
                               for n, a in enumerate(addresses)]
