@@ -50,6 +50,7 @@ class LabPod:
     server: subprocess.Popen[bytes] | None = None
     marked_for_deletion: float = 0.0  # time.monotonic() of the deletionTimestamp patch
     server_stopped: float | None = None  # time.monotonic() when its server was told to stop
+    not_ready_sent: float | None = None  # time.monotonic() when the NotReady patch was sent
 
     @property
     def ipv4(self) -> str:
@@ -130,6 +131,7 @@ class Kubelet:
             await asyncio.to_thread(stop_process, pod.server)
             self.fabric.state.forget(pod.server)
         await asyncio.sleep(self.detection)  # kubelet notices the container is gone
+        pod.not_ready_sent = time.monotonic()
         await self._patch(pod, {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
         await self._cni(pod, "DEL")
         await asyncio.to_thread(self.fabric.state.remove_netns, pod.netns)

@@ -65,6 +65,23 @@ def latency_figures(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# A withdrawal's time, split: (key in the report, what it spans).
+# "tor": a node's last pod only (its BGP withdrawal comes before its node route goes).
+SHARES = (("api", "API: PATCH sent -> event on the agent's watch"),
+          ("node", "event -> node route"),
+          ("tor", "event -> ToR route (node's last pod)"))
+
+
+def share_figures(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """p50 and max of each share of the withdrawals (``apiSeconds``, ``nodeSeconds``...)."""
+    figures = {}
+    for key, _ in SHARES:
+        values = [p[f"{key}Seconds"] for p in pods if p.get(f"{key}Seconds") is not None]
+        figures[key] = {"p50": round(statistics.median(values), 4) if values else None,
+                        "max": round(max(values), 4) if values else None, "count": len(values)}
+    return figures
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -79,12 +96,18 @@ def render(report: Mapping[str, Any]) -> str:
         "  failures   " + "   ".join(f"{kind} {r['failures'][kind]}" for kind in FAILURE_KINDS),
         "",
         "  withdrawal latency (deletionTimestamp -> traffic no longer sent to the pod)",
-        "    pod            node     where                               latency",
+        "    pod            node     where                               latency      API  ->route    ->ToR",
     ]
     for pod in report["pods"]:
-        lines.append(f"    {pod['name']:<14} {pod['node']:<8} {pod['where']:<35} {_ms(pod['withdrawalSeconds'])}")
+        split = "".join(f"{_ms(pod.get(f'{key}Seconds')):>9}" for key, _ in SHARES)
+        lines.append(f"    {pod['name']:<14} {pod['node']:<8} {pod['where']:<35} "
+                     f"{_ms(pod['withdrawalSeconds']):>7}{split}")
     lat = report["latency"]
-    lines += [f"    p50 {_ms(lat['p50'])}   max {_ms(lat['max'])}", ""]
+    lines += [f"    p50 {_ms(lat['p50'])}   max {_ms(lat['max'])}"]
+    for key, what in SHARES:
+        share = (report.get("shares") or {}).get(key) or {}
+        lines.append(f"    {what:<47} p50 {_ms(share.get('p50')):>7}   max {_ms(share.get('max')):>7}")
+    lines.append("")
     lines.append(f"  route changes seen at the ToR: {report['torRouteChanges']}")
     events = report["events"]
     by_reason = ", ".join(f"{k} {v}" for k, v in sorted(events["byReason"].items()))
@@ -110,6 +133,11 @@ def compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> dict[str
     }
 
 
+def _share(report: Mapping[str, Any], key: str) -> str:
+    share = (report.get("shares") or {}).get(key) or {}
+    return f"{_ms(share.get('p50'))} / {_ms(share.get('max'))}"
+
+
 def render_compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> str:
     c = compare(flock, ready_only)
     rows = [
@@ -120,6 +148,8 @@ def render_compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> s
           for kind in FAILURE_KINDS],
         ("withdrawal p50", _ms(flock["latency"]["p50"]), _ms(ready_only["latency"]["p50"])),
         ("withdrawal max", _ms(flock["latency"]["max"]), _ms(ready_only["latency"]["max"])),
+        *[(f"  {label} p50 / max", _share(flock, key), _share(ready_only, key))
+          for key, label in (("api", "API share"), ("node", "event->node route"), ("tor", "event->ToR route"))],
         ("ToR route changes", str(flock["torRouteChanges"]), str(ready_only["torRouteChanges"])),
     ]
     width = max(len(r[0]) for r in rows) + 2

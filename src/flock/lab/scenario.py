@@ -22,6 +22,7 @@ import aiohttp
 
 from flock.core.eligibility import READY_AND_NOT_TERMINATING
 from flock.lab import report as reports
+from flock.lab.apiserver import WATCH_LOG
 from flock.lab.kubelet import Kubelet, LabPod
 from flock.lab.routewatch import RouteWatch
 from flock.lab.topology import ANYCAST, Fabric, Node, build, python, stop_process, teardown, wait_for
@@ -134,11 +135,45 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
             watch.close()
     requests = json.loads(results.read_text()) if results.exists() else []
     events = await kubelet.events()
-    return {"labId": fabric.names.lab_id, **build_report(options, requests, terminated, watches, events)}
+    deliveries = watch_deliveries(options.run_dir / WATCH_LOG)
+    return {"labId": fabric.names.lab_id,
+            **build_report(options, requests, terminated, watches, events, deliveries)}
+
+
+def watch_deliveries(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The API server's log of watch events handed to its clients (at, watch, name...)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shares(pod: LabPod, deliveries: list[dict[str, Any]], node_at: float | None,
+           tor_at: float | None) -> dict[str, float | None]:
+    """Where a withdrawal's time went: the API (the kubelet's PATCH sent -> the event on
+    the agent's watch), then from that event to the node's route change, and to the ToR's
+    (a node's last pod only: flock withdraws the BGP announcement first, so the ToR's
+    route changes before the node's, whose route goes right after).
+
+    The event is the last one for the pod on its node's watch before the node's route
+    changed (the deletionTimestamp with flock's rule, NotReady with the ready-only rule);
+    the PATCH is the kubelet's last one sent before that event.
+    """
+    watch = f"spec.nodeName={pod.node.spec.name}"
+    seen = [d["at"] for d in deliveries if d["name"] == pod.name and d["watch"] == watch
+            and pod.marked_for_deletion <= d["at"] <= (node_at if node_at is not None else float("inf"))]
+    event_at = max(seen) if seen and node_at is not None else None
+    sent = [t for t in (pod.marked_for_deletion, pod.not_ready_sent)
+            if t is not None and event_at is not None and t <= event_at]
+    return {
+        "apiSeconds": event_at - max(sent) if event_at is not None and sent else None,
+        "nodeSeconds": node_at - event_at if event_at is not None and node_at is not None else None,
+        "torSeconds": tor_at - event_at if event_at is not None and tor_at is not None else None,
+    }
 
 
 def build_report(options: Options, requests: list[dict[str, Any]], terminated: list[dict[str, Any]],
-                 watches: dict[str, RouteWatch], events: list[dict[str, Any]]) -> dict[str, Any]:
+                 watches: dict[str, RouteWatch], events: list[dict[str, Any]],
+                 deliveries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     pods = []
     stopped: list[dict[str, Any]] = []  # when each terminated pod had no server
     for item in terminated:
@@ -151,7 +186,11 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
             where, watch = f"{pod.node.spec.name} drops the next hop", watches[pod.node.spec.name]
             times = [watch.first_change_after(p, t0, pod_hop(pod, p)) for p in PREFIXES]
         latency = None if any(t is None for t in times) else max(times) - t0  # type: ignore[operator,type-var]
-        pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency})
+        node_times = [watches[pod.node.spec.name].first_change_after(p, t0, pod_hop(pod, p)) for p in PREFIXES]
+        node_at = None if any(t is None for t in node_times) else max(node_times)  # type: ignore[type-var]
+        tor_at = t0 + latency if item["lastOnNode"] and latency is not None else None
+        pods.append({"name": pod.name, "node": pod.node.spec.name, "where": where, "withdrawalSeconds": latency,
+                     **shares(pod, deliveries or [], node_at, tor_at)})
         if pod.server_stopped is not None:
             withdrawn = None if latency is None else t0 + latency
             stopped.append({"pod": pod.name, "from": pod.server_stopped, "to": withdrawn})
@@ -163,7 +202,7 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
     return {
         "eligibility": options.eligibility, "replicas": options.replicas, "rate": options.rate,
         "anycast": list(ANYCAST), "requests": reports.request_figures(requests),
-        "pods": pods, "latency": reports.latency_figures(pods),
+        "pods": pods, "latency": reports.latency_figures(pods), "shares": reports.share_figures(pods),
         "torRouteChanges": len([c for c in changes if c["where"] == "ToR"]),
         "routeChanges": sorted(changes, key=lambda c: c["at"]),
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
