@@ -77,6 +77,7 @@ class Reconciler:
         self._waiting: list[asyncio.Future[None]] = []  # callers of next_pass
         self._kernel: dict[IPAddress, Nexthops] = {}
         self._advertised: frozenset[IPAddress] = frozenset()
+        self._bird_applied: frozenset[IPAddress] | None = None  # the set of the last bird.conf BIRD took
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
         self._reported: set[Finding] = set()
         self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
@@ -294,6 +295,8 @@ class Reconciler:
         await self._resync_kernel()
 
     async def _advertise(self, advertise: frozenset[IPAddress]) -> None:
+        if advertise == self._bird_applied:
+            return  # bird.conf would render the same as the last one BIRD took from this agent
         try:
             # Rendering is inside: a user's template can fail to render (BirdConfigRejected).
             changed = await self.bird.apply(self.render_bird(advertise))
@@ -311,7 +314,7 @@ class Reconciler:
             self.metrics.bird_reloads.labels(result="ok").inc()
             logger.info("BIRD reconfigured advertised=%d", len(advertise))
         self._bird_failure.cleared()
-        self._advertised = advertise
+        self._advertised = self._bird_applied = advertise
 
     # --- events --------------------------------------------------------------------------
 

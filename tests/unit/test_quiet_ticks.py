@@ -78,3 +78,16 @@ async def test_ticks_keep_retrying_while_bird_fails_and_a_full_view_still_repair
     routes.table.clear()  # a route deleted by hand
     await reconciler.reconcile(trigger="tick", full_view=True)
     assert routes.table != {}, "the periodic full view repairs it"
+
+
+async def test_a_pass_that_changes_no_advertised_prefix_renders_no_bird_conf(parts: Parts) -> None:
+    reconciler, routes, render, pods = parts.reconciler, parts.routes, parts.render, parts.pods
+    await parts.reconciler.store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), dev="flock00000002"))
+    pods.observe("ADDED", pod_body("web-2", uid="", anycast="198.51.100.10"))
+    await reconciler.reconcile(trigger="start")
+    assert render.calls == 1 and len(next(iter(routes.table.values()))) == 2
+
+    pods.observe("MODIFIED", pod_body("web-2", uid="", ready=False, anycast="198.51.100.10"))
+    await reconciler.reconcile(trigger="pod")
+    assert len(next(iter(routes.table.values()))) == 1, "web-2 left the multipath route"
+    assert render.calls == 1, "the prefix is still advertised: bird.conf is not rendered again"
