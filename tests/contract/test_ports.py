@@ -1,25 +1,30 @@
 """Each port's contract, run against the in-memory fake and the real adapter alike.
 
 The unit tests trust flock.testing's fakes; these tests are why they may: the same
-checks pass against FakeRoutes and NetlinkRoutes (a real kernel, in a netns), and against
-FakeBird and BirdControl (a real BIRD). A fake that drifts from the real thing fails here.
+checks pass against FakeRoutes and NetlinkRoutes (a real kernel, in a netns), against
+FakeBird and BirdControl (a real BIRD), and against RecordingEvents and EventPoster. A
+fake that drifts from the real thing fails here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 
 from flock.adapters.bird import BirdControl
+from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
-from flock.core.model import IPAddress, Nexthop, sorted_nexthops
-from flock.core.ports import Bird, Routes
+from flock.core.model import Event, IPAddress, Nexthop, ObjectRef, sorted_nexthops
+from flock.core.ports import Bird, EventSink, Routes
 from flock.core.routediff import DeleteRoute, ReplaceRoute
 from flock.errors import BirdConfigRejected, BirdUnavailable
-from flock.testing import FakeBird, FakeRoutes
+from flock.metrics import Metrics
+from flock.testing import FakeBird, FakeRoutes, RecordingEvents
 from tests.support import birdlab
 from tests.support.netns import plumb_pod
 
@@ -143,3 +148,20 @@ async def test_bird_away_raises_unavailable_and_the_same_text_is_applied_once_it
     bird.come_back()
     assert await bird.bird.apply(bird.config(2)) is True, "not confirmed before: configured now"
     assert await bird.bird.apply(bird.config(2)) is False
+
+
+@pytest.fixture(params=["fake", "poster"])
+def event_sink(request: pytest.FixtureRequest) -> EventSink:
+    if request.param == "fake":
+        return RecordingEvents()
+    # The real sink queues and posts from its own task; post() itself never touches the API.
+    return EventPoster(cast(KubeApi, None), Metrics())
+
+
+def test_an_event_sink_takes_any_number_of_events_at_once_without_raising(event_sink: EventSink) -> None:
+    # The reconciler posts from inside a pass: post() must neither block nor raise.
+    pod = ObjectRef(kind="Pod", name="web-1", namespace="default")
+    started = time.monotonic()
+    for n in range(20_000):
+        event_sink.post(Event(pod, "Normal", "AnycastAdvertised", f"event {n}"))
+    assert time.monotonic() - started < 5
