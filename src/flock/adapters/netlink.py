@@ -69,8 +69,8 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar, cast
 
 from flock.adapters import rtnetlink as rtnl
 from flock.adapters import sysctl
@@ -424,16 +424,7 @@ class NetlinkRoutes:
         batch was encoded (see :meth:`_retry_stale`).
         """
         results: list[RouteError | None] = [None] * len(edits)
-        requests: list[rtnl.Request] = []
-        sent: list[tuple[int, list[int]]] = []  # (edit position, ifindexes used)
-        for position, edit in enumerate(edits):
-            encoded = self._encode(edit)
-            if isinstance(encoded, RouteError):
-                results[position] = encoded
-                continue
-            request, indexes = encoded
-            requests.append(request)
-            sent.append((position, indexes))
+        requests, sent = self._encode_each(edits, range(len(edits)), results)
         answers = self._transact(edits, sent, requests)
         stale: list[tuple[int, list[int]]] = []
         for (position, indexes), answer in zip(sent, answers, strict=True):
@@ -461,27 +452,29 @@ class NetlinkRoutes:
             log.warning("netlink link dump failed; refused edits not retried error=%s", exc)
             return
         last = {edit.address: position for position, edit in enumerate(edits)}
-        retry: list[int] = []
+        again = [position for position, indexes in failed
+                 if last[edits[position].address] == position
+                 and [self._indexes.get(hop.dev) for hop in cast(ReplaceRoute, edits[position]).nexthops] != indexes]
+        requests, sent = self._encode_each(edits, again, results)
+        answers = self._transact(edits, sent, requests)
+        for (position, _), answer in zip(sent, answers, strict=True):
+            results[position] = self._outcome(edits[position], answer)
+
+    def _encode_each(self, edits: Sequence[RouteEdit], positions: Iterable[int],
+                     results: list[RouteError | None]) -> tuple[list[rtnl.Request], list[tuple[int, list[int]]]]:
+        """The requests for the edits at ``positions``, and (position, ifindexes used) for each
+        one sent; an edit that cannot be encoded gets its RouteError in ``results``."""
         requests: list[rtnl.Request] = []
         sent: list[tuple[int, list[int]]] = []
-        for position, indexes in failed:
-            edit = edits[position]
-            assert isinstance(edit, ReplaceRoute)
-            if last[edit.address] != position:
-                continue
-            if [self._indexes.get(hop.dev) for hop in edit.nexthops] == indexes:
-                continue
-            encoded = self._encode(edit)
+        for position in positions:
+            encoded = self._encode(edits[position])
             if isinstance(encoded, RouteError):
                 results[position] = encoded
                 continue
-            request, new_indexes = encoded
-            retry.append(position)
+            request, indexes = encoded
             requests.append(request)
-            sent.append((position, new_indexes))
-        answers = self._transact(edits, sent, requests)
-        for position, answer in zip(retry, answers, strict=True):
-            results[position] = self._outcome(edits[position], answer)
+            sent.append((position, indexes))
+        return requests, sent
 
     def _encode(self, edit: RouteEdit) -> tuple[rtnl.Request, list[int]] | RouteError:
         """The netlink request for ``edit`` and the ifindexes it uses, or why there is none."""
