@@ -13,6 +13,8 @@ has two next hops), a real BIRD, and a Reconciler wired to the real adapters
   one pod       one pod (of 400) not ready: its next hops leave    (no reference)
   withdrawal    a pod that alone serves one prefix goes: BIRD withdraws it, then the
                 route goes                                          ref: ``birdc configure`` of that config
+  burst         250 pods turn Ready within 100 ms with the loop running: passes, BIRD
+                reloads, and the time from the last event until every next hop is in
 
 Needs root, ``ip`` and ``bird``; touches nothing outside its namespace, which it deletes
 at the end, also on failure.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -235,6 +238,55 @@ def batch_lines(edits: Sequence[RouteEdit]) -> list[str]:
     return lines
 
 
+async def burst(size: int, count: int = 250, spread: float = 0.1) -> dict[str, float]:
+    """``count`` not-ready pods turn Ready within ``spread`` seconds while the reconcile loop
+    runs (tick 2 s): passes, BIRD reloads and the time from the last event to convergence."""
+    netns = f"flk-bench-{os.getpid()}-{secrets.token_hex(2)}"
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="flk-bench-", dir="/tmp"))
+    bird_process = None
+    try:
+        await asyncio.to_thread(build, netns)
+        bird_process = await asyncio.to_thread(start_bird, netns, workdir)
+        node = await make_node(netns, size, workdir)
+        for n in range(count):  # these pods start not ready
+            node.pods.observe("MODIFIED", pod_body(n, node.served[n], ready=False))
+        await node.reconciler.reconcile(trigger="start")
+        expected = await node.routes.dump()
+        passes_before, reloads_before = node.reconciler.passes, _reloads(node)
+        running = asyncio.create_task(node.reconciler.run())
+        try:
+            for n in range(count):
+                node.pods.observe("MODIFIED", pod_body(n, node.served[n], ready=True))
+                node.reconciler.wake("pod")
+                await asyncio.sleep(spread / count)
+            last_event = time.perf_counter()
+            while True:  # converged: every pod's next hops installed
+                await node.reconciler.next_pass("bench")
+                table = await node.routes.dump()
+                if sum(len(hops) for hops in table.values()) == 2 * size + 1:
+                    break
+            converged = time.perf_counter() - last_event
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        assert len(expected) <= size + 1
+        await node.routes.close()
+        return {"passes": node.reconciler.passes - passes_before, "reloads": _reloads(node) - reloads_before,
+                "converged": converged * 1000}
+    finally:
+        if bird_process is not None:
+            bird_process.terminate()
+            await asyncio.to_thread(bird_process.wait, 10)
+        await asyncio.to_thread(subprocess.run, ["ip", "netns", "delete", netns], capture_output=True, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _reloads(node: Node) -> float:
+    """BIRD reconfigurations so far (the reconciler's metric)."""
+    return float(node.reconciler.metrics.bird_reloads.labels(result="ok")._value.get())
+
+
 async def bench_size(size: int, rounds: int) -> None:
     results: dict[str, list[float]] = {}
     for _ in range(rounds):
@@ -249,6 +301,9 @@ async def bench_size(size: int, rounds: int) -> None:
     row("full view", best["full"], best["ip_json"], "ip -j route show proto 201")
     row("one pod", best["one"], None)
     row("withdrawal", best["withdrawal"], best["configure"], "birdc configure, same config")
+    figures = await burst(size)
+    print(f"  burst          250 pods Ready within 100 ms: {figures['passes']:.0f} passes (incl. the check), "
+          f"{figures['reloads']:.0f} BIRD reloads, converged {figures['converged']:.0f} ms after the last event")
     print(f"  (medians: install {median['install']:.1f}, quiet {median['quiet']:.3f}, "
           f"full {median['full']:.1f}, withdrawal {median['withdrawal']:.1f} ms)")
 
