@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from flock.adapters.bird import BirdControl, render_bird_conf
 from flock.adapters.netlink import NetlinkRoutes
@@ -155,6 +155,29 @@ def start_bird(netns: str, workdir: pathlib.Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("bird did not start")
 
 
+@contextlib.asynccontextmanager
+async def bench_node(size: int) -> AsyncIterator[Node]:
+    """A fresh namespace, BIRD and wired Reconciler with ``size`` routes' worth of pods; all
+    removed at the end, also on failure."""
+    netns = f"flk-bench-{os.getpid()}-{secrets.token_hex(2)}"
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="flk-bench-", dir="/tmp"))
+    bird_process = None
+    try:
+        await asyncio.to_thread(build, netns)
+        bird_process = await asyncio.to_thread(start_bird, netns, workdir)
+        node = await make_node(netns, size, workdir)
+        try:
+            yield node
+        finally:
+            await node.routes.close()
+    finally:
+        if bird_process is not None:
+            bird_process.terminate()
+            await asyncio.to_thread(bird_process.wait, 10)
+        await asyncio.to_thread(subprocess.run, ["ip", "netns", "delete", netns], capture_output=True, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 async def timed(func: Callable[[], Awaitable[object]]) -> float:
     start = time.perf_counter()
     await func()
@@ -190,15 +213,9 @@ def row(name: str, ours: float, reference: float | None, ref_name: str = "") -> 
 
 async def one_round(size: int) -> dict[str, float]:
     """Every figure once, in a fresh namespace with a fresh BIRD."""
-    netns = f"flk-bench-{os.getpid()}-{secrets.token_hex(2)}"
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="flk-bench-", dir="/tmp"))
-    bird_process = None
     figures: dict[str, float] = {}
-    try:
-        await asyncio.to_thread(build, netns)
-        bird_process = await asyncio.to_thread(start_bird, netns, workdir)
-        node = await make_node(netns, size, workdir)
-        reconciler = node.reconciler
+    async with bench_node(size) as node:
+        netns, reconciler = node.netns, node.reconciler
         figures["install"] = await timed(lambda: reconciler.reconcile(trigger="start"))
         assert len(await node.routes.dump()) == size + 1, "every route installed"
         figures["quiet"] = await timed(lambda: reconciler.reconcile(trigger="tick"))
@@ -218,13 +235,6 @@ async def one_round(size: int) -> dict[str, float]:
         figures["routes"] = await timed(lambda: node.routes.apply(edits))
         await node.routes.apply([DeleteRoute(a) for a in table])
         figures["ip_batch"] = await asyncio.to_thread(ip_batch_ms, netns, batch_lines(edits))
-        await node.routes.close()
-    finally:
-        if bird_process is not None:
-            bird_process.terminate()
-            await asyncio.to_thread(bird_process.wait, 10)
-        await asyncio.to_thread(subprocess.run, ["ip", "netns", "delete", netns], capture_output=True, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
     return figures
 
 
@@ -241,17 +251,10 @@ def batch_lines(edits: Sequence[RouteEdit]) -> list[str]:
 async def burst(size: int, count: int = 250, spread: float = 0.1) -> dict[str, float]:
     """``count`` not-ready pods turn Ready within ``spread`` seconds while the reconcile loop
     runs (tick 2 s): passes, BIRD reloads and the time from the last event to convergence."""
-    netns = f"flk-bench-{os.getpid()}-{secrets.token_hex(2)}"
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="flk-bench-", dir="/tmp"))
-    bird_process = None
-    try:
-        await asyncio.to_thread(build, netns)
-        bird_process = await asyncio.to_thread(start_bird, netns, workdir)
-        node = await make_node(netns, size, workdir)
+    async with bench_node(size) as node:
         for n in range(count):  # these pods start not ready
             node.pods.observe("MODIFIED", pod_body(n, node.served[n], ready=False))
         await node.reconciler.reconcile(trigger="start")
-        expected = await node.routes.dump()
         passes_before, reloads_before = node.reconciler.passes, _reloads(node)
         running = asyncio.create_task(node.reconciler.run())
         try:
@@ -270,16 +273,8 @@ async def burst(size: int, count: int = 250, spread: float = 0.1) -> dict[str, f
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
-        assert len(expected) <= size + 1
-        await node.routes.close()
         return {"passes": node.reconciler.passes - passes_before, "reloads": _reloads(node) - reloads_before,
                 "converged": converged * 1000}
-    finally:
-        if bird_process is not None:
-            bird_process.terminate()
-            await asyncio.to_thread(bird_process.wait, 10)
-        await asyncio.to_thread(subprocess.run, ["ip", "netns", "delete", netns], capture_output=True, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _reloads(node: Node) -> float:
