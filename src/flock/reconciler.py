@@ -90,6 +90,8 @@ class Reconciler:
         self._held: dict[IPAddress, Nexthops] = {}
         self._running = False
         self._contributions: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
+        self._changed_pods: set[PodRef] = set()  # pods whose contribution was computed again this pass
+        self._touched: set[IPAddress] | None = None  # addresses whose route or advertisement changed (None: any)
         self._settled = False  # the last pass finished all it set out to do: a quiet tick may skip
         self._errors_this_pass = 0
         self.passes = 0
@@ -201,6 +203,7 @@ class Reconciler:
 
     async def reconcile(self, *, full_view: bool = False, trigger: str = "manual") -> None:
         started = time.monotonic()
+        self._touched = set()
         drifted = await self._resync_kernel() if full_view else False
         if trigger == "tick" and self._settled and not drifted and not self.holding:
             # Nothing changed since a pass that finished all it set out to do (every other
@@ -241,8 +244,10 @@ class Reconciler:
 
     def _resolve(self, pods: Mapping[tuple[str, str], PodStatus]) -> Resolution:
         """:func:`~flock.core.resolver.resolve`, but each allocation's contribution is computed
-        again only if the allocation or its pod's status changed since the last pass."""
+        again only if the allocation or its pod's status changed since the last pass (those
+        pods are noted in ``_changed_pods``)."""
         fresh: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
+        changed: set[PodRef] = set()
         for allocation in self.store.all():
             status = matching_status(allocation, pods)
             known = self._contributions.get(allocation.container_id)
@@ -251,7 +256,9 @@ class Reconciler:
             else:
                 fresh[allocation.container_id] = (
                     allocation, status, contribution(allocation, status, self.config.anycast_pools))
-        self._contributions = fresh
+                changed.add(allocation.pod)
+        changed.update(known[0].pod for cid, known in self._contributions.items() if cid not in fresh)
+        self._contributions, self._changed_pods = fresh, changed
         return combine(part for _, _, part in fresh.values() if part is not None)
 
     def _passed(self, started: float, trigger: str) -> None:
@@ -266,6 +273,8 @@ class Reconciler:
         """Take a full view of the kernel's routes. True if they drifted from what flock wrote."""
         kernel = await self.routes.dump()
         drift = {a for a in set(kernel) | set(self._kernel) if kernel.get(a) != self._kernel.get(a)}
+        if self._touched is not None:
+            self._touched.update(drift)
         if drift:
             logger.warning("kernel routes drifted from what flock wrote, repairing prefixes=%s",
                            ",".join(host_prefix(a) for a in sorted(drift, key=address_sort_key)))
@@ -281,6 +290,8 @@ class Reconciler:
             logger.info("route %s", edit)
             self.metrics.route_edits.labels(op="replace" if isinstance(edit, ReplaceRoute) else "delete").inc()
         errors = await self.routes.apply(edits)
+        if self._touched is not None:
+            self._touched.update(edit.address for edit in edits)
         if not errors:
             self._kernel = apply_edits(self._kernel, edits)
             return
@@ -291,6 +302,7 @@ class Reconciler:
             logger.log(level, "route edit failed: %s", error)
         self._route_failures = {error.key for error in errors}
         self.metrics.route_errors.inc(len(errors))
+        self._touched = None  # after a full view, any route may differ from what was written
         # Which edits landed is uncertain now: take a full view rather than guess.
         await self._resync_kernel()
 
@@ -314,6 +326,8 @@ class Reconciler:
             self.metrics.bird_reloads.labels(result="ok").inc()
             logger.info("BIRD reconfigured advertised=%d", len(advertise))
         self._bird_failure.cleared()
+        if self._touched is not None:
+            self._touched.update(self._advertised ^ advertise)
         self._advertised = self._bird_applied = advertise
 
     # --- events --------------------------------------------------------------------------
@@ -337,7 +351,13 @@ class Reconciler:
             hops_of.setdefault(allocation.pod, set()).update(
                 Nexthop(ip, allocation.host_ifname) for ip in allocation.pod_ips)
         actual: dict[PodRef, set[IPAddress]] = {}
+        touched = self._touched
         for pod in set(wanted) | set(self._serving):
+            if (touched is not None and pod not in self._changed_pods
+                    and touched.isdisjoint(wanted.get(pod, ())) and touched.isdisjoint(self._serving.get(pod, ()))):
+                # Neither the pod nor a route of its changed in this pass: nothing to tell.
+                actual[pod] = set(self._serving.get(pod, ()))
+                continue
             mine = hops_of.get(pod, set())
             actual[pod] = {address for address in wanted.get(pod, frozenset()) | self._serving.get(pod, frozenset())
                            if address in self._advertised and mine.intersection(self._kernel.get(address, ()))}

@@ -91,3 +91,28 @@ async def test_a_pass_that_changes_no_advertised_prefix_renders_no_bird_conf(par
     await reconciler.reconcile(trigger="pod")
     assert len(next(iter(routes.table.values()))) == 1, "web-2 left the multipath route"
     assert render.calls == 1, "the prefix is still advertised: bird.conf is not rendered again"
+
+
+async def test_a_pass_tells_only_the_pods_it_touched_and_still_tells_them_everything(parts: Parts) -> None:
+    reconciler, pods = parts.reconciler, parts.pods
+    events = reconciler.events
+    assert isinstance(events, RecordingEvents)
+    await reconciler.store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), anycast=("198.51.100.20",),
+                                     dev="flock00000002"))
+    pods.observe("ADDED", pod_body("web-2", uid="", anycast="198.51.100.20"))
+    await reconciler.reconcile(trigger="start")
+    assert sorted(e.involved.name for e in events.events) == ["web-1", "web-2"]
+
+    events.events.clear()
+    pods.observe("MODIFIED", pod_body("web-2", uid="", ready=False, anycast="198.51.100.20"))
+    await reconciler.reconcile(trigger="pod")
+    assert [(e.involved.name, e.reason) for e in events.events] == [("web-2", "AnycastWithdrawn")]
+
+    events.events.clear()
+    parts.bird.unavailable = True  # web-1's withdrawal waits for BIRD: nothing to tell yet
+    pods.observe("MODIFIED", pod_body("web-1", uid="", ready=False, anycast="198.51.100.10"))
+    await reconciler.reconcile(trigger="pod")
+    assert [e.reason for e in events.events] == ["BirdReloadFailed"]
+    parts.bird.unavailable = False  # BIRD back: the tick's pass withdraws, and says so
+    await reconciler.reconcile(trigger="tick")
+    assert [(e.involved.name, e.reason) for e in events.events][1:] == [("web-1", "AnycastWithdrawn")]
