@@ -49,18 +49,22 @@ async def add_pod(node: CniNode, name: str, anycast: str) -> tuple[str, str, str
     return created["metadata"]["uid"], netns, path
 
 
+async def quick_add(node: CniNode, name: str, path: str, uid: str) -> None:
+    """ADD the pod; it must succeed within generous bounds (bounded work, not 94 s)."""
+    started = time.monotonic()
+    result = await node.cni("ADD", name, path, pod=name, uid=uid)
+    took = time.monotonic() - started
+    assert result.code == 0, result.raw
+    assert took < 10, f"the ADD took {took:.1f}s"
+
+
 async def test_an_annotation_of_hundreds_of_valid_ips_gives_a_quick_add_of_max_anycast_per_pod(
         cni_node: CniNode) -> None:
     node = cni_node
     annotation, addresses = short_ipv6_annotation(4096)
     assert len(addresses) > 200 and len(annotation.encode()) <= 4096
     uid, netns, path = await add_pod(node, "many", annotation)
-
-    started = time.monotonic()
-    result = await node.cni("ADD", "many", path, pod="many", uid=uid)
-    took = time.monotonic() - started
-    assert result.code == 0, result.raw
-    assert took < 10, f"the ADD took {took:.1f}s"
+    await quick_add(node, "many", path, uid)
     assert sorted(anycast_on_lo(netns)) == sorted(addresses[:MAX_ANYCAST_PER_POD])  # the first ones given
     await eventually(lambda: any(e["involvedObject"]["name"] == "many"
                                  for e in node.cluster.events("AnycastRejected")),
@@ -72,12 +76,7 @@ async def test_a_60_kb_annotation_gives_a_quick_add_with_no_anycast(cni_node: Cn
     node = cni_node
     annotation, _ = short_ipv6_annotation(60_000)
     uid, netns, path = await add_pod(node, "huge", annotation)
-
-    started = time.monotonic()
-    result = await node.cni("ADD", "huge", path, pod="huge", uid=uid)
-    took = time.monotonic() - started
-    assert result.code == 0, result.raw
-    assert took < 10, f"the ADD took {took:.1f}s"
+    await quick_add(node, "huge", path, uid)
     assert anycast_on_lo(netns) == []
 
 
