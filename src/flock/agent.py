@@ -25,7 +25,7 @@ from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
 from flock.core.birdview import bird_view
-from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
+from flock.core.model import Event, IPNetwork, ObjectRef
 from flock.core.podcache import PodCache
 from flock.core.settings import AgentConfig, listen_address
 from flock.metrics import Metrics
@@ -48,7 +48,8 @@ class Agent:
         self.metrics = Metrics()
         self.store = AllocationStore(config.state_dir)
         self.pods = PodCache(config.node_name, config.eligibility, config.max_anycast_per_pod)
-        self.routes = NetlinkRoutes(protocol=config.route_protocol, netns=config.host_netns,
+        self.routes = NetlinkRoutes(protocol=config.route_protocol,
+                                    withdrawn_protocol=config.withdrawn_route_protocol, netns=config.host_netns,
                                     proc=config.proc_path)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)
@@ -70,8 +71,8 @@ class Agent:
         self.api_answered = 0.0  # monotonic time of the last LIST the API server answered
         self._web: web.AppRunner | None = None
 
-    def render_bird(self, anycast: frozenset[IPAddress]) -> str:
-        view = bird_view(config=self.config, anycast=anycast, pod_cidrs=self.pod_cidrs)
+    def render_bird(self) -> str:
+        view = bird_view(config=self.config, pod_cidrs=self.pod_cidrs)
         return render_bird_conf(view, self.config.bird.template)
 
     def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:

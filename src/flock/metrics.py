@@ -20,8 +20,11 @@ class Metrics:
                                     registry=self.registry)
         self.bird_reloads = Counter("flock_bird_reloads", "BIRD reconfigurations", ["result"],
                                     registry=self.registry)
-        self.anycast_routes = Gauge("flock_anycast_routes", "Anycast host routes installed",
+        self.anycast_routes = Gauge("flock_anycast_routes", "Anycast host routes installed and advertised",
                                     registry=self.registry)
+        self.withdrawn_routes = Gauge("flock_anycast_withdrawn_routes", "Anycast host routes withdrawn "
+                                      "from BGP that still forward until their linger ends",
+                                      registry=self.registry)
         self.anycast_nexthops = Gauge("flock_anycast_nexthops", "Next hops over all anycast routes",
                                       registry=self.registry)
         self.drift_repairs = Counter("flock_drift_repairs", "Routes repaired after a full kernel view",

@@ -1,13 +1,18 @@
 """The reconcile task: one asyncio task that makes the kernel and BIRD match the pods.
 
-Every kernel edit and every BIRD reload happens here, serialized. A pass:
+Every kernel edit and every BIRD reload happens here, serialized. BIRD learns flock's
+advertised routes from the kernel (``protocol kernel`` with ``learn``, see
+``bird/_protocols.j2``), so installing a route *is* advertising its prefix, and bird.conf
+changes only with the peers, pools and pod CIDRs: it is applied once at start-up (and
+retried while BIRD refuses it), never per pod. A pass:
 
 1. resolve committed allocations × eligible pods into the desired anycast routes;
-2. diff against the kernel view and install/replace routes (kernel first: never
-   advertise a prefix the node cannot route yet);
-3. render bird.conf for the prefixes now installed; reload BIRD only if the text changed;
-4. delete kernel routes for prefixes BIRD no longer advertises (withdraw first, or the
-   fabric would send traffic to a node that drops it until BGP converges);
+2. install and change routes (tagged ``routeProtocol``: BIRD advertises them at once,
+   never before the node can forward);
+3. withdraw the routes no longer wanted by re-tagging them ``withdrawnRouteProtocol``:
+   BIRD withdraws the prefix while the kernel keeps forwarding what the fabric already
+   sent (no reload: one netlink write);
+4. delete withdrawn routes whose ``withdrawnLingerSeconds`` are over;
 5. post Events for what changed for a person.
 
 The kernel view is a full dump at start-up and every ``resync_seconds`` (repairs routes
@@ -41,7 +46,16 @@ from flock.core.model import (
 from flock.core.podcache import PodCache
 from flock.core.ports import Allocations, Bird, EventSink, RenderBird, Routes
 from flock.core.resolver import Contribution, Finding, Resolution, combine, contribution, matching_status
-from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit, apply_edits, diff_routes
+from flock.core.routediff import (
+    DeleteRoute,
+    KernelRoutes,
+    ReplaceRoute,
+    RouteEdit,
+    WithdrawRoute,
+    apply_edits,
+    diff_routes,
+    expired,
+)
 from flock.core.settings import AgentConfig
 from flock.errors import BirdConfigRejected, BirdError
 from flock.metrics import Metrics
@@ -75,9 +89,9 @@ class Reconciler:
         self._wakeup = asyncio.Event()
         self._triggers: set[str] = set()
         self._waiting: list[asyncio.Future[None]] = []  # callers of next_pass
-        self._kernel: dict[IPAddress, Nexthops] = {}
-        self._advertised: frozenset[IPAddress] = frozenset()
-        self._bird_applied: frozenset[IPAddress] | None = None  # the set of the last bird.conf BIRD took
+        self._kernel = KernelRoutes()
+        self._lingering: dict[IPAddress, float] = {}  # withdrawn route -> monotonic time to delete it
+        self._bird_configured = False  # BIRD took (or already ran) this agent's bird.conf
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
         self._reported: set[Finding] = set()
         self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
@@ -122,7 +136,7 @@ class Reconciler:
         staying = {a.host_ifname for a in self.store.all()
                    if a.state is AllocationState.COMMITTED and a.host_ifname != dev}
         return any(any(hop.dev == dev for hop in hops) and any(hop.dev in staying for hop in hops)
-                   for hops in self._kernel.values())
+                   for hops in self._kernel.advertised.values())
 
     async def release(self, dev: str) -> bool:
         """Wait until no route shares ``dev`` with a pod that stays. False: passes do not run
@@ -155,11 +169,14 @@ class Reconciler:
 
     async def _pass_forever(self) -> None:
         while True:
+            timeout = self.config.tick_seconds
+            if self._lingering and not self.holding:  # wake when the first linger ends
+                timeout = min(timeout, max(0.0, min(self._lingering.values()) - time.monotonic()) + 0.001)
             try:
-                async with asyncio.timeout(self.config.tick_seconds):
+                async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             except TimeoutError:
-                self._triggers.add("tick")
+                self._triggers.add("linger" if self._linger_over() else "tick")
             self._wakeup.clear()
             triggers, self._triggers = self._triggers, set()
             waiting, self._waiting = self._waiting, []
@@ -183,21 +200,19 @@ class Reconciler:
 
         Restarting the agent with unchanged state then writes nothing and posts no Events.
         """
-        self._kernel = await self.routes.dump()
-        self._held = dict(self._kernel)
+        self._track(await self.routes.dump())
+        self._held = dict(self._kernel.advertised)
         self._last_resync = time.monotonic()
-        # Until BIRD has taken a config from us, assume it advertises everything installed,
-        # so no kernel route is deleted under a prefix BIRD might still announce.
-        self._advertised = frozenset(self._kernel)
         by_dev = {a.host_ifname: a for a in self.store.all()}
         serving: dict[PodRef, set[IPAddress]] = {}
-        for address, nexthops in self._kernel.items():
+        for address, nexthops in self._kernel.advertised.items():
             for hop in nexthops:
                 allocation = by_dev.get(hop.dev)
                 if allocation is not None:
                     serving.setdefault(allocation.pod, set()).add(address)
         self._serving = {pod: frozenset(addresses) for pod, addresses in serving.items()}
-        logger.info("adopted kernel state routes=%d pods=%d", len(self._kernel), len(self._serving))
+        logger.info("adopted kernel state routes=%d withdrawn=%d pods=%d", len(self._kernel.advertised),
+                    len(self._kernel.withdrawn), len(self._serving))
 
     # --- one pass ------------------------------------------------------------------------
 
@@ -205,7 +220,7 @@ class Reconciler:
         started = time.monotonic()
         self._touched = set()
         drifted = await self._resync_kernel() if full_view else False
-        if trigger == "tick" and self._settled and not drifted and not self.holding:
+        if trigger == "tick" and self._settled and not drifted and not self.holding and not self._linger_over():
             # Nothing changed since a pass that finished all it set out to do (every other
             # change wakes the reconciler with a trigger of its own): the same inputs would
             # give no edit, the same bird.conf and no Event. A quiet tick costs nothing.
@@ -220,21 +235,19 @@ class Reconciler:
             self._passed(started, trigger)
             return
 
+        await self._configure_bird()
         pods = self.pods.snapshot()
         resolution = self._resolve(pods)
         edits = diff_routes(resolution.routes, self._kernel)
-        replaces = [e for e in edits if isinstance(e, ReplaceRoute)]
-        deletes = [e for e in edits if isinstance(e, DeleteRoute)]
 
-        # 1. Kernel first: install and change routes.
-        await self._apply(replaces)
+        # 1. Install and change routes: BIRD learns and advertises exactly what they route.
+        await self._apply([e for e in edits if isinstance(e, ReplaceRoute)])
 
-        # 2. Advertise exactly the desired prefixes the kernel now routes.
-        advertise = frozenset(a for a in resolution.routes if a in self._kernel)
-        await self._advertise(advertise)
+        # 2. Withdraw first, delete later: a re-tagged route leaves BGP and keeps forwarding.
+        await self._withdraw([e for e in edits if isinstance(e, WithdrawRoute)])
 
-        # 3. Remove kernel routes only for prefixes BIRD no longer announces.
-        await self._apply([d for d in deletes if d.address not in self._advertised])
+        # 3. Delete the withdrawn routes whose linger is over.
+        await self._apply(expired(self._lingering, time.monotonic()))
 
         self._post_events(resolution.serving, resolution.findings, pods)
         if self._errors_this_pass == 0:
@@ -262,39 +275,55 @@ class Reconciler:
         return combine(part for _, _, part in fresh.values() if part is not None)
 
     def _passed(self, started: float, trigger: str) -> None:
-        self.metrics.anycast_routes.set(len(self._kernel))
-        self.metrics.anycast_nexthops.set(sum(len(h) for h in self._kernel.values()))
+        self.metrics.anycast_routes.set(len(self._kernel.advertised))
+        self.metrics.withdrawn_routes.set(len(self._kernel.withdrawn))
+        self.metrics.anycast_nexthops.set(sum(len(h) for h in self._kernel.advertised.values()))
         self.metrics.passes.labels(trigger="tick" if trigger == "tick" else "event").inc()
         self.metrics.pass_seconds.observe(time.monotonic() - started)
         self.passes += 1
         self.last_pass_ok = time.monotonic()
 
+    def _track(self, kernel: KernelRoutes) -> None:
+        """Take ``kernel`` as the kernel's routes. A withdrawn route that was not withdrawn
+        before (just re-tagged, or found in a dump) lingers from now on."""
+        until = time.monotonic() + self.config.withdrawn_linger_seconds
+        self._lingering = {address: self._lingering.get(address, until) for address in kernel.withdrawn}
+        self._kernel = kernel
+
+    def _linger_over(self) -> bool:
+        now = time.monotonic()
+        return any(until <= now for until in self._lingering.values())
+
     async def _resync_kernel(self) -> bool:
-        """Take a full view of the kernel's routes. True if they drifted from what flock wrote."""
+        """Take a full view of the kernel's routes. True if the advertised ones drifted from
+        what flock wrote (withdrawn ones only linger and go)."""
         kernel = await self.routes.dump()
-        drift = {a for a in set(kernel) | set(self._kernel) if kernel.get(a) != self._kernel.get(a)}
+        was, now = self._kernel.advertised, kernel.advertised
+        drift = {a for a in was.keys() | now.keys() if was.get(a) != now.get(a)}
+        drift |= kernel.unlearnable - self._kernel.unlearnable
         if self._touched is not None:
             self._touched.update(drift)
         if drift:
             logger.warning("kernel routes drifted from what flock wrote, repairing prefixes=%s",
                            ",".join(host_prefix(a) for a in sorted(drift, key=address_sort_key)))
             self.metrics.drift_repairs.inc(len(drift))
-        self._kernel = kernel
+        self._track(kernel)
         self._last_resync = time.monotonic()
         return bool(drift)
 
-    async def _apply(self, edits: Sequence[RouteEdit]) -> None:
+    async def _apply(self, edits: Sequence[RouteEdit]) -> list[RouteEdit]:
+        """Apply ``edits``; return those that failed (after which the view is a fresh dump)."""
         if not edits:
-            return
+            return []
         for edit in edits:
             logger.info("route %s", edit)
-            self.metrics.route_edits.labels(op="replace" if isinstance(edit, ReplaceRoute) else "delete").inc()
+            self.metrics.route_edits.labels(op=_OPS[type(edit)]).inc()
         errors = await self.routes.apply(edits)
         if self._touched is not None:
             self._touched.update(edit.address for edit in edits)
         if not errors:
-            self._kernel = apply_edits(self._kernel, edits)
-            return
+            self._track(apply_edits(self._kernel, edits))
+            return []
         self._errors_this_pass += len(errors)
         for error in errors:
             # A person must act on a refused route; say it once, not on every tick.
@@ -305,13 +334,25 @@ class Reconciler:
         self._touched = None  # after a full view, any route may differ from what was written
         # Which edits landed is uncertain now: take a full view rather than guess.
         await self._resync_kernel()
+        return [error.edit for error in errors if error.edit is not None]
 
-    async def _advertise(self, advertise: frozenset[IPAddress]) -> None:
-        if advertise == self._bird_applied:
-            return  # bird.conf would render the same as the last one BIRD took from this agent
+    async def _withdraw(self, withdrawals: Sequence[WithdrawRoute]) -> None:
+        """Re-tag routes as withdrawn (they linger, then :func:`expired` deletes them). A
+        route that cannot be re-tagged (its next hop's device is gone) is deleted at once:
+        BIRD withdraws its prefix as it learns the deletion."""
+        failed = await self._apply(withdrawals)
+        if failed:
+            logger.warning("could not re-tag %d route(s) as withdrawn; deleting them instead", len(failed))
+            await self._apply([DeleteRoute(edit.address) for edit in failed
+                               if edit.address in self._kernel.advertised])
+
+    async def _configure_bird(self) -> None:
+        """Make this agent's bird.conf BIRD's config: once, then only if BIRD refused it."""
+        if self._bird_configured:
+            return
         try:
             # Rendering is inside: a user's template can fail to render (BirdConfigRejected).
-            changed = await self.bird.apply(self.render_bird(advertise))
+            changed = await self.bird.apply(self.render_bird())
         except BirdError as exc:
             self.metrics.bird_reloads.labels(result="failed").inc()
             message = str(exc)
@@ -324,11 +365,9 @@ class Reconciler:
             return
         if changed:
             self.metrics.bird_reloads.labels(result="ok").inc()
-            logger.info("BIRD reconfigured advertised=%d", len(advertise))
+            logger.info("BIRD reconfigured")
         self._bird_failure.cleared()
-        if self._touched is not None:
-            self._touched.update(self._advertised ^ advertise)
-        self._advertised = self._bird_applied = advertise
+        self._bird_configured = True
 
     # --- events --------------------------------------------------------------------------
 
@@ -343,14 +382,14 @@ class Reconciler:
         def left(hops: int) -> str:
             return f"{_hops(hops)} left" if hops else f"no next hop left, {node} no longer advertises it"
 
-        # Only what really happened counts: a pod serves an anycast IP while the kernel routes
-        # it to the pod and BIRD advertises it. So a withdrawal that waits for BIRD is not
-        # announced before it happens.
+        # Only what really happened counts: a pod serves an anycast IP while the kernel's
+        # advertised route (the one BIRD learns and advertises) has it as a next hop.
         hops_of: dict[PodRef, set[Nexthop]] = {}
         for allocation in self.store.all():
             hops_of.setdefault(allocation.pod, set()).update(
                 Nexthop(ip, allocation.host_ifname) for ip in allocation.pod_ips)
         actual: dict[PodRef, set[IPAddress]] = {}
+        advertised = self._kernel.advertised
         touched = self._touched
         for pod in set(wanted) | set(self._serving):
             if (touched is not None and pod not in self._changed_pods
@@ -360,7 +399,7 @@ class Reconciler:
                 continue
             mine = hops_of.get(pod, set())
             actual[pod] = {address for address in wanted.get(pod, frozenset()) | self._serving.get(pod, frozenset())
-                           if address in self._advertised and mine.intersection(self._kernel.get(address, ()))}
+                           if mine.intersection(advertised.get(address, ()))}
         for pod in sorted(set(actual) | set(self._serving), key=str):
             if not pod.name:  # a recovered veth whose pod is unknown (flock.core.recovery): no object to tell
                 continue
@@ -393,11 +432,16 @@ class Reconciler:
                         tail: Callable[[int], str]) -> str:
         """One Event message for all of a pod's anycast IPs that changed the same way in a pass."""
         node = self.config.node_name
+        advertised = self._kernel.advertised
         if len(addresses) == 1:
             address = addresses[0]
-            return f"{host_prefix(address)} {verb} from {node}: {why}; {tail(len(self._kernel.get(address, ())))}"
-        each = [f"{host_prefix(a)} ({tail(len(self._kernel.get(a, ())))})" for a in addresses]
+            return f"{host_prefix(address)} {verb} from {node}: {why}; {tail(len(advertised.get(address, ())))}"
+        each = [f"{host_prefix(a)} ({tail(len(advertised.get(a, ())))})" for a in addresses]
         return f"{len(addresses)} anycast IPs {verb} from {node}: {why}; {_listed(each)}"
+
+
+_OPS = {ReplaceRoute: "replace", WithdrawRoute: "withdraw", DeleteRoute: "delete"}
+"""The ``op`` label of flock_route_edits_total for each kind of edit."""
 
 
 class RepeatedFailure:

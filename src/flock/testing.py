@@ -11,23 +11,26 @@ from collections.abc import Sequence
 
 from flock.adapters.rtnetlink import describe_errno
 from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
-from flock.core.routediff import ReplaceRoute, RouteEdit
+from flock.core.routediff import DeleteRoute, KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
 from flock.errors import BirdConfigRejected, BirdUnavailable, RouteError
 
 
 class FakeRoutes:
     """In-memory stand-in for :class:`NetlinkRoutes`, for unit tests.
 
-    ``table`` is the "kernel"; ``applied`` records every edit that succeeded, in order;
-    ``fail`` maps an address to why its edits fail: a reason, or an errno the "kernel"
-    answers (the RouteError then carries it, as the real one's does). ``writes`` counts
-    attempted edits like the real adapter counts netlink requests.
+    ``table`` is the "kernel"'s advertised routes and ``withdrawn`` its withdrawn ones;
+    ``applied`` records every edit that succeeded, in order; ``fail`` maps an address to
+    why its edits fail: a reason, or an errno the "kernel" answers (the RouteError then
+    carries it, as the real one's does). ``writes`` counts attempted edits like the real
+    adapter counts netlink requests.
     """
 
     def __init__(self, table: dict[IPAddress, Nexthops] | None = None, *,
+                 withdrawn: dict[IPAddress, Nexthops] | None = None,
                  fail: dict[IPAddress, str | int] | None = None,
                  sysctl_warnings: Sequence[str] = ()) -> None:
         self.table: dict[IPAddress, Nexthops] = dict(table or {})
+        self.withdrawn: dict[IPAddress, Nexthops] = dict(withdrawn or {})
         self.applied: list[RouteEdit] = []
         self.fail: dict[IPAddress, str | int] = dict(fail or {})
         self.sysctl_warnings = list(sysctl_warnings)
@@ -43,9 +46,9 @@ class FakeRoutes:
     async def close(self) -> None:
         self.closed = True
 
-    async def dump(self) -> dict[IPAddress, Nexthops]:
+    async def dump(self) -> KernelRoutes:
         self.dumps += 1
-        return dict(self.table)
+        return KernelRoutes(dict(self.table), {a: h for a, h in self.withdrawn.items() if a not in self.table})
 
     async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
         errors = []
@@ -58,13 +61,19 @@ class FakeRoutes:
                 else:
                     errors.append(RouteError(f"{edit}: {why}", edit=edit))
                 continue
+            if isinstance(edit, ReplaceRoute | WithdrawRoute) and not edit.nexthops:
+                errors.append(RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit))
+                continue
             if isinstance(edit, ReplaceRoute):
-                if not edit.nexthops:
-                    errors.append(RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit))
-                    continue
+                self.withdrawn.pop(edit.address, None)
                 self.table[edit.address] = sorted_nexthops(edit.nexthops)
-            else:
-                self.table.pop(edit.address, None)
+            elif isinstance(edit, WithdrawRoute):
+                # A replace that never creates: a route that is gone stays gone.
+                if edit.address in self.table or edit.address in self.withdrawn:
+                    self.table.pop(edit.address, None)
+                    self.withdrawn[edit.address] = sorted_nexthops(edit.nexthops)
+            elif isinstance(edit, DeleteRoute):
+                (self.withdrawn if edit.withdrawn else self.table).pop(edit.address, None)
             self.applied.append(edit)
         return errors
 

@@ -2,16 +2,19 @@
 
 node (flk-node-*, AS 65101)  fl0  <->  fl0  ToR (flk-tor-*, AS 65000)
     192.0.2.2, 2001:db8:ffff::2             192.0.2.1, 2001:db8:ffff::1
+    pods: veth "pods", 203.0.113.1/26 and 2001:db8:200::1/64 (next hops .11, .12, ::11, ::12)
 
-One IPv4 and one IPv6 session. The ToR writes what it learns to its kernel table
-(``proto bird``); that table is what the tests look at.
+One IPv4 and one IPv6 session. The node's BIRD learns flock's anycast routes from the
+node's kernel (rtm_protocol 201), which the tests write with ``ip route`` as flock would.
+The ToR writes what it learns to its kernel table (``proto bird``); that table is what
+the tests look at.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,9 +33,8 @@ OUTSIDE = "203.0.113.99/32"
 CONVERGE = 60  # seconds; BGP sessions come up in ~5-10 s, routes follow in milliseconds
 
 
-def node_view(config: AgentConfig, anycast: Sequence[str]) -> BirdView:
-    return bird_view(config=config, anycast=[ipaddress.ip_address(a) for a in anycast],
-                     pod_cidrs=[ipaddress.ip_network(c) for c in POD_CIDRS])
+def node_view(config: AgentConfig) -> BirdView:
+    return bird_view(config=config, pod_cidrs=[ipaddress.ip_network(c) for c in POD_CIDRS])
 
 
 @dataclasses.dataclass
@@ -44,8 +46,16 @@ class Pair:
     tor_bird: birdlab.RunningBird
     control: BirdControl
 
-    def view(self, anycast: Sequence[str]) -> BirdView:
-        return node_view(self.config, anycast)
+    def view(self) -> BirdView:
+        return node_view(self.config)
+
+    def route(self, verb: str, prefix: str, *extra: str) -> None:
+        """``ip route <verb> <prefix> <extra>`` in the node, as flock writes its routes."""
+        family = "-6" if ":" in prefix else "-4"
+        sh("ip", family, "route", verb, prefix, *extra, netns=self.node)
+
+    def node_route(self, prefix: str) -> str:
+        return sh("ip", "-6" if ":" in prefix else "-4", "route", "show", prefix, netns=self.node)
 
     def tor_routes(self) -> set[str]:
         return birdlab.kernel_prefixes(self.tor, proto="bird")
@@ -62,10 +72,15 @@ def birds() -> Iterator[birdlab.Birds]:
         yield started
 
 
-def start_pair(make_netns: Any, birds: birdlab.Birds, anycast: Sequence[str]) -> Pair:
+def start_pair(make_netns: Any, birds: birdlab.Birds) -> Pair:
     """ToR and node namespaces, linked; both BIRDs running, the node's from flock's template."""
     tor, node = make_netns("tor"), make_netns("node")
     wire = birdlab.link(tor, node, 0)
+    sh("ip", "link", "add", "pods", "type", "veth", "peer", "name", "pods-peer", netns=node)  # no dummy module
+    sh("ip", "link", "set", "pods-peer", "up", netns=node)
+    sh("ip", "addr", "add", "203.0.113.1/26", "dev", "pods", netns=node)
+    sh("ip", "addr", "add", "2001:db8:200::1/64", "dev", "pods", "nodad", netns=node)
+    sh("ip", "link", "set", "pods", "up", netns=node)
     config = parse_config({
         "nodeName": "node-a",
         "anycastPools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
@@ -78,14 +93,20 @@ def start_pair(make_netns: Any, birds: birdlab.Birds, anycast: Sequence[str]) ->
     tor_bird = birds.start(tor, birdlab.tor_config(
         router_id=wire.a_v4.ip, asn=65000,
         neighbors=[(wire.b_v4.ip, 65101), (wire.b_v6.ip, 65101)]))
-    node_bird = birds.start(node, render_bird_conf(node_view(config, anycast)))
+    node_bird = birds.start(node, render_bird_conf(node_view(config)))
     control = BirdControl(config_path=node_bird.config_path, socket=node_bird.socket, timeout=10)
     return Pair(node, tor, config, node_bird, tor_bird, control)
 
 
-async def test_active_anycast_reaches_the_tor_and_leaves_it_when_withdrawn(
+TWO_HOPS_V4 = ("nexthop", "via", "203.0.113.11", "dev", "pods", "nexthop", "via", "203.0.113.12", "dev", "pods")
+TWO_HOPS_V6 = ("nexthop", "via", "2001:db8:200::11", "dev", "pods", "nexthop", "via", "2001:db8:200::12", "dev", "pods")
+
+
+async def test_a_route_of_flocks_protocol_is_advertised_and_re_tagging_it_withdraws_it(
         make_netns: Any, birds: birdlab.Birds) -> None:
-    pair = start_pair(make_netns, birds, anycast=["198.51.100.10", "2001:db8:100::10"])
+    pair = start_pair(make_netns, birds)
+    pair.route("add", ANYCAST[0], "proto", "201", *TWO_HOPS_V4)
+    pair.route("add", ANYCAST[1], "proto", "201", "via", "2001:db8:200::11", "dev", "pods")
 
     birdlab.wait_for(lambda: set(ANYCAST + POD_CIDRS) <= pair.tor_routes(), timeout=CONVERGE,
                      what=f"{ANYCAST + POD_CIDRS} in the ToR's kernel table\n"
@@ -94,49 +115,57 @@ async def test_active_anycast_reaches_the_tor_and_leaves_it_when_withdrawn(
     assert "via 2001:db8:ffff::2" in v6_route or "via fe80::" in v6_route
 
     # A running BIRD is adopted: the same rendering changes nothing.
-    assert await pair.control.apply(render_bird_conf(pair.view(
-        ["198.51.100.10", "2001:db8:100::10"]))) is False
+    assert await pair.control.apply(render_bird_conf(pair.view())) is False
 
-    assert await pair.control.apply(render_bird_conf(pair.view([]))) is True
+    # The IPv6 route gains a next hop: still advertised, nothing to reload.
+    pair.route("replace", ANYCAST[1], "proto", "201", *TWO_HOPS_V6)
+
+    # Re-tagged as withdrawn: gone from the fabric, still forwarding on the node.
+    for prefix, hops in zip(ANYCAST, (TWO_HOPS_V4, TWO_HOPS_V6), strict=True):
+        pair.route("replace", prefix, "proto", "202", *hops)
     birdlab.wait_for(lambda: not set(ANYCAST) & pair.tor_routes(), timeout=CONVERGE,
                      what=f"{ANYCAST} to leave the ToR's kernel table")
+    for prefix in ANYCAST:
+        assert "proto 202" in pair.node_route(prefix) and "nexthop via" in pair.node_route(prefix)
     assert set(POD_CIDRS) <= pair.tor_routes()  # pod CIDRs stay advertised
 
+    # Re-tagged back: advertised again; deleted: withdrawn.
+    pair.route("replace", ANYCAST[0], "proto", "201", *TWO_HOPS_V4)
+    birdlab.wait_for(lambda: ANYCAST[0] in pair.tor_routes(), timeout=CONVERGE,
+                     what=f"{ANYCAST[0]} back in the ToR's kernel table")
+    pair.route("del", ANYCAST[0], "proto", "201")
+    birdlab.wait_for(lambda: ANYCAST[0] not in pair.tor_routes(), timeout=CONVERGE,
+                     what=f"{ANYCAST[0]} to leave the ToR's kernel table")
 
-async def test_a_prefix_outside_the_pools_never_reaches_the_tor(
+
+async def test_only_flocks_host_routes_inside_the_pools_reach_the_tor(
         make_netns: Any, birds: birdlab.Birds) -> None:
-    pair = start_pair(make_netns, birds, anycast=[])
-    # Planted in the node's kernel with flock's own protocol number: BIRD has no kernel
-    # protocol, so it never even sees it.
-    sh("ip", "route", "add", "blackhole", OUTSIDE, "proto", "201", netns=pair.node)
-    birdlab.wait_for(lambda: set(POD_CIDRS) <= pair.tor_routes(), timeout=CONVERGE,
-                     what=f"{POD_CIDRS} in the ToR's kernel table (sessions up)")
+    pair = start_pair(make_netns, birds)
+    hop = ("via", "203.0.113.11", "dev", "pods")
+    pair.route("add", OUTSIDE, "proto", "201", *hop)  # flock's protocol, outside every pool
+    pair.route("add", "198.51.100.128/25", "proto", "201", *hop)  # in a pool, not a host route
+    pair.route("add", "198.51.100.20/32", "proto", "99", *hop)  # in a pool, another program's
+    pair.route("add", "198.51.100.21/32", "proto", "202", *hop)  # flock's withdrawn route
+    pair.route("add", "198.51.100.10/32", "proto", "201", *hop)  # the positive control
+    birdlab.wait_for(lambda: {"198.51.100.10/32", *POD_CIDRS} <= pair.tor_routes(), timeout=CONVERGE,
+                     what="198.51.100.10/32 and the pod CIDRs in the ToR's kernel table")
+    learned = pair.node_bird.birdc("show", "route", "protocol", "flock_kernel_v4")
+    assert "198.51.100.10/32" in learned
+    for refused in (OUTSIDE, "198.51.100.128/25", "198.51.100.20/32", "198.51.100.21/32"):
+        assert refused not in learned
+        assert refused not in pair.tor_routes()
 
-    # Asked for as anycast: the view drops it, the config never names it.
-    view = pair.view(["198.51.100.10", "203.0.113.99"])
-    assert view.anycast_v4 == ("198.51.100.10/32",)
-    text = render_bird_conf(view)
-    assert "203.0.113.99" not in text
-    assert await pair.control.apply(text) is True
-    birdlab.wait_for(lambda: "198.51.100.10/32" in pair.tor_routes(), timeout=CONVERGE,
-                     what="198.51.100.10/32 in the ToR's kernel table")
-    assert OUTSIDE not in pair.tor_routes()
-
-    # Even a config that originates it and lists it as active (a bug past the view) does
-    # not export it: the filter also checks the pools. Nor a pool prefix that is not in
-    # the active set. 198.51.100.11 is the positive control for this config version.
-    tampered = render_bird_conf(pair.view(["198.51.100.10", "198.51.100.11"]))
-    originate = "\troute 203.0.113.0/26 blackhole;\t# pod CIDR\n"
-    active_set = "\t198.51.100.11/32\n];"
-    assert originate in tampered and active_set in tampered
-    tampered = tampered.replace(originate, originate + "\troute 203.0.113.99/32 blackhole;\n"
-                                                       "\troute 198.51.100.99/32 blackhole;\n")
-    tampered = tampered.replace(active_set, "\t198.51.100.11/32,\n\t203.0.113.99/32\n];")
-    assert await pair.control.apply(tampered) is True
+    # Even a config whose learning filter takes every kernel route (a bug, or an
+    # operator's template) does not export them: the export filter checks again.
+    text = render_bird_conf(pair.view())
+    learn_all = text.replace("if krt_source != 201 then reject;", "accept;")
+    assert learn_all != text
+    assert await pair.control.apply(learn_all) is True
+    birdlab.wait_for(lambda: OUTSIDE in pair.node_bird.birdc("show", "route", "protocol", "flock_kernel_v4"),
+                     timeout=CONVERGE, what=f"{OUTSIDE} learned by the tampered config")
+    pair.route("add", "198.51.100.11/32", "proto", "201", *hop)  # the positive control for this version
     birdlab.wait_for(lambda: "198.51.100.11/32" in pair.tor_routes(), timeout=CONVERGE,
                      what="198.51.100.11/32 in the ToR's kernel table")
-    originated = pair.node_bird.birdc("show", "route", "protocol", "flock_originate_v4")
-    assert "203.0.113.99/32" in originated and "198.51.100.99/32" in originated
-    assert "203.0.113.99/32" not in pair.exported()
-    assert "198.51.100.99/32" not in pair.exported()
-    assert not {OUTSIDE, "198.51.100.99/32"} & pair.tor_routes()
+    for refused in (OUTSIDE, "198.51.100.128/25"):
+        assert refused not in pair.exported()
+        assert refused not in pair.tor_routes()

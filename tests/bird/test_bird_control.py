@@ -87,7 +87,7 @@ async def test_applying_new_text_reconfigures_bird(running: birdlab.RunningBird)
     control = control_for(running)
     assert await control.apply(ACTIVE) is True
     assert running.config_path.read_text() == ACTIVE
-    assert "198.51.100.10/32" in running.birdc("show", "route", "protocol", "flock_originate_v4")
+    assert "203.0.113.0/26" in running.birdc("show", "route", "protocol", "flock_originate_v4")
     assert "flock_peer_192_0_2_1" in running.birdc("show", "protocols")
     assert leftovers(running.directory) == []
     assert await control.apply(MINIMAL) is True

@@ -1,8 +1,9 @@
 """The reconciler with a real BIRD: a config BIRD rejects is reported on the Node, the
-previous one stays live, and the next pass retries."""
+previous one stays live, routing goes on, and the next pass retries."""
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
 from collections.abc import Callable
 
@@ -11,7 +12,6 @@ import pytest
 from flock.adapters.bird import BirdControl, render_bird_conf
 from flock.adapters.store import AllocationStore
 from flock.core.birdview import bird_view
-from flock.core.model import IPAddress
 from flock.core.podcache import PodCache
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler
@@ -25,13 +25,16 @@ pytestmark = [pytest.mark.bird, pytest.mark.netns]
 
 async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_config_stays(
         make_netns: Callable[[str], str], birds: birdlab.Birds, tmp_path: pathlib.Path) -> None:
-    daemon = birds.start(make_netns("node"), "router id 192.0.2.2;\nprotocol device {}\n")
+    before = "router id 192.0.2.2;\nprotocol device {}\n"
+    daemon = birds.start(make_netns("node"), before)
     node_config = agent_config()
-    # None: flock's own; a path: the operator's replacement
-    templates: dict[str, pathlib.Path | None] = {"template": None}
+    # An operator's template that renders something BIRD cannot parse.
+    broken = tmp_path / "bird.conf.j2"
+    broken.write_text('{% include "_protocols.j2" %}\nprotocol bgp broken { neighbor ; }\n')
+    templates: dict[str, pathlib.Path | None] = {"template": broken}  # None: flock's own
 
-    def render(active: frozenset[IPAddress]) -> str:
-        view = bird_view(config=node_config, anycast=active, pod_cidrs=node_config.pod_cidrs or ())
+    def render() -> str:
+        view = bird_view(config=node_config, pod_cidrs=node_config.pod_cidrs or ())
         return render_bird_conf(view, templates["template"])
 
     store = AllocationStore(tmp_path / "state")
@@ -40,20 +43,10 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     pods = PodCache("node-a")
     pods.observe("ADDED", pod_body("web-1", anycast="198.51.100.10"))
     events = RecordingEvents()
-    reconciler = Reconciler(config=node_config, store=store, pods=pods, routes=FakeRoutes(),
+    routes = FakeRoutes()
+    reconciler = Reconciler(config=node_config, store=store, pods=pods, routes=routes,
                             bird=BirdControl(config_path=daemon.config_path, socket=daemon.socket, timeout=10),
                             render_bird=render, events=events, metrics=Metrics())
-    await reconciler.reconcile()
-    good = daemon.config_path.read_text()
-    assert "198.51.100.10/32" in good
-    assert "flock_originate_v4" in daemon.birdc("show", "protocols")
-
-    # An operator's template that renders something BIRD cannot parse.
-    broken = tmp_path / "bird.conf.j2"
-    broken.write_text('{% include "_protocols.j2" %}\nprotocol bgp broken { neighbor ; }\n')
-    templates["template"] = broken
-    await store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), anycast=("198.51.100.11",)))
-    pods.observe("ADDED", pod_body("web-2", anycast="198.51.100.11"))
     for _ in range(3):
         await reconciler.reconcile()
 
@@ -61,9 +54,14 @@ async def test_a_template_bird_rejects_yields_bird_reload_failed_and_the_old_con
     assert len(failures) == 1, "one Event per distinct failure, not one per pass"
     assert failures[0].type == "Warning" and failures[0].involved.kind == "Node"
     assert "rejected the new config" in failures[0].message
-    assert daemon.config_path.read_text() == good, "the previous config stays in place"
-    assert daemon.running() and "flock_originate_v4" in daemon.birdc("show", "protocols")
+    assert daemon.config_path.read_text() == before, "the previous config stays in place"
+    assert daemon.running() and "flock_kernel_v4" not in daemon.birdc("show", "protocols")
+    assert ipaddress.ip_address("198.51.100.10") in routes.table, "routing goes on meanwhile"
 
-    templates["template"] = None  # the operator fixes the template: the next pass applies
+    templates["template"] = None  # the operator fixes the template: the next pass applies it
     await reconciler.reconcile()
-    assert "198.51.100.11/32" in daemon.config_path.read_text()
+    assert "flock_kernel_v4" in daemon.config_path.read_text()
+    assert "flock_kernel_v4" in daemon.birdc("show", "protocols")
+    calls = daemon.config_path.stat().st_mtime_ns
+    await reconciler.reconcile()
+    assert daemon.config_path.stat().st_mtime_ns == calls, "applied once, not per pass"

@@ -13,14 +13,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import pathlib
-import random
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from flock.adapters.bird import render_bird_conf
 from flock.core.birdview import BirdView, bird_view, protocol_name
@@ -50,20 +47,19 @@ def networks(*texts: str) -> list[IPNetwork]:
 
 
 SCENARIOS: dict[str, BirdView] = {
-    # Nothing configured beyond the required keys, nothing active.
-    "minimal": bird_view(config=agent_config(), anycast=[], pod_cidrs=[]),
-    # A dual-stack node: one IPv4 and one IPv6 session to its ToR, anycast active in
-    # both families, one pod CIDR per family.
+    # Nothing configured beyond the required keys.
+    "minimal": bird_view(config=agent_config(), pod_cidrs=[]),
+    # A dual-stack node: one IPv4 and one IPv6 session to its ToR, anycast pools in both
+    # families, one pod CIDR per family.
     "dual_stack_two_peers": bird_view(
         config=agent_config(
             pools=[{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
             peers=[{"address": "2001:db8:ffff::1", "asn": 65000},
                    {"address": "192.0.2.1", "asn": 65000}],
         ),
-        anycast=addresses("198.51.100.11", "2001:db8:100::10", "198.51.100.10"),
         pod_cidrs=networks("2001:db8:200::/64", "203.0.113.0/26"),
     ),
-    # Small pools (one limited to a namespace): requested anycast outside them is absent.
+    # Small pools, one limited to a namespace (which only the resolver enforces).
     "restricted_pools": bird_view(
         config=agent_config(
             pools=[{"cidr": "198.51.100.0/28", "namespaces": ["web"]},
@@ -72,8 +68,6 @@ SCENARIOS: dict[str, BirdView] = {
             peers=[{"address": "192.0.2.1", "asn": 65000},
                    {"address": "192.0.2.5", "asn": 65001}],
         ),
-        anycast=addresses("198.51.100.1", "198.51.100.20", "198.51.100.130", "203.0.113.99",
-                          "2001:db8:100::10", "2001:db8:100:1::10"),
         pod_cidrs=networks("203.0.113.64/26"),
     ),
 }
@@ -109,33 +103,38 @@ def test_every_golden_directory_has_a_scenario() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_anycast_outside_the_pools_never_appears_in_the_view_or_the_config() -> None:
-    view = SCENARIOS["restricted_pools"]
-    assert view.anycast_v4 == ("198.51.100.1/32", "198.51.100.130/32")
-    assert view.anycast_v6 == ("2001:db8:100:1::10/128",)
-    text = render_bird_conf(view)
-    for outside in ("198.51.100.20", "203.0.113.99", "2001:db8:100::10/"):
-        assert outside not in text
-
-
-def test_anycast_without_any_pool_is_dropped() -> None:
-    view = bird_view(config=agent_config(), anycast=addresses("198.51.100.10", "2001:db8::1"),
-                     pod_cidrs=[])
-    assert view.anycast_v4 == view.anycast_v6 == ()
-    assert "198.51.100.10" not in render_bird_conf(view)
-
-
-def test_no_config_has_a_kernel_protocol() -> None:
-    # BIRD must never write flock's routes (or anything) into the node's kernel table.
+def test_no_anycast_prefix_is_ever_in_the_config_bird_learns_them_from_the_kernel() -> None:
     for view in SCENARIOS.values():
-        assert kernel_protocols(render_bird_conf(view)) == []
+        text = render_bird_conf(view)
+        assert not re.search(r"/(32|128)\b", text), "no host prefix: pods never change bird.conf"
 
 
-def test_an_anycast_prefix_equal_to_a_pod_cidr_is_originated_once() -> None:
-    view = bird_view(config=agent_config(pools=[{"cidr": "198.51.100.0/24"}]),
-                     anycast=addresses("198.51.100.10"), pod_cidrs=networks("198.51.100.10/32"))
-    assert view.anycast_v4 == ()
-    assert render_bird_conf(view).count("route 198.51.100.10/32 blackhole") == 1
+def test_the_kernel_protocols_learn_only_flocks_host_routes_in_the_pools_and_write_nothing() -> None:
+    config = agent_config(pools=[{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}])
+    text = render_bird_conf(bird_view(config=config, pod_cidrs=[]))
+    assert len(kernel_protocols(text)) == 2
+    assert text.count("export none;") == 2, "BIRD must never write into the node's kernel table"
+    assert text.count("\tlearn;") == 2
+    assert "if krt_source != 201 then reject;" in text  # advertised routes only, not withdrawn (202)
+    assert "if net.len != 32 then reject;" in text and "if net.len != 128 then reject;" in text
+
+
+def test_the_routes_protocols_follow_the_config() -> None:
+    config = parse_config({"nodeName": "node-a", "routeProtocol": 90, "withdrawnRouteProtocol": 91,
+                           "bird": {"routerId": "192.0.2.2", "asn": 65101}}, environ={})
+    text = render_bird_conf(bird_view(config=config, pod_cidrs=[]))
+    assert "if krt_source != 90 then reject;" in text and "rtm_protocol 91" in text
+
+
+def test_the_config_depends_only_on_the_view_not_on_the_input_order() -> None:
+    config = agent_config(pools=[{"cidr": "2001:db8:100::/64"}, {"cidr": "198.51.100.0/24"}],
+                          peers=[{"address": "192.0.2.5", "asn": 65001}, {"address": "192.0.2.1", "asn": 65000}])
+    cidrs = networks("2001:db8:200::/64", "203.0.113.0/26")
+    view = bird_view(config=config, pod_cidrs=cidrs)
+    again = bird_view(config=config, pod_cidrs=list(reversed(cidrs)) + cidrs)
+    assert again == view
+    assert render_bird_conf(again) == render_bird_conf(view)
+    assert view.pools_v4 == ("198.51.100.0/24",) and view.pools_v6 == ("2001:db8:100::/64",)
 
 
 def test_peer_protocol_names_come_from_their_addresses() -> None:
@@ -146,33 +145,6 @@ def test_peer_protocol_names_come_from_their_addresses() -> None:
         ("flock_peer_192_0_2_1", "ipv4", "flock_export_v4"),
         ("flock_peer_2001_db8_ffff__1", "ipv6", "flock_export_v6"),
     ]
-
-
-pool_v4 = ipaddress.ip_network("198.51.100.0/25")
-pool_v6 = ipaddress.ip_network("2001:db8:100::/64")
-candidates = st.lists(
-    st.one_of(st.ip_addresses(network="198.51.100.0/24"),
-              st.ip_addresses(network="203.0.113.0/24"),
-              st.ip_addresses(network="2001:db8:100::/63")),
-    max_size=30,
-)
-
-
-@given(candidates, st.randoms(use_true_random=False))
-def test_the_view_holds_exactly_the_in_pool_anycast_sorted_whatever_the_input_order(
-        anycast: list[IPAddress], rnd: random.Random) -> None:
-    config = agent_config(pools=[{"cidr": str(pool_v4)}, {"cidr": str(pool_v6)}])
-    view = bird_view(config=config, anycast=anycast, pod_cidrs=[])
-    inside = {a for a in anycast if a in pool_v4 or a in pool_v6}
-    expected_v4 = [a for a in sorted(inside, key=int) if a.version == 4]
-    expected_v6 = [a for a in sorted(inside, key=int) if a.version == 6]
-    assert view.anycast_v4 == tuple(f"{a}/32" for a in expected_v4)
-    assert view.anycast_v6 == tuple(f"{a}/128" for a in expected_v6)
-    shuffled = list(anycast) + list(anycast)
-    rnd.shuffle(shuffled)
-    again = bird_view(config=config, anycast=shuffled, pod_cidrs=[])
-    assert again == view
-    assert render_bird_conf(again) == render_bird_conf(view)
 
 
 # ---------------------------------------------------------------------------

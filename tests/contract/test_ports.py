@@ -21,7 +21,7 @@ from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
 from flock.core.model import Event, IPAddress, Nexthop, ObjectRef, sorted_nexthops
 from flock.core.ports import Bird, EventSink, Routes
-from flock.core.routediff import DeleteRoute, ReplaceRoute
+from flock.core.routediff import DeleteRoute, KernelRoutes, ReplaceRoute, WithdrawRoute
 from flock.errors import BirdConfigRejected, BirdUnavailable
 from flock.metrics import Metrics
 from flock.testing import FakeBird, FakeRoutes, RecordingEvents
@@ -51,7 +51,7 @@ async def routes(request: pytest.FixtureRequest, make_netns: Callable[[str], str
                for n, ips in enumerate(pods)]
     hops = {version: [Nexthop(next(ip for ip in pod.ips if ip.version == version), pod.host_ifname)
                       for pod in plumbed] for version in (4, 6)}
-    real = NetlinkRoutes(protocol=201, netns=node, timeout=30)
+    real = NetlinkRoutes(protocol=201, withdrawn_protocol=202, netns=node, timeout=30)
     await real.start()
     try:
         yield RoutesUnderTest(real, hops)
@@ -62,14 +62,30 @@ async def routes(request: pytest.FixtureRequest, make_netns: Callable[[str], str
 @pytest.mark.parametrize("address", [A4, A6], ids=["ipv4", "ipv6"])
 async def test_routes_replace_dump_and_delete_like_the_kernel(routes: RoutesUnderTest, address: IPAddress) -> None:
     port, hops = routes.routes, routes.hops[address.version]
-    assert await port.dump() == {}
-    assert await port.apply([ReplaceRoute(address, tuple(hops))]) == []
-    assert await port.dump() == {address: sorted_nexthops(hops)}, "next hops come back sorted"
+    assert await port.dump() == KernelRoutes()
+    assert await port.apply([ReplaceRoute(address, tuple(hops), new=True)]) == []
+    assert await port.dump() == KernelRoutes({address: sorted_nexthops(hops)}), "next hops come back sorted"
     assert await port.apply([ReplaceRoute(address, (hops[1],))]) == []
-    assert await port.dump() == {address: (hops[1],)}, "multipath to one next hop in place"
+    assert await port.dump() == KernelRoutes({address: (hops[1],)}), "multipath to one next hop in place"
     assert await port.apply([DeleteRoute(address)]) == []
-    assert await port.dump() == {}
+    assert await port.dump() == KernelRoutes()
     assert await port.apply([DeleteRoute(address)]) == [], "deleting a route that is gone is success"
+
+
+@pytest.mark.parametrize("address", [A4, A6], ids=["ipv4", "ipv6"])
+async def test_routes_withdraw_by_re_tagging_and_come_back(routes: RoutesUnderTest, address: IPAddress) -> None:
+    port, hops = routes.routes, sorted_nexthops(routes.hops[address.version])
+    assert await port.apply([ReplaceRoute(address, hops, new=True)]) == []
+    assert await port.apply([WithdrawRoute(address, hops)]) == []
+    assert await port.dump() == KernelRoutes({}, {address: hops}), "still forwarding, as withdrawn"
+    assert await port.apply([DeleteRoute(address)]) == [], "the advertised one is gone already"
+    assert await port.dump() == KernelRoutes({}, {address: hops}), "a delete never takes the other kind"
+    assert await port.apply([ReplaceRoute(address, hops[:1])]) == []
+    assert await port.dump() == KernelRoutes({address: hops[:1]}), "advertised again, in place"
+    assert await port.apply([WithdrawRoute(address, hops[:1]), DeleteRoute(address, withdrawn=True)]) == []
+    assert await port.dump() == KernelRoutes()
+    assert await port.apply([WithdrawRoute(address, hops[:1])]) == [], "withdrawing a route that is gone is success"
+    assert await port.dump() == KernelRoutes(), "and creates nothing"
 
 
 async def test_routes_report_a_bad_edit_with_its_data_and_apply_the_others(routes: RoutesUnderTest) -> None:
@@ -77,7 +93,7 @@ async def test_routes_report_a_bad_edit_with_its_data_and_apply_the_others(route
     bad = ReplaceRoute(A4, ())
     errors = await port.apply([bad, ReplaceRoute(A6, tuple(hops[6]))])
     assert len(errors) == 1 and errors[0].edit == bad and "no next hops" in str(errors[0])
-    assert await port.dump() == {A6: sorted_nexthops(hops[6])}
+    assert await port.dump() == KernelRoutes({A6: sorted_nexthops(hops[6])})
 
 
 @dataclasses.dataclass

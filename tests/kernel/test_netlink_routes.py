@@ -65,7 +65,7 @@ async def lab(make_netns: Callable[[str], str]) -> AsyncIterator[Lab]:
                   ips=[f"192.0.2.1{n}", f"2001:db8::1{n}"], anycast=[str(ANY4), str(ANY6)])
         for n in range(1, 4)
     ]
-    routes = NetlinkRoutes(protocol=PROTO, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
     await routes.start()
     try:
         yield Lab(node, pods, routes)
@@ -114,7 +114,7 @@ async def test_pods_sharing_an_address_get_one_multipath_route(lab: Lab, version
 
     (route,) = lab.shown(address)
     assert_multipath(route, lab.hops(0, 1, version=version))
-    assert await lab.routes.dump() == {address: lab.hops(0, 1, version=version)}
+    assert (await lab.routes.dump()).advertised == {address: lab.hops(0, 1, version=version)}
 
 
 @pytest.mark.netns
@@ -139,7 +139,7 @@ async def test_delete_removes_the_route(lab: Lab, version: int) -> None:
     await apply_ok(lab.routes, DeleteRoute(address))
 
     assert lab.shown(address) == []
-    assert await lab.routes.dump() == {}
+    assert (await lab.routes.dump()).advertised == {}
 
 
 @pytest.mark.netns
@@ -159,12 +159,12 @@ async def test_a_route_of_another_protocol_is_never_deleted_nor_dumped(
     # Alone, then beside flock's own route (a different metric lets them coexist).
     sh("ip", "-n", lab.node, "route", "add", prefix, "via", str(hop.via), "dev", hop.dev,
        "proto", "static", "metric", "100")
-    assert await lab.routes.dump() == {}
+    assert (await lab.routes.dump()).advertised == {}
     await apply_ok(lab.routes, DeleteRoute(address))
     assert [r["protocol"] for r in lab.shown(address)] == ["static"]
 
     await apply_ok(lab.routes, ReplaceRoute(address, lab.hops(0, version=version)))
-    assert await lab.routes.dump() == {address: lab.hops(0, version=version)}
+    assert (await lab.routes.dump()).advertised == {address: lab.hops(0, version=version)}
     await apply_ok(lab.routes, DeleteRoute(address))
     (left,) = lab.shown(address)
     assert left["protocol"] == "static"
@@ -202,7 +202,7 @@ async def test_dump_round_trips_what_apply_wrote(lab: Lab) -> None:
         A("2001:db8:100::12"): lab.hops(1, 2, version=6),
     }
     await apply_ok(lab.routes, *(ReplaceRoute(a, hops) for a, hops in table.items()))
-    assert await lab.routes.dump() == table
+    assert (await lab.routes.dump()).advertised == table
 
 
 @pytest.mark.netns
@@ -220,7 +220,7 @@ async def test_dump_ignores_routes_of_its_protocol_that_flock_would_not_write(
        "dev", dev, "table", "100", *proto)  # another table: not ours to manage, no warning
 
     with caplog.at_level(logging.WARNING, logger="flock.adapters.netlink"):
-        assert await lab.routes.dump() == {ANY4: lab.hops(0, version=4)}
+        assert (await lab.routes.dump()).advertised == {ANY4: lab.hops(0, version=4)}
         warned = caplog.text
         caplog.clear()
         await lab.routes.dump()
@@ -243,9 +243,9 @@ def test_dump_merges_ipv6_next_hops_reported_as_separate_routes() -> None:
         def links(self) -> dict[int, str]:
             return {7: "flock0000000b", 8: "flock0000000a"}
 
-    routes = NetlinkRoutes(protocol=PROTO)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202)
     routes._dumper = cast(_RtnlDumper, SiblingDumper())  # a stand-in with the two methods _dump calls
-    assert routes._dump() == {ANY6: (Nexthop(A("2001:db8::11"), "flock0000000a"),
+    assert routes._dump().advertised == {ANY6: (Nexthop(A("2001:db8::11"), "flock0000000a"),
                                      Nexthop(A("2001:db8::12"), "flock0000000b"))}
 
 
@@ -255,6 +255,8 @@ def test_dump_merges_ipv6_next_hops_reported_as_separate_routes() -> None:
 @pytest.mark.netns
 async def test_a_failed_edit_is_reported_and_the_others_still_apply(lab: Lab) -> None:
     good = lab.hops(0, version=4)
+    # flock's next hops are onlink: the kernel takes any gateway on the link but a local address.
+    sh("ip", "-n", lab.node, "addr", "add", "203.0.113.99/32", "dev", "lo")
     errors = await lab.routes.apply([
         ReplaceRoute(A("198.51.100.10"), good),
         ReplaceRoute(A("198.51.100.11"), (Nexthop(A("192.0.2.11"), "flockdeadbeef"),)),
@@ -266,10 +268,10 @@ async def test_a_failed_edit_is_reported_and_the_others_still_apply(lab: Lab) ->
         "replace 198.51.100.11/32 via 192.0.2.11 dev flockdeadbeef: "
         "No such device (netlink 19): flockdeadbeef",
         f"replace 198.51.100.12/32 via 203.0.113.99 dev {lab.hop(0, 4).dev}: "
-        "Network is unreachable (netlink 101)",
+        "Invalid argument (netlink 22)",
     ]
     assert all(isinstance(e, RouteError) for e in errors)
-    assert await lab.routes.dump() == {A("198.51.100.10"): good,
+    assert (await lab.routes.dump()).advertised == {A("198.51.100.10"): good,
                                        A("2001:db8:100::10"): lab.hops(1, version=6)}
 
 
@@ -290,7 +292,7 @@ async def test_a_batch_of_600_edits_with_bad_ones_inside_keeps_every_result(lab:
     assert lab.routes.writes == before + len(edits) - 2  # an unknown dev is never sent
     written = {e.address: e.nexthops for e in edits if isinstance(e, ReplaceRoute)
                and e.nexthops != broken}
-    assert await lab.routes.dump() == written
+    assert (await lab.routes.dump()).advertised == written
 
 
 @pytest.mark.netns
@@ -302,13 +304,13 @@ async def test_a_veth_recreated_under_the_same_name_is_found_again(lab: Lab) -> 
               anycast=[])  # same name, new ifindex
 
     await apply_ok(lab.routes, ReplaceRoute(ANY4, lab.hops(0, 1, version=4)))
-    assert await lab.routes.dump() == {ANY4: lab.hops(0, 1, version=4)}
+    assert (await lab.routes.dump()).advertised == {ANY4: lab.hops(0, 1, version=4)}
 
 
 @pytest.mark.netns
 async def test_start_refuses_a_missing_namespace_and_does_not_create_it() -> None:
     missing = f"flk-missing-{os.getpid()}-{secrets.token_hex(2)}"
-    routes = NetlinkRoutes(protocol=PROTO, netns=missing, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=missing, timeout=30)
     with pytest.raises(RouteError, match=f"open netlink in netns {missing}"):
         await routes.start()
     assert missing not in sh("ip", "netns", "list")
@@ -377,5 +379,5 @@ async def test_fake_routes_record_edits_and_fail_on_demand() -> None:
         "replace 198.51.100.11/32 via 192.0.2.11 dev flock0000000a: "
         "Network is unreachable (netlink 101)"]
     assert fake.applied == [edits[0], edits[2]]
-    assert await fake.dump() == {ANY4: (hop,)}
+    assert (await fake.dump()).advertised == {ANY4: (hop,)}
     assert fake.writes == 3

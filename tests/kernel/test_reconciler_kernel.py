@@ -56,12 +56,12 @@ class Node:
             await self.routes.close()
         self.store = AllocationStore(self.state)
         await self.store.load()
-        self.routes = NetlinkRoutes(protocol=PROTO, netns=self.netns)
+        self.routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=self.netns)
         await self.routes.start()
         self.reconciler = Reconciler(
             config=agent_config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache,
             routes=self.routes,
-            bird=self.bird, render_bird=lambda active: ",".join(sorted(map(str, active))),
+            bird=self.bird, render_bird=lambda: "# bird.conf\n",
             events=self.events, metrics=Metrics())
         await self.reconciler.adopt()
         return self.reconciler

@@ -54,7 +54,7 @@ async def lab(make_netns: Callable[[str], str]) -> AsyncIterator[Lab]:
     node = make_netns("node")
     pods = [plumb_pod(node, make_netns("pod"), f"route-batches-{n}",
                       ips=[f"192.0.2.3{n}", f"2001:db8::3{n}"], anycast=[]) for n in range(2)]
-    routes = NetlinkRoutes(protocol=PROTO, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
     await routes.start()
     try:
         yield Lab(node, pods, routes)
@@ -72,8 +72,9 @@ async def test_a_batch_larger_than_one_send_matches_every_ack_to_its_edit(lab: L
     assert size > 2 * netlink._EDITS_PER_BATCH
     edits: list[RouteEdit] = [ReplaceRoute(v6(n), lab.both() if n % 2 else (lab.hop(n % 2),), new=True)
                               for n in range(size)]
-    # Kernel refusals in the first, a middle and the last send: a gateway on no
-    # connected subnet (IPv6: EHOSTUNREACH), one per place.
+    # Kernel refusals in the first, a middle and the last send: a gateway that is a local
+    # address (flock's next hops are onlink, so that is what the kernel refuses), one per place.
+    sh("ip", "-n", lab.node, "-6", "addr", "add", "2001:db8:ffff::1/128", "dev", "lo", "nodad")
     unreachable = (Nexthop(A("2001:db8:ffff::1"), lab.hop(0).dev),)
     failing = [3, rtnl._REQUESTS_PER_SEND + 7, size - 1]
     for n in failing:
@@ -82,12 +83,12 @@ async def test_a_batch_larger_than_one_send_matches_every_ack_to_its_edit(lab: L
 
     errors = await lab.routes.apply(edits)
 
-    assert [(error.edit, error.errno) for error in errors] == [(edits[n], errno.EHOSTUNREACH) for n in failing]
+    assert [(error.edit, error.errno) for error in errors] == [(edits[n], errno.EINVAL) for n in failing]
     assert lab.routes.writes == before + size
     shown = lab.shown()
     assert len(shown) == size - len(failing)
     assert shown[f"{v6(1)}"] == 2 and shown[f"{v6(2)}"] == 1
-    assert await lab.routes.dump() == {edit.address: edit.nexthops for n, edit in enumerate(edits)
+    assert (await lab.routes.dump()).advertised == {edit.address: edit.nexthops for n, edit in enumerate(edits)
                                        if isinstance(edit, ReplaceRoute) and n not in failing}
 
 
@@ -137,9 +138,10 @@ async def test_acks_the_kernel_dropped_are_unknown_not_success_and_cost_no_wait(
         lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     # A receive queue too small for a send's acks: the kernel drops most of them (ENOBUFS).
     monkeypatch.setattr(rtnl, "_ACK_QUEUE", 4096)
+    [shown] = json.loads(sh("ip", "-n", lab.node, "-j", "link", "show", "dev", lab.hop(0).dev))
     requests: list[rtnl.Request] = [
         (rtnl.RTM_NEWROUTE, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-         rtnl.route_request(v6(n).packed, PROTO, [(lab.hop(0).via.packed, 0)]))  # oif 0: found by gateway
+         rtnl.route_request(v6(n).packed, PROTO, [(lab.hop(0).via.packed, shown["ifindex"])]))
         for n in range(rtnl._REQUESTS_PER_SEND + 1)]
 
     def send() -> list[int | None]:

@@ -24,13 +24,14 @@ async def test_failed_edits_carry_their_edit_and_the_kernels_errno(make_netns: C
     pod = plumb_pod(node, make_netns("pod"), "route-error-data", ips=["192.0.2.21"], anycast=[])
     sh("ip", "-n", node, "route", "add", "198.51.100.13/32", "via", "192.0.2.21", "dev", pod.host_ifname,
        "proto", "static")
+    sh("ip", "-n", node, "addr", "add", "203.0.113.99/32", "dev", "lo")  # a local address: no gateway
     edits: list[RouteEdit] = [
         ReplaceRoute(A("198.51.100.11"), (Nexthop(A("192.0.2.11"), "flockdeadbeef"),)),
         ReplaceRoute(A("198.51.100.12"), (Nexthop(A("203.0.113.99"), pod.host_ifname),)),
         ReplaceRoute(A("198.51.100.13"), (Nexthop(A("192.0.2.21"), pod.host_ifname),), new=True),
         DeleteRoute(A("198.51.100.14")),  # already gone: no error
     ]
-    routes = NetlinkRoutes(protocol=PROTO, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
     await routes.start()
     try:
         errors = await routes.apply(edits)
@@ -38,6 +39,6 @@ async def test_failed_edits_carry_their_edit_and_the_kernels_errno(make_netns: C
         await routes.close()
 
     assert [(error.edit, error.errno) for error in errors] == [
-        (edits[0], errno.ENODEV), (edits[1], errno.ENETUNREACH), (edits[2], errno.EEXIST)]
+        (edits[0], errno.ENODEV), (edits[1], errno.EINVAL), (edits[2], errno.EEXIST)]
     assert [error.key for error in errors] == [
-        (str(edits[0]), errno.ENODEV), (str(edits[1]), errno.ENETUNREACH), (str(edits[2]), errno.EEXIST)]
+        (str(edits[0]), errno.ENODEV), (str(edits[1]), errno.EINVAL), (str(edits[2]), errno.EEXIST)]

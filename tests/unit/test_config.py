@@ -23,6 +23,12 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert config.bird.socket == pathlib.Path("/run/bird/bird.ctl")
     assert config.anycast_pools == ()
     assert config.max_anycast_per_pod == 32
+    assert config.withdrawn_route_protocol == 202 and config.withdrawn_linger_seconds == 2.0
+
+
+@pytest.mark.parametrize(("route", "withdrawn"), [(201, 202), (255, 254), (11, 10), (5, 6)])
+def test_the_withdrawn_routes_protocol_follows_the_routes_one_and_is_never_birds(route: int, withdrawn: int) -> None:
+    assert parse_config({**BASE, "routeProtocol": route}, environ={}).withdrawn_route_protocol == withdrawn
 
 
 def test_node_name_comes_from_the_environment() -> None:
@@ -49,6 +55,11 @@ def test_pools_with_namespaces() -> None:
     ({**BASE, "bird": {"routerId": "2001:db8::1", "asn": 65001}}, "bird.routerId"),
     ({**BASE, "bird": {"routerId": "192.0.2.1", "asn": 1, "peers": [{"asn": 2}]}}, "bird.peers[0].address"),
     ({**BASE, "routeProtocol": 3}, "routeProtocol"),
+    ({**BASE, "routeProtocol": 12}, "routeProtocol: 12 is BIRD's own rtm_protocol"),
+    ({**BASE, "withdrawnRouteProtocol": 201}, "withdrawnRouteProtocol: 201 must differ from routeProtocol"),
+    ({**BASE, "withdrawnRouteProtocol": 256}, "withdrawnRouteProtocol: 256 must be an integer 5-255"),
+    ({**BASE, "withdrawnLingerSeconds": 0.01}, "withdrawnLingerSeconds: 0.01 must be 0.1-60"),
+    ({**BASE, "withdrawnLingerSeconds": 61}, "withdrawnLingerSeconds: 61 must be 0.1-60"),
     ({**BASE, "tickSeconds": 0}, "tickSeconds"),
     ({**BASE, "listen": "9964"}, "listen"),
     ({**BASE, "eligibility": "whenever"}, "eligibility: 'whenever' is not one of"),

@@ -1,4 +1,5 @@
-"""A tick with nothing changed costs nothing: no resolve, no render, no netlink, no Events."""
+"""A tick with nothing changed costs nothing: no resolve, no render, no netlink, no Events;
+and pods coming and going never render bird.conf again."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pathlib
 import pytest
 
 from flock.adapters.store import AllocationStore
-from flock.core.model import IPAddress
 from flock.core.podcache import PodCache
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler
@@ -21,9 +21,9 @@ class CountingRender:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, anycast: frozenset[IPAddress]) -> str:
+    def __call__(self) -> str:
         self.calls += 1
-        return " ".join(sorted(map(str, anycast)))
+        return "# bird.conf\n"
 
 
 @dataclasses.dataclass
@@ -59,7 +59,7 @@ async def test_a_quiet_tick_resolves_renders_and_writes_nothing(parts: Parts) ->
 
     pods.observe("MODIFIED", pod_body("web-1", uid="", ready=False, anycast="198.51.100.10"))
     await reconciler.reconcile(trigger="pod")
-    assert routes.table == {} and render.calls == 2
+    assert routes.table == {} and render.calls == 1, "withdrawn by a re-tag: bird.conf untouched"
 
 
 async def test_ticks_keep_retrying_while_bird_fails_and_a_full_view_still_repairs_drift(parts: Parts) -> None:
@@ -80,7 +80,7 @@ async def test_ticks_keep_retrying_while_bird_fails_and_a_full_view_still_repair
     assert routes.table != {}, "the periodic full view repairs it"
 
 
-async def test_a_pass_that_changes_no_advertised_prefix_renders_no_bird_conf(parts: Parts) -> None:
+async def test_pods_coming_and_going_never_render_bird_conf_again(parts: Parts) -> None:
     reconciler, routes, render, pods = parts.reconciler, parts.routes, parts.render, parts.pods
     await parts.reconciler.store.put(alloc("web-2", ips=("192.0.2.20", "2001:db8::20"), dev="flock00000002"))
     pods.observe("ADDED", pod_body("web-2", uid="", anycast="198.51.100.10"))
@@ -90,7 +90,10 @@ async def test_a_pass_that_changes_no_advertised_prefix_renders_no_bird_conf(par
     pods.observe("MODIFIED", pod_body("web-2", uid="", ready=False, anycast="198.51.100.10"))
     await reconciler.reconcile(trigger="pod")
     assert len(next(iter(routes.table.values()))) == 1, "web-2 left the multipath route"
-    assert render.calls == 1, "the prefix is still advertised: bird.conf is not rendered again"
+    pods.observe("MODIFIED", pod_body("web-1", uid="", ready=False, anycast="198.51.100.10"))
+    await reconciler.reconcile(trigger="pod")
+    assert routes.table == {} and len(routes.withdrawn) == 1
+    assert render.calls == 1, "bird.conf depends on peers, pools and pod CIDRs only"
 
 
 async def test_a_pass_tells_only_the_pods_it_touched_and_still_tells_them_everything(parts: Parts) -> None:
@@ -109,10 +112,10 @@ async def test_a_pass_tells_only_the_pods_it_touched_and_still_tells_them_everyt
     assert [(e.involved.name, e.reason) for e in events.events] == [("web-2", "AnycastWithdrawn")]
 
     events.events.clear()
-    parts.bird.unavailable = True  # web-1's withdrawal waits for BIRD: nothing to tell yet
+    parts.routes.fail[next(iter(parts.routes.table))] = "refused"  # web-1's withdrawal fails
     pods.observe("MODIFIED", pod_body("web-1", uid="", ready=False, anycast="198.51.100.10"))
     await reconciler.reconcile(trigger="pod")
-    assert [e.reason for e in events.events] == ["BirdReloadFailed"]
-    parts.bird.unavailable = False  # BIRD back: the tick's pass withdraws, and says so
+    assert events.events == [], "nothing happened yet: nothing to tell"
+    parts.routes.fail.clear()  # the kernel takes it: the tick's pass withdraws, and says so
     await reconciler.reconcile(trigger="tick")
-    assert [(e.involved.name, e.reason) for e in events.events][1:] == [("web-1", "AnycastWithdrawn")]
+    assert [(e.involved.name, e.reason) for e in events.events] == [("web-1", "AnycastWithdrawn")]

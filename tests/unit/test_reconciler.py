@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import pytest
 
 from flock.adapters.store import AllocationStore
-from flock.core.model import IPAddress, Nexthop
 from flock.core.podcache import PodCache
-from flock.core.routediff import RouteEdit
+from flock.core.routediff import KernelRoutes, RouteEdit
 from flock.errors import RouteError
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler, RepeatedFailure
@@ -33,7 +32,7 @@ class Recorder:
         self.routes = FakeRoutes()
         self.bird = FakeBird()
 
-    async def dump(self) -> dict[IPAddress, tuple[Nexthop, ...]]:
+    async def dump(self) -> KernelRoutes:
         return await self.routes.dump()
 
     async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
@@ -43,8 +42,7 @@ class Recorder:
     async def bird_apply(self, text: str) -> bool:
         changed = await self.bird.apply(text)
         if changed:
-            self.log.append("bird: " + ",".join(line.strip() for line in text.splitlines()
-                                                if line.strip().startswith("active ")))
+            self.log.append("bird: configured")
         return changed
 
 
@@ -56,8 +54,11 @@ class BirdSide:
         return await self.recorder.bird_apply(text)
 
 
-def render(anycast: frozenset[IPAddress]) -> str:
-    return "".join(f"active {a}\n" for a in sorted(anycast, key=lambda a: (a.version, int(a))))
+def render() -> str:
+    return "# node-a's bird.conf: BIRD learns the anycast routes from the kernel\n"
+
+
+LINGER = 0.1  # withdrawnLingerSeconds of these tests
 
 
 @dataclasses.dataclass
@@ -85,19 +86,19 @@ async def node(tmp_path: pathlib.Path) -> Node:
     recorder = Recorder()
     events = RecordingEvents()
     pods = PodCache("node-a")
-    reconciler = Reconciler(config=agent_config(), store=store, pods=pods, routes=recorder,
+    reconciler = Reconciler(config=agent_config(withdrawnLingerSeconds=LINGER), store=store, pods=pods, routes=recorder,
                             bird=BirdSide(recorder), render_bird=render, events=events,
                             metrics=Metrics())
     return Node(store, pods, recorder, events, reconciler)
 
 
-async def test_ready_pod_is_routed_then_advertised_and_announced(node: Node) -> None:
+async def test_ready_pod_is_routed_and_so_advertised_and_announced(node: Node) -> None:
     await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
     await node.reconciler.reconcile()
     assert node.recorder.log == [
+        "bird: configured",  # once: BIRD learns the routes from the kernel
         "add 198.51.100.10/32 via 192.0.2.11 dev flock00000001",
         "add 2001:db8:100::10/128 via 2001:db8::11 dev flock00000001",
-        "bird: active 198.51.100.10,active 2001:db8:100::10",
     ]
     # One Event for the pod's anycast IPs that changed together in the pass.
     assert [(e.reason, e.involved.name, e.message) for e in node.events.events] == [
@@ -129,59 +130,101 @@ async def test_terminating_pod_leaves_the_nexthop_set(node: Node) -> None:
         ("AnycastWithdrawn", "198.51.100.10/32 withdrawn from node-a: pod terminating; 1 next hop left")]
 
 
-async def test_last_pod_leaving_is_withdrawn_from_bird_before_the_route_goes(node: Node) -> None:
+async def test_last_pod_leaving_is_withdrawn_by_a_re_tag_and_its_route_deleted_after_the_linger(
+        node: Node) -> None:
     await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
     await node.reconciler.reconcile()
     node.recorder.log.clear()
     node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
     await node.reconciler.reconcile()
-    assert node.recorder.log == ["bird: ", "delete 198.51.100.10/32"]
-    assert A4 not in node.recorder.routes.table
+    # Withdrawn from BGP (BIRD does not learn the re-tagged route), still forwarding; no reload.
+    assert node.recorder.log == ["withdraw 198.51.100.10/32 via 192.0.2.11 dev flock00000001"]
+    assert A4 not in node.recorder.routes.table and A4 in node.recorder.routes.withdrawn
     assert "pod not ready; no next hop left, node-a no longer advertises it" in node.events.events[-1].message
+    await node.reconciler.reconcile()
+    assert len(node.recorder.log) == 1, "nothing more before the linger is over"
+
+    await asyncio.sleep(LINGER * 1.5)
+    events = len(node.events.events)
+    await node.reconciler.reconcile(trigger="tick")  # a tick must not skip an ended linger
+    assert node.recorder.log[1:] == ["delete 198.51.100.10/32 (withdrawn)"]
+    assert A4 not in node.recorder.routes.withdrawn
+    assert len(node.events.events) == events, "the withdrawal was told once, when it happened"
 
 
-async def test_rejected_bird_config_keeps_the_route_and_reports_once(node: Node) -> None:
+async def test_the_run_loop_wakes_when_a_linger_ends(node: Node) -> None:
+    node.reconciler.config = dataclasses.replace(node.reconciler.config, tick_seconds=60)
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    task = asyncio.create_task(node.reconciler.run())
+    try:
+        await asyncio.wait_for(node.reconciler.next_pass("test"), timeout=10)
+        node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+        await asyncio.wait_for(node.reconciler.next_pass("test"), timeout=10)
+        assert A4 in node.recorder.routes.withdrawn
+        for _ in range(100):
+            if A4 not in node.recorder.routes.withdrawn:
+                break
+            await asyncio.sleep(LINGER)
+        assert A4 not in node.recorder.routes.withdrawn, "deleted without waiting for a 60 s tick"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_re_tag_that_fails_deletes_the_route_instead(node: Node) -> None:
     await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
     await node.reconciler.reconcile()
-    node.recorder.bird.reject = "bird.conf:3:1 syntax error"
+    node.recorder.log.clear()
+    node.recorder.routes.fail[A4] = 19  # ENODEV: the pod's veth is gone
     node.pods.observe("DELETED", pod_body("web-1"))
-    for _ in range(3):
-        await node.reconciler.reconcile()
-    # BIRD still announces the prefix, so the node keeps routing it.
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["withdraw 198.51.100.10/32 via 192.0.2.11 dev flock00000001",
+                                 "delete 198.51.100.10/32"]
+
+
+async def test_a_withdrawn_route_wanted_again_is_advertised_again_and_not_deleted(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=True, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    await asyncio.sleep(LINGER * 1.5)
+    await node.reconciler.reconcile()
+    assert node.recorder.log[-1] == "replace 198.51.100.10/32 via 192.0.2.11 dev flock00000001"
+    assert A4 in node.recorder.routes.table and A4 not in node.recorder.routes.withdrawn
+    assert [e.reason for e in node.events.events] == ["AnycastAdvertised", "AnycastWithdrawn", "AnycastAdvertised"]
+
+
+async def test_a_config_bird_refuses_is_reported_once_retried_and_routing_goes_on(
+    node: Node, caplog: pytest.LogCaptureFixture,
+) -> None:
+    node.recorder.bird.reject = "bird.conf:3:1 syntax error"
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    with caplog.at_level("INFO", logger="flock.reconciler"):
+        for _ in range(3):
+            await node.reconciler.reconcile(trigger="tick")
     assert A4 in node.recorder.routes.table
     failures = [e for e in node.events.events if e.reason == "BirdReloadFailed"]
     assert len(failures) == 1 and failures[0].involved.kind == "Node" and failures[0].type == "Warning"
     assert "syntax error" in failures[0].message
-    assert node.recorder.bird.calls == 4  # the first pass, then one retry per pass
+    assert node.recorder.bird.calls == 3, "retried every pass, ticks included"
+    logged = [r for r in caplog.records if "BIRD reload failed" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "ERROR", "logged once, not every pass"
 
     node.recorder.bird.reject = None
+    node.recorder.bird.unavailable = True  # a new failure: reported as such
     await node.reconciler.reconcile()
-    assert A4 not in node.recorder.routes.table
-
-
-async def test_a_withdrawal_waiting_for_bird_is_announced_only_once_it_happened(
-    node: Node, caplog: pytest.LogCaptureFixture,
-) -> None:
-    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
-    await node.reconciler.reconcile()
-    node.events.events.clear()
-    node.recorder.bird.unavailable = True
-    node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
-    with caplog.at_level("INFO", logger="flock.reconciler"):
-        for _ in range(5):
-            await node.reconciler.reconcile()
-    assert A4 in node.recorder.routes.table, "BIRD may still announce it: the route stays"
-    assert [e.reason for e in node.events.events] == ["BirdReloadFailed"], "no AnycastWithdrawn before it happens"
-    failures = [r for r in caplog.records if "BIRD reload failed" in r.getMessage()]
-    assert len(failures) == 1 and failures[0].levelname == "ERROR", "logged once, not every pass"
+    assert [e.reason for e in node.events.events if e.reason == "BirdReloadFailed"] == ["BirdReloadFailed"] * 2
+    assert "unreachable" in node.events.events[-1].message
 
     caplog.clear()
     node.recorder.bird.unavailable = False
     with caplog.at_level("INFO", logger="flock.reconciler"):
-        await node.reconciler.reconcile()
-    assert A4 not in node.recorder.routes.table
-    assert [e.reason for e in node.events.events] == ["BirdReloadFailed", "AnycastWithdrawn"]
-    assert "no next hop left, node-a no longer advertises it" in node.events.events[-1].message
+        for _ in range(3):
+            await node.reconciler.reconcile()
+    assert node.recorder.bird.applied == [render()] and node.recorder.bird.calls == 5, "applied once, then left alone"
     assert [r.getMessage() for r in caplog.records if "BIRD reload failed" in r.getMessage()] == [
         "BIRD reload failed, the previous config stays live: cleared"]
 
@@ -221,7 +264,6 @@ async def test_failed_route_edit_takes_a_full_view_and_other_routes_still_land(n
     await node.add_pod("web-1", "192.0.2.11", "2001:db8::11")
     await node.reconciler.reconcile()
     assert set(node.recorder.routes.table) == {A4}
-    assert "2001:db8:100::10" not in node.recorder.log[-1]  # never advertised without a route
     assert [e.message.split()[0] for e in node.events.events if e.reason == "AnycastAdvertised"] == ["198.51.100.10/32"]
     del node.recorder.routes.fail[A6]
     await node.reconciler.reconcile()
@@ -240,6 +282,23 @@ async def test_restart_adopts_the_kernel_and_writes_nothing(node: Node, tmp_path
     await restarted.reconcile()
     assert node.recorder.log == []
     assert node.events.events == []
+
+
+async def test_a_restart_mid_linger_deletes_the_withdrawn_route_after_a_linger(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.pods.observe("MODIFIED", pod_body("web-1", ready=False, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+
+    restarted = Reconciler(config=node.reconciler.config, store=node.store, pods=node.pods, routes=node.recorder,
+                           bird=BirdSide(node.recorder), render_bird=render, events=node.events, metrics=Metrics())
+    node.recorder.log.clear()
+    await restarted.adopt()
+    await restarted.reconcile()
+    assert node.recorder.log == []
+    await asyncio.sleep(LINGER * 1.5)
+    await restarted.reconcile()
+    assert node.recorder.log == ["delete 198.51.100.10/32 (withdrawn)"]
 
 
 async def test_drift_is_repaired_on_the_full_view(node: Node) -> None:
@@ -281,7 +340,7 @@ async def test_annotation_edits_on_a_running_pod(node: Node) -> None:
     node.pods.observe("MODIFIED", pod_body("web-1", anycast="2001:db8:100::10, 198.51.100.77"))
     for _ in range(3):
         await node.reconciler.reconcile()
-    assert node.recorder.log == ["bird: active 2001:db8:100::10", "delete 198.51.100.10/32"]
+    assert node.recorder.log == ["withdraw 198.51.100.10/32 via 192.0.2.11 dev flock00000001"]
     assert [(e.type, e.reason, e.message) for e in node.events.events] == [
         ("Normal", "AnycastWithdrawn", "198.51.100.10/32 withdrawn from node-a: pod no longer in its "
          "flock.io/anycast annotation; no next hop left, node-a no longer advertises it"),

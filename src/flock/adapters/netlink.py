@@ -99,7 +99,7 @@ from flock.adapters.rtnetlink import (
     describe_errno,
 )
 from flock.core.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
-from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
+from flock.core.routediff import DeleteRoute, KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
 from flock.core.settings import ROUTE_PROTOCOLS
 from flock.errors import RouteError
 
@@ -215,18 +215,24 @@ class _RtnlDumper:
 class NetlinkRoutes:
     """flock's anycast host routes in the kernel, over raw rtnetlink, on a thread of its own.
 
-    ``protocol`` is the rtm_protocol tagging flock's routes (config ``routeProtocol``);
-    ``netns`` a named network namespace to work in (config ``hostNetns``; ``None`` = the
-    agent's own); ``timeout`` bounds every netlink call, in seconds. Call :meth:`start`
+    ``protocol`` is the rtm_protocol tagging flock's advertised routes (config
+    ``routeProtocol``), ``withdrawn_protocol`` that of its withdrawn ones (config
+    ``withdrawnRouteProtocol``; see :mod:`flock.core.routediff`); ``netns`` a named
+    network namespace to work in (config ``hostNetns``; ``None`` = the agent's own);
+    ``timeout`` bounds every netlink call, in seconds. Call :meth:`start`
     before anything else and :meth:`close` at the end.
     """
 
-    def __init__(self, *, protocol: int, netns: str | None = None, timeout: float = 10.0,
-                 proc: str = "/proc") -> None:
-        if protocol not in ROUTE_PROTOCOLS:
-            raise ValueError(f"route protocol must be {ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}, "
-                             f"not {protocol}")
+    def __init__(self, *, protocol: int, withdrawn_protocol: int, netns: str | None = None,
+                 timeout: float = 10.0, proc: str = "/proc") -> None:
+        for number in (protocol, withdrawn_protocol):
+            if number not in ROUTE_PROTOCOLS:
+                raise ValueError(f"route protocol must be {ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}, "
+                                 f"not {number}")
+        if protocol == withdrawn_protocol:
+            raise ValueError(f"the withdrawn routes' protocol must differ from {protocol}")
         self.protocol = protocol
+        self.withdrawn_protocol = withdrawn_protocol
         self.netns = netns
         self.timeout = timeout
         self.proc = proc  # where procfs is mounted (sysctls); a host /proc in a container
@@ -238,10 +244,11 @@ class NetlinkRoutes:
         self._dumper: _RtnlDumper | None = None
         self._names: dict[int, str] = {}  # ifindex -> link name
         self._indexes: dict[str, int] = {}  # link name -> ifindex
-        self._ignored: set[str] = set()  # problems reported by the previous dump
+        self._ignored: set[tuple[int, str]] = set()  # (protocol, problem) reported by the previous dump
 
     def __repr__(self) -> str:
-        return f"NetlinkRoutes(protocol={self.protocol}, netns={self.netns!r})"
+        return (f"NetlinkRoutes(protocol={self.protocol}, withdrawn_protocol={self.withdrawn_protocol}, "
+                f"netns={self.netns!r})")
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -326,12 +333,15 @@ class NetlinkRoutes:
 
     # -- reading ------------------------------------------------------------------
 
-    async def dump(self) -> dict[IPAddress, Nexthops]:
-        """flock's host routes in the main table, IPv4 and IPv6, next hops canonical.
+    async def dump(self) -> KernelRoutes:
+        """flock's host routes in the main table, IPv4 and IPv6, next hops canonical:
+        those of ``protocol`` (advertised) and of ``withdrawn_protocol``.
 
-        A route of flock's protocol that flock would not have written (not a host
+        A route of flock's protocols that flock would not have written (not a host
         route, no gateway, another metric, a nexthop object) is left out, with a
-        warning the first time it is seen. Raises RouteError when the dump fails.
+        warning the first time it is seen. A prefix with routes of both protocols (a
+        crash between writes, or a hand edit) counts as advertised. Raises RouteError
+        when the dump fails.
         """
         try:
             return await self._call(self._dump)
@@ -339,18 +349,22 @@ class NetlinkRoutes:
             raise RouteError(f"dump routes proto {self.protocol}: no answer within "
                              f"{self.timeout} s") from exc
 
-    def _dump(self) -> dict[IPAddress, Nexthops]:
+    def _dump(self) -> KernelRoutes:
         try:
-            return self._dump_routes()
+            advertised = self._dump_routes(self.protocol)
+            withdrawn = self._dump_routes(self.withdrawn_protocol)
         except OSError as exc:
             reason = describe_errno(exc.errno) if exc.errno else str(exc)
             raise RouteError(f"dump routes proto {self.protocol}: {reason}", errno=exc.errno) from exc
+        for address in advertised.keys() & withdrawn.keys():
+            del withdrawn[address]
+        return KernelRoutes(advertised, withdrawn)
 
-    def _dump_routes(self) -> dict[IPAddress, Nexthops]:
+    def _dump_routes(self, protocol: int) -> dict[IPAddress, Nexthops]:
         if self._dumper is None:
             raise OSError(errno.EBADF, "netlink is closed")
-        parsed = (self._dumper.routes(socket.AF_INET, self.protocol)
-                  + self._dumper.routes(socket.AF_INET6, self.protocol))
+        parsed = (self._dumper.routes(socket.AF_INET, protocol)
+                  + self._dumper.routes(socket.AF_INET6, protocol))
         hops: dict[IPAddress, list[Nexthop]] = {}
         memo: dict[tuple[bytes, int], Nexthop] = {}  # the same pods serve many routes
         problems: set[str] = set()
@@ -368,10 +382,11 @@ class NetlinkRoutes:
                 continue
             # Older kernels dump each IPv6 next hop as a route of its own: merge them.
             hops.setdefault(route.address, []).extend(memo[hop] for hop in route.hops)
-        for problem in sorted(problems - self._ignored):
+        ignored = {(protocol, problem) for problem in problems}
+        for _, problem in sorted(ignored - self._ignored):
             log.warning("ignored a route of flock's protocol: %s proto=%d netns=%s",
-                        problem, self.protocol, self.netns or "-")
-        self._ignored = problems
+                        problem, protocol, self.netns or "-")
+        self._ignored = {known for known in self._ignored if known[0] != protocol} | ignored
         return {address: (nexthops[0],) if len(nexthops) == 1 else sorted_nexthops(nexthops)
                 for address, nexthops in hops.items()}
 
@@ -430,7 +445,7 @@ class NetlinkRoutes:
         for (position, indexes), answer in zip(sent, answers, strict=True):
             edit = edits[position]
             results[position] = self._outcome(edit, answer)
-            if answer and answer != errno.EEXIST and isinstance(edit, ReplaceRoute):
+            if answer and answer != errno.EEXIST and not isinstance(edit, DeleteRoute):
                 stale.append((position, indexes))
         if stale:
             self._retry_stale(edits, stale, results)
@@ -454,7 +469,8 @@ class NetlinkRoutes:
         last = {edit.address: position for position, edit in enumerate(edits)}
         again = [position for position, indexes in failed
                  if last[edits[position].address] == position
-                 and [self._indexes.get(hop.dev) for hop in cast(ReplaceRoute, edits[position]).nexthops] != indexes]
+                 and [self._indexes.get(hop.dev)
+                      for hop in cast(ReplaceRoute | WithdrawRoute, edits[position]).nexthops] != indexes]
         requests, sent = self._encode_each(edits, again, results)
         answers = self._transact(edits, sent, requests)
         for (position, _), answer in zip(sent, answers, strict=True):
@@ -480,7 +496,8 @@ class NetlinkRoutes:
         """The netlink request for ``edit`` and the ifindexes it uses, or why there is none."""
         if isinstance(edit, DeleteRoute):
             # proto: the kernel then never deletes another protocol's route
-            return (RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, self.protocol)), []
+            protocol = self.withdrawn_protocol if edit.withdrawn else self.protocol
+            return (RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, protocol)), []
         if not edit.nexthops:
             return RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit)
         indexes = []
@@ -497,6 +514,10 @@ class NetlinkRoutes:
                 return RouteError(f"{edit}: next hop {hop.via} is not IPv{edit.address.version}", edit=edit)
             indexes.append(index)
             hops.append((hop.via.packed, index))
+        if isinstance(edit, WithdrawRoute):
+            # Replace only, never create: a route that is gone is withdrawn already.
+            request = rtnl.route_request(edit.address.packed, self.withdrawn_protocol, hops)
+            return (RTM_NEWROUTE, NLM_F_REPLACE, request), indexes
         # A prefix flock does not route yet is added create-exclusive: see the module docstring.
         flags = NLM_F_CREATE | (NLM_F_EXCL if edit.new else NLM_F_REPLACE)
         return (RTM_NEWROUTE, flags, rtnl.route_request(edit.address.packed, self.protocol, hops)), indexes
@@ -526,10 +547,12 @@ class NetlinkRoutes:
                               edit=edit)
         if isinstance(answer, OSError):  # the socket itself failed (closed, ...)
             return RouteError(f"{edit}: {answer}", edit=edit, errno=answer.errno)
-        if isinstance(edit, DeleteRoute):
+        if isinstance(edit, DeleteRoute | WithdrawRoute):
             if answer in (errno.ESRCH, errno.ENOENT):
                 return None  # already gone
-            return RouteError(f"{edit} proto {self.protocol}: {describe_errno(answer)}", edit=edit, errno=answer)
+            if isinstance(edit, DeleteRoute):
+                protocol = self.withdrawn_protocol if edit.withdrawn else self.protocol
+                return RouteError(f"{edit} proto {protocol}: {describe_errno(answer)}", edit=edit, errno=answer)
         if answer == errno.EEXIST:
             return RouteError(f"{edit}: a route for {host_prefix(edit.address)} that is not "
                               f"flock's (another rtm_protocol) already exists; flock leaves it alone",

@@ -63,6 +63,7 @@ RT_SCOPE_LINK: Final = 253
 RT_SCOPE_NOWHERE: Final = 255  # in a delete: match a route of any scope
 RTN_UNICAST: Final = 1
 RTM_F_CLONED: Final = 0x200
+RTNH_F_ONLINK: Final = 0x4  # a next hop's gateway is on the link, whatever its addresses
 RTA_DST: Final = 1
 RTA_OIF: Final = 4
 RTA_GATEWAY: Final = 5
@@ -213,15 +214,22 @@ def route_request(dst: bytes, protocol: int, hops: Sequence[tuple[bytes, int]]) 
     IPv4, 1024 for IPv6). One ``(gateway, ifindex)`` hop gives the plain RTA_GATEWAY +
     RTA_OIF shape, several one RTA_MULTIPATH of weight-1 next hops, as ``ip route`` writes
     them. Gateways must be of ``dst``'s family (the caller checks).
+
+    Every next hop is ``onlink`` (RTNH_F_ONLINK): a pod's address is reachable on its veth
+    through the pod's own device route, not through an address of the host side, and
+    BIRD's kernel protocol refuses to learn a gateway that is not on a connected prefix
+    ("strange next-hop") unless the hop says onlink.
     """
     size = len(dst)
-    head = RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE,
-                      RTN_UNICAST, 0) + _DST_ATTR[size] + dst
     if len(hops) == 1:
         gateway, index = hops[0]
-        return head + _GATEWAY_ATTR[size] + gateway + _OIF_ATTR + U32.pack(index)
-    nexthops = b"".join(RTNEXTHOP.pack(RTNEXTHOP.size + 4 + size, 0, 0, index) + _GATEWAY_ATTR[size] + gateway
-                        for gateway, index in hops)
+        return (RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE,
+                           RTN_UNICAST, RTNH_F_ONLINK) + _DST_ATTR[size] + dst
+                + _GATEWAY_ATTR[size] + gateway + _OIF_ATTR + U32.pack(index))
+    head = RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE,
+                      RTN_UNICAST, 0) + _DST_ATTR[size] + dst
+    nexthops = b"".join(RTNEXTHOP.pack(RTNEXTHOP.size + 4 + size, RTNH_F_ONLINK, 0, index)
+                        + _GATEWAY_ATTR[size] + gateway for gateway, index in hops)
     return head + RTATTR.pack(4 + len(nexthops), RTA_MULTIPATH) + nexthops
 
 

@@ -1,14 +1,15 @@
 """The BIRD view model: everything ``bird/bird.conf.j2`` needs, ready-made.
 
 Pure: data in, data out (no jinja2, no files). :func:`bird_view` turns the agent's
-configuration, the active anycast set and the node's pod CIDRs into a
-:class:`BirdView` whose fields are plain strings, ints and tuples, already sorted and
-deduplicated, so the template does no lookups and the same inputs always render the
-same text (a quiet reconcile pass then leaves BIRD alone).
+configuration and the node's pod CIDRs into a :class:`BirdView` whose fields are plain
+strings, ints and tuples, already sorted and deduplicated, so the template does no
+lookups and the same inputs always render the same text (a restarted agent then leaves
+BIRD alone).
 
-Defence in depth: an anycast address outside every configured pool never enters the
-view, even though the resolver has already refused it. The rendered export filter
-checks pool membership a third time, inside BIRD.
+The active anycast prefixes are not in the view: BIRD learns them from the kernel (the
+routes of ``routeProtocol``), so bird.conf does not change when pods come and go. The
+learning import filter and the export filters both admit only host prefixes inside the
+pools, beside the resolver's own check.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
-from flock.core.model import IPAddress, IPNetwork, address_sort_key, host_prefix
-from flock.core.pools import in_pools
+from flock.core.model import IPAddress, IPNetwork, address_sort_key
 from flock.core.settings import AgentConfig, BgpPeer
 
 _NOT_IN_NAME = re.compile(r"[^0-9A-Za-z]")
@@ -68,13 +68,11 @@ class BirdView:
     asn: int
     """This node's AS number."""
     route_protocol: int
-    """rtm_protocol number of flock's own kernel routes (mentioned in comments only)."""
+    """rtm_protocol number of flock's advertised kernel routes: the only ones BIRD learns."""
+    withdrawn_route_protocol: int
+    """rtm_protocol number of flock's withdrawn routes (mentioned in comments only)."""
     peers: tuple[PeerView, ...]
     """eBGP sessions, sorted by neighbour address (IPv4 first)."""
-    anycast_v4: tuple[str, ...]
-    """Active IPv4 anycast host prefixes inside the pools: ``("198.51.100.10/32",)``."""
-    anycast_v6: tuple[str, ...]
-    """Active IPv6 anycast host prefixes inside the pools: ``("2001:db8:100::10/128",)``."""
     pod_cidrs_v4: tuple[str, ...]
     """This node's IPv4 pod CIDRs, advertised exactly as they are."""
     pod_cidrs_v6: tuple[str, ...]
@@ -83,6 +81,8 @@ class BirdView:
     """IPv4 anycast pool CIDRs; only prefixes inside them may be exported as anycast."""
     pools_v6: tuple[str, ...]
     """IPv6 anycast pool CIDRs; only prefixes inside them may be exported as anycast."""
+    scan_seconds: int
+    """How often BIRD re-reads the whole kernel table besides following its changes."""
 
 
 def _peer_view(peer: BgpPeer) -> PeerView:
@@ -101,32 +101,16 @@ def _networks(networks: Iterable[IPNetwork], version: int) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(chosen, key=_network_sort_key))
 
 
-def _host_prefixes(addresses: Iterable[IPAddress], version: int) -> tuple[str, ...]:
-    chosen = {a for a in addresses if a.version == version}
-    return tuple(host_prefix(a) for a in sorted(chosen, key=address_sort_key))
+KERNEL_SCAN_SECONDS = 30
+"""BIRD follows the kernel's route changes as they happen (netlink notifications); its
+periodic full scan only backs that up, e.g. after its receive buffer overflowed."""
 
 
-def bird_view(
-    *,
-    config: AgentConfig,
-    anycast: Iterable[IPAddress],
-    pod_cidrs: Sequence[IPNetwork],
-) -> BirdView:
-    """Build the view for one rendering of ``bird.conf``.
-
-    ``anycast`` is the set of anycast addresses that currently have at least one eligible
-    local replica; addresses outside every ``config.anycast_pools`` CIDR are dropped here.
-    ``pod_cidrs`` are the node's pod ranges (the resolved ``podCIDRs`` setting).
-    An anycast host prefix equal to a pod CIDR is listed once, as a pod CIDR, so BIRD
-    never sees the same static route twice.
-    """
+def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork]) -> BirdView:
+    """Build the view for ``bird.conf``; ``pod_cidrs`` are the node's pod ranges (the
+    resolved ``podCIDRs`` setting)."""
     pools = config.anycast_pools
     pod_set = set(pod_cidrs)
-    active = [
-        a for a in anycast
-        if in_pools(a, pools)
-        and not any(n.prefixlen == a.max_prefixlen and a in n for n in pod_set)
-    ]
     peers = sorted(set(config.bird.peers), key=lambda p: (*address_sort_key(p.address), p.asn))
     pool_cidrs = [pool.cidr for pool in pools]
     return BirdView(
@@ -134,11 +118,11 @@ def bird_view(
         router_id=str(config.bird.router_id),
         asn=config.bird.asn,
         route_protocol=config.route_protocol,
+        withdrawn_route_protocol=config.withdrawn_route_protocol,
         peers=tuple(_peer_view(p) for p in peers),
-        anycast_v4=_host_prefixes(active, 4),
-        anycast_v6=_host_prefixes(active, 6),
         pod_cidrs_v4=_networks(pod_set, 4),
         pod_cidrs_v6=_networks(pod_set, 6),
         pools_v4=_networks(pool_cidrs, 4),
         pools_v6=_networks(pool_cidrs, 6),
+        scan_seconds=KERNEL_SCAN_SECONDS,
     )

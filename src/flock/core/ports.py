@@ -12,16 +12,16 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from flock.core.model import Allocation, ContainerID, Event, IPAddress, Nexthops
-from flock.core.routediff import RouteEdit
+from flock.core.model import Allocation, ContainerID, Event, IPAddress
+from flock.core.routediff import KernelRoutes, RouteEdit
 from flock.errors import RouteError
 
 
 class Routes(Protocol):
     """flock's anycast host routes in the node's kernel (flock.adapters.netlink.NetlinkRoutes)."""
 
-    async def dump(self) -> dict[IPAddress, Nexthops]:
-        """Every route of flock's protocol in the main table, next hops sorted. Raises RouteError."""
+    async def dump(self) -> KernelRoutes:
+        """Every route of flock's two protocols in the main table, next hops sorted. Raises RouteError."""
 
     async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
         """Apply the edits in order; one RouteError per edit that failed (the others still land)."""
@@ -35,8 +35,8 @@ class Bird(Protocol):
         already ran it. Raises BirdConfigRejected (the old config stays live) or BirdUnavailable."""
 
 
-RenderBird = Callable[[frozenset[IPAddress]], str]
-"""bird.conf for a set of active anycast addresses (raises BirdConfigRejected if a template fails)."""
+RenderBird = Callable[[], str]
+"""The node's bird.conf (raises BirdConfigRejected if a template fails)."""
 
 
 class EventSink(Protocol):

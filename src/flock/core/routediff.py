@@ -1,6 +1,13 @@
 """The kernel diff: desired anycast routes vs the kernel's, as a minimal list of edits.
 
 Pure: data in, data out. An empty list means the kernel already matches.
+
+flock's routes in the kernel come in two kinds, told apart by their rtm_protocol
+(:class:`KernelRoutes`). An *advertised* route (``routeProtocol``) forwards to the pods
+and BIRD, which learns it from the kernel, advertises its prefix. A *withdrawn* route
+(``withdrawnRouteProtocol``) still forwards, but BIRD does not learn it, so re-tagging a
+route withdraws its prefix from the fabric without a BIRD reload while packets already on
+their way still land. flock deletes a withdrawn route after ``withdrawnLingerSeconds``.
 """
 
 from __future__ import annotations
@@ -12,12 +19,29 @@ from flock.core.model import IPAddress, Nexthops, RouteTable, address_sort_key, 
 
 
 @dataclasses.dataclass(frozen=True)
-class ReplaceRoute:
-    """Install or change the host route for ``address`` to exactly ``nexthops``.
+class KernelRoutes:
+    """flock's host routes in the main table, by kind; a prefix is in one of them at most."""
 
-    ``new`` means flock has no route for the prefix yet: the kernel must create one and
-    refuse if any route already holds the key. A netlink replace matches routes without
-    regard to their protocol, so replacing blindly would overwrite someone else's route.
+    advertised: RouteTable = dataclasses.field(default_factory=dict)
+    """Routes of ``routeProtocol``: forwarding, and advertised by BIRD."""
+    withdrawn: RouteTable = dataclasses.field(default_factory=dict)
+    """Routes of ``withdrawnRouteProtocol``: still forwarding, no longer advertised."""
+    unlearnable: frozenset[IPAddress] = frozenset()
+    """Advertised routes BIRD cannot learn because a next hop is not ``onlink`` (written by
+    an older flock, or by hand): they are written again."""
+
+    def __contains__(self, address: object) -> bool:
+        return address in self.advertised or address in self.withdrawn
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaceRoute:
+    """Install or change the advertised host route for ``address`` to exactly ``nexthops``.
+
+    ``new`` means flock has no route for the prefix yet (of either kind): the kernel must
+    create one and refuse if any route already holds the key. A netlink replace matches
+    routes without regard to their protocol, so replacing blindly would overwrite someone
+    else's route. A withdrawn route of flock's is replaced (so advertised again).
     """
 
     address: IPAddress
@@ -30,43 +54,78 @@ class ReplaceRoute:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeleteRoute:
-    """Remove the host route for ``address`` (absent already counts as done)."""
+class WithdrawRoute:
+    """Re-tag the advertised route for ``address`` as withdrawn, keeping its ``nexthops``.
+
+    BIRD withdraws the prefix from its peers; the kernel keeps forwarding. A route that is
+    already gone counts as withdrawn.
+    """
 
     address: IPAddress
+    nexthops: Nexthops
 
     def __str__(self) -> str:
-        return f"delete {host_prefix(self.address)}"
+        return f"withdraw {host_prefix(self.address)} " + ", ".join(map(str, self.nexthops))
 
 
-RouteEdit = ReplaceRoute | DeleteRoute
+@dataclasses.dataclass(frozen=True)
+class DeleteRoute:
+    """Remove the host route for ``address`` (absent already counts as done).
 
-
-def diff_routes(desired: RouteTable, current: RouteTable) -> list[RouteEdit]:
-    """Edits that turn ``current`` into ``desired``: replaces first, then deletes.
-
-    Both tables hold canonical (sorted) next hops, so equal routes compare equal and
-    produce no edit. Edits come in canonical address order, for stable logs and tests.
+    ``withdrawn``: the withdrawn route (the usual end of a withdrawal). Otherwise the
+    advertised one, which BIRD withdraws as it learns the deletion: only when a withdrawal
+    could not re-tag the route.
     """
-    replaces: list[RouteEdit] = [
+
+    address: IPAddress
+    withdrawn: bool = False
+
+    def __str__(self) -> str:
+        return f"delete {host_prefix(self.address)}" + (" (withdrawn)" if self.withdrawn else "")
+
+
+RouteEdit = ReplaceRoute | WithdrawRoute | DeleteRoute
+
+
+def diff_routes(desired: RouteTable, current: KernelRoutes) -> list[ReplaceRoute | WithdrawRoute]:
+    """Edits that make ``current`` advertise exactly ``desired``: replaces first, then withdrawals.
+
+    Routes hold canonical (sorted) next hops, so equal routes compare equal and produce no
+    edit. Edits come in canonical address order, for stable logs and tests. Withdrawn
+    routes that are not wanted again are left for :func:`expired` to delete.
+    """
+    advertised = current.advertised
+    replaces: list[ReplaceRoute | WithdrawRoute] = [
         ReplaceRoute(address, desired[address], new=address not in current)
         for address in sorted(desired, key=address_sort_key)
-        if current.get(address) != desired[address]
+        if advertised.get(address) != desired[address] or address in current.unlearnable
     ]
-    deletes: list[RouteEdit] = [
-        DeleteRoute(address)
-        for address in sorted(current, key=address_sort_key)
+    withdrawals: list[ReplaceRoute | WithdrawRoute] = [
+        WithdrawRoute(address, advertised[address])
+        for address in sorted(advertised, key=address_sort_key)
         if address not in desired
     ]
-    return replaces + deletes
+    return replaces + withdrawals
 
 
-def apply_edits(table: RouteTable, edits: Sequence[RouteEdit]) -> dict[IPAddress, Nexthops]:
-    """The table after ``edits`` succeeded: how the reconciler tracks the kernel between dumps."""
-    result = dict(table)
+def expired(lingering: dict[IPAddress, float], now: float) -> list[DeleteRoute]:
+    """Deletes for the withdrawn routes whose linger ended by ``now`` (address -> deadline)."""
+    return [DeleteRoute(address, withdrawn=True) for address in sorted(lingering, key=address_sort_key)
+            if lingering[address] <= now]
+
+
+def apply_edits(kernel: KernelRoutes, edits: Sequence[RouteEdit]) -> KernelRoutes:
+    """The routes after ``edits`` succeeded: how the reconciler tracks the kernel between dumps."""
+    advertised = dict(kernel.advertised)
+    withdrawn = dict(kernel.withdrawn)
+    unlearnable = kernel.unlearnable - {edit.address for edit in edits}
     for edit in edits:
         if isinstance(edit, ReplaceRoute):
-            result[edit.address] = edit.nexthops
+            withdrawn.pop(edit.address, None)
+            advertised[edit.address] = edit.nexthops
+        elif isinstance(edit, WithdrawRoute):
+            advertised.pop(edit.address, None)
+            withdrawn[edit.address] = edit.nexthops
         else:
-            result.pop(edit.address, None)
-    return result
+            (withdrawn if edit.withdrawn else advertised).pop(edit.address, None)
+    return KernelRoutes(advertised, withdrawn, unlearnable)

@@ -78,7 +78,15 @@ class AgentConfig:
     pod_cidrs: tuple[IPNetwork, ...] | None = None
     """This node's pod ranges. Default: None, meaning the Node's spec.podCIDRs."""
     route_protocol: int = 201
-    """rtm_protocol number tagging flock's kernel routes (5-255: 0-4 are the kernel's own). Default 201."""
+    """rtm_protocol number tagging flock's kernel routes, which BIRD learns and advertises
+    (5-255 but 12: 0-4 are the kernel's own, 12 is BIRD's). Default 201."""
+    withdrawn_route_protocol: int = 0
+    """rtm_protocol number of a withdrawn route that still forwards for
+    ``withdrawn_linger_seconds`` (BIRD does not learn it). Default (0 here):
+    :func:`default_withdrawn_protocol` of ``route_protocol``, 202 for 201."""
+    withdrawn_linger_seconds: float = 2.0
+    """How long a withdrawn prefix keeps forwarding to its last pods after BIRD withdrew it,
+    so packets the fabric sent before it converged still land. 0.1-60 s. Default 2."""
     tick_seconds: float = 2.0
     """Period of the reconcile tick, seconds. Default 2."""
     resync_seconds: float = 30.0
@@ -95,10 +103,26 @@ class AgentConfig:
     """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
     old rule, kept only for the lab's comparison run; never use it in production."""
 
+    def __post_init__(self) -> None:
+        if not self.withdrawn_route_protocol:
+            object.__setattr__(self, "withdrawn_route_protocol", default_withdrawn_protocol(self.route_protocol))
+
 
 ROUTE_PROTOCOLS = range(5, 256)
 """rtm_protocol numbers flock may tag its routes with: 0-4 are the kernel's own (unspec,
-redirect, kernel, boot, static)."""
+redirect, kernel, boot, static). 12 (BIRD's own) is refused by :func:`parse_config`."""
+RTPROT_BIRD = 12
+"""BIRD tags the routes it writes with this; its kernel protocol treats them as its own."""
+LINGER_SECONDS = (0.1, 60.0)
+"""Bounds of ``withdrawnLingerSeconds``."""
+
+
+def default_withdrawn_protocol(route_protocol: int) -> int:
+    """The protocol after ``route_protocol`` (before it at 255, and never BIRD's 12)."""
+    for candidate in (route_protocol + 1, route_protocol - 1, route_protocol + 2):
+        if candidate in ROUTE_PROTOCOLS and candidate != RTPROT_BIRD:
+            return candidate
+    raise AssertionError(route_protocol)  # unreachable: 5-255 has room on one side
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -143,6 +167,16 @@ def _address(value: Any, where: str) -> IPAddress:
 def _asn(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4294967294:
         raise ConfigError(f"{where}: {value!r} is not an AS number (1-4294967294)")
+    return value
+
+
+def _route_protocol(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ROUTE_PROTOCOLS:
+        raise ConfigError(f"{where}: {value!r} must be an integer "
+                          f"{ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}")
+    if value == RTPROT_BIRD:
+        raise ConfigError(f"{where}: {RTPROT_BIRD} is BIRD's own rtm_protocol (its kernel protocol "
+                          f"would take the routes for its own)")
     return value
 
 
@@ -214,7 +248,8 @@ def _parse_bird(value: Any) -> BirdConfig:
 
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
-    "routeProtocol", "tickSeconds", "resyncSeconds", "bird", "listen", "eligibility",
+    "routeProtocol", "withdrawnRouteProtocol", "withdrawnLingerSeconds", "tickSeconds", "resyncSeconds",
+    "bird", "listen", "eligibility",
     "procPath", "maxAnycastPerPod",
 }
 
@@ -231,10 +266,17 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
     if not node_name:
         raise ConfigError("nodeName: required (set it, or the NODE_NAME environment variable)")
 
-    protocol = data.get("routeProtocol", _default(AgentConfig, "route_protocol"))
-    if isinstance(protocol, bool) or not isinstance(protocol, int) or protocol not in ROUTE_PROTOCOLS:
-        raise ConfigError(f"routeProtocol: {protocol!r} must be an integer "
-                          f"{ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}")
+    protocol = _route_protocol(data.get("routeProtocol", _default(AgentConfig, "route_protocol")),
+                               "routeProtocol")
+    withdrawn_protocol = _route_protocol(
+        data.get("withdrawnRouteProtocol", default_withdrawn_protocol(protocol)),
+        "withdrawnRouteProtocol")
+    if withdrawn_protocol == protocol:
+        raise ConfigError(f"withdrawnRouteProtocol: {withdrawn_protocol} must differ from routeProtocol")
+    linger = _positive(data.get("withdrawnLingerSeconds", _default(AgentConfig, "withdrawn_linger_seconds")),
+                       "withdrawnLingerSeconds")
+    if not LINGER_SECONDS[0] <= linger <= LINGER_SECONDS[1]:
+        raise ConfigError(f"withdrawnLingerSeconds: {linger:g} must be {LINGER_SECONDS[0]:g}-{LINGER_SECONDS[1]:g}")
 
     pod_cidrs = None
     if data.get("podCIDRs") is not None:
@@ -270,6 +312,8 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
         anycast_pools=tuple(_parse_pool(p, f"anycastPools[{i}]")
                             for i, p in enumerate(_list(data.get("anycastPools", []), "anycastPools"))),
         route_protocol=protocol,
+        withdrawn_route_protocol=withdrawn_protocol,
+        withdrawn_linger_seconds=linger,
         tick_seconds=_positive(data.get("tickSeconds", _default(AgentConfig, "tick_seconds")), "tickSeconds"),
         resync_seconds=_positive(data.get("resyncSeconds", _default(AgentConfig, "resync_seconds")),
                                  "resyncSeconds"),
