@@ -27,7 +27,7 @@ from tests.support.agent import eventually
 from tests.support.config import agent_config
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import PlumbedPod, plumb_pod, sh
-from tests.support.routes import PROTO, flock_routes, next_hops
+from tests.support.routes import PROTO, WITHDRAWN, flock_routes, next_hops
 from tests.unit.factories import pod_body
 
 pytestmark = pytest.mark.netns
@@ -176,3 +176,40 @@ async def test_the_running_loop_repairs_drift_every_resync(node: Node) -> None:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_the_last_pod_leaving_re_tags_its_route_which_forwards_until_the_linger_ends(node: Node) -> None:
+    reconciler = await node.start_agent(withdrawnLingerSeconds=0.3)
+    node.pod_event(0, ready=True)
+    await reconciler.reconcile()
+    routed = next_hops(node.netns, V4)
+    assert flock_routes(node.netns, V4)[0]["flags"] == ["onlink"], "BIRD learns only onlink next hops"
+
+    with watch_routes(node.netns, settle=0.1) as seen:
+        node.pod_event(0, ready=False)
+        await reconciler.reconcile()
+    # One write per prefix: the same route, re-tagged. BIRD stops learning it; packets still land.
+    assert [str(c) for c in seen.changes()] == [f"new {V4} proto {WITHDRAWN}", f"new {V6} proto {WITHDRAWN}"]
+    assert next_hops(node.netns, V4) == [] and next_hops(node.netns, V4, WITHDRAWN) == routed
+
+    with watch_routes(node.netns, settle=0.1) as seen:
+        await asyncio.sleep(0.4)
+        await reconciler.reconcile(trigger="tick")
+    assert sorted(str(c) for c in seen.changes()) == [f"del {V4} proto {WITHDRAWN}", f"del {V6} proto {WITHDRAWN}"]
+    assert flock_routes(node.netns, V4, WITHDRAWN) == []
+
+
+async def test_a_restart_mid_linger_adopts_the_withdrawn_route_and_deletes_it_later(node: Node) -> None:
+    reconciler = await node.start_agent(withdrawnLingerSeconds=0.3)
+    node.pod_event(0, ready=True)
+    await reconciler.reconcile()
+    node.pod_event(0, ready=False)
+    await reconciler.reconcile()
+
+    with watch_routes(node.netns, settle=0.1) as seen:
+        restarted = await node.start_agent(withdrawnLingerSeconds=0.3)
+        await restarted.reconcile()
+    assert seen.changes() == [], "adopted: nothing written at once"
+    await asyncio.sleep(0.4)
+    await restarted.reconcile(trigger="tick")
+    assert flock_routes(node.netns, V4, WITHDRAWN) == [] and flock_routes(node.netns, V6, WITHDRAWN) == []

@@ -13,7 +13,10 @@ new one with ``add`` (NLM_F_CREATE|NLM_F_EXCL, see below); both with
 ``proto=<routeProtocol>``, table main, scope universe and
 no metric: the metric is part of a route's key, so all of flock's routes share the
 kernel default (0 for IPv4, 1024 for IPv6). One next hop is written in the plain
-``via X dev Y`` shape, several as one RTA_MULTIPATH route. Deletes carry ``proto`` too,
+``via X dev Y`` shape, several as one RTA_MULTIPATH route; every next hop ``onlink``
+(BIRD, which learns these routes, refuses a gateway on no connected prefix). A
+withdrawal is a ``replace`` without NLM_F_CREATE to ``proto=<withdrawnRouteProtocol>``
+with the same next hops (a route already gone stays gone). Deletes carry ``proto`` too,
 so the kernel never deletes another protocol's route for the same prefix (it answers
 ESRCH, which counts as "already gone"). ``replace`` itself does not match on protocol:
 it would take over a foreign route of the same prefix and metric, which is why a prefix
