@@ -16,6 +16,22 @@ cut off after ``add_seconds``. A pending or releasing record
 found at start-up is an ADD or DEL that was cut short (agent killed): it is finished
 once the agent's passes run (the veth removed, the record released); the runtime
 retries an ADD.
+
+GC (spec 1.1.0): release, as a DEL would, every allocation whose container the runtime
+does not list in ``cni.dev/valid-attachments``. A container is matched by its id alone
+(flock gives a container one interface), so a listed container keeps its allocation
+whatever ifname the list gives. A runtime builds its list before it sends the GC, and
+an ADD may land in between: so GC also keeps every allocation whose ADD arrived less
+than ``gcGraceSeconds`` ago (plugin config, default 60 s; for records older than this
+agent, the agent's start counts as their ADD). It keeps the placeholders of records
+rebuilt without their container id (flock.core.recovery), whose container it cannot
+tell, and it runs under the same lock as ADD and DEL, after the agent's start-up.
+
+STATUS (spec 1.1.0): 0 once the agent can serve ADDs by itself: it knows the node's pod
+CIDRs, has listed the node's pods once and finished its start-up, and has a free
+address of each family; else error 50 saying which. An API server outage after that is
+not reported: ADDs of the node's pods are served from the pod cache, and a STATUS error
+on every node during a control-plane outage would mark them all NotReady at its end.
 """
 
 from __future__ import annotations
@@ -24,7 +40,8 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flock.core.annotation import ANNOTATION, parse_anycast
@@ -32,8 +49,10 @@ from flock.core.cnispec import (
     CONTAINER_UNKNOWN,
     INVALID_ENV,
     IO_FAILURE,
+    MAX_GC_GRACE_SECONDS,
     NETWORK_STATE_DIFFERS,
     NO_ADDRESS_LEFT,
+    PLUGIN_NOT_AVAILABLE,
     SUPPORTED_VERSIONS,
     TRY_AGAIN_LATER,
     CniRequest,
@@ -61,6 +80,7 @@ from flock.errors import AddressesExhausted, CniError, PlumbingError
 
 logger = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass
 class CniServer:
     """CNI requests (as flock-cni forwards them) -> answers; one at a time under one lock.
@@ -77,10 +97,14 @@ class CniServer:
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
     add_seconds: float = 30.0
     """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
         self._last_given: dict[int, IPAddress] = {}
+        self._started = self.clock()
+        self._added_at: dict[ContainerID, float] = {}  # when each recent ADD arrived, oldest first
+        self._recovered = False  # the agent's start-up is over (recover() ran)
 
     # --- requests ------------------------------------------------------------------------
 
@@ -90,7 +114,11 @@ class CniServer:
         try:
             request = parse_request(env, stdin)
             version = request.cni_version
+            if request.command == "STATUS":  # not behind the lock: it must not wait for a slow ADD
+                self._status()
+                return 0, ""
             if request.command == "ADD":
+                self._note_add(ContainerID(request.container_id))
                 # The API read is outside the lock: a slow API delays this pod, not the others.
                 anycast = await self._anycast_for(PodRef(request.pod_namespace, request.pod_name,
                                                          request.pod_uid))
@@ -102,6 +130,9 @@ class CniServer:
                     return 0, ""
                 if request.command == "CHECK":
                     await self._check(request)
+                    return 0, ""
+                if request.command == "GC":
+                    await self._gc(request)
                     return 0, ""
                 return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
         except CniError as exc:
@@ -194,7 +225,8 @@ class CniServer:
         owned = {a.host_ifname for a in self.store.all() if a.container_id != container}
         return next(name for attempt in range(1000) if (name := host_ifname(container, attempt)) not in owned)
 
-    def _choose_addresses(self) -> tuple[IPAddress, ...]:
+    def _choose_addresses(self, *, dry_run: bool = False) -> tuple[IPAddress, ...]:
+        """One free address per family of the pod CIDRs (``dry_run``: without handing them out)."""
         assert self.pod_cidrs is not None
         used = {ip for allocation in self.store.all() for ip in allocation.pod_ips}
         chosen: list[IPAddress] = []
@@ -205,7 +237,8 @@ class CniServer:
                     address = choose_address(network, used, self._last_given.get(version))
                 except AddressesExhausted:
                     continue
-                self._last_given[version] = address
+                if not dry_run:
+                    self._last_given[version] = address
                 chosen.append(address)
                 break
             else:
@@ -248,6 +281,52 @@ class CniServer:
         if problems:
             raise CniError(NETWORK_STATE_DIFFERS, "; ".join(problems))
 
+    def _note_add(self, container: ContainerID) -> None:
+        """Remember when this ADD arrived (before its API read), for GC's grace."""
+        now = self.clock()
+        self._added_at.pop(container, None)
+        self._added_at[container] = now
+        while self._added_at:  # oldest first: forget what no grace reaches any more
+            oldest, at = next(iter(self._added_at.items()))
+            if now - at <= MAX_GC_GRACE_SECONDS:
+                break
+            del self._added_at[oldest]
+
+    def _status(self) -> None:
+        """STATUS: return if an ADD could be served now; else CniError 50 saying why not."""
+        if self.pod_cidrs is None:
+            raise CniError(PLUGIN_NOT_AVAILABLE, "flock-agent is starting: the node's pod CIDRs are not known yet")
+        if not self._recovered:
+            raise CniError(PLUGIN_NOT_AVAILABLE, "flock-agent is starting: it has not listed this node's pods "
+                           "and finished its start-up yet")
+        try:
+            self._choose_addresses(dry_run=True)
+        except CniError as exc:
+            raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg) from exc
+
+    async def _gc(self, request: CniRequest) -> None:
+        """GC: release the allocations of containers the runtime no longer has (see the module doc)."""
+        if not self._recovered:
+            raise CniError(TRY_AGAIN_LATER, "flock-agent is starting: GC waits for its start-up to finish")
+        valid = {attachment.container_id for attachment in request.valid_attachments}
+        now = self.clock()
+        stale = [a for a in self.store.all()
+                 if a.container_id not in valid and not a.container_id.startswith(PLACEHOLDER_PREFIX)
+                 and now - self._added_at.get(a.container_id, self._started) >= request.gc_grace_seconds]
+        failed: list[str] = []
+        for allocation in stale:  # each one, whatever happens to the others (the spec asks so)
+            try:
+                await self._release(allocation)
+            except Exception as exc:  # a StateError too: the next one is still tried
+                failed.append(f"{allocation.container_id[:12]}: {exc.msg if isinstance(exc, CniError) else exc}")
+                continue
+            logger.warning("GC released a stale allocation pod=%s container=%s dev=%s ips=%s", allocation.pod,
+                           allocation.container_id[:12], allocation.host_ifname,
+                           ",".join(map(str, allocation.pod_ips)))
+        if failed:
+            raise CniError(TRY_AGAIN_LATER, f"GC released {len(stale) - len(failed)} of {len(stale)} stale "
+                           f"allocations; {len(failed)} failed: {'; '.join(failed[:3])}")
+
     async def _release(self, allocation: Allocation) -> None:
         if self.nexthops.shares_route(allocation.host_ifname):
             # Deleting a veth that is one next hop of an IPv4 multipath route makes the
@@ -268,9 +347,13 @@ class CniServer:
             raise CniError(TRY_AGAIN_LATER, str(exc)) from exc
 
     async def recover(self) -> None:
-        """Release every unfinished allocation: ADDs and DELs cut short by an agent crash."""
+        """Release every unfinished allocation: ADDs and DELs cut short by an agent crash.
+
+        The agent calls it once it has listed the node's pods: its start-up is over then
+        (STATUS answers ready, GC runs)."""
         async with self._lock:
             await self._recover()
+            self._recovered = True
 
     async def _recover(self) -> None:
         for allocation in self.store.all():

@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
-import pathlib
 import re
-from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.cni import plugin
 from flock.core.cnispec import (
     DECODE_FAILURE,
+    DEFAULT_GC_GRACE_SECONDS,
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
     INVALID_ENV,
-    MAX_NETWORK_CONFIG_BYTES,
     Interface,
     add_result,
     parse_request,
 )
 from flock.core.ipam import choose_address, reserved_addresses
 from flock.errors import AddressesExhausted, CniError
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock", "socket": "/run/x.sock"})
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/cni-1",
@@ -81,39 +74,48 @@ def test_ids_and_names_at_the_specs_limits_are_accepted(container_id: str, ifnam
     assert (request.container_id, request.ifname) == (container_id, ifname)
 
 
-def test_the_plugin_and_the_agent_share_the_network_config_limit() -> None:
-    assert plugin.MAX_NETWORK_CONFIG_BYTES == MAX_NETWORK_CONFIG_BYTES
-    assert 6 * MAX_NETWORK_CONFIG_BYTES + 64 * 1024 < plugin.MAX_FRAME, "escaped stdin fits a frame"
+def gc_config(**extra: object) -> str:
+    return json.dumps({"cniVersion": "1.1.0", "name": "flock", "type": "flock", **extra})
 
 
-def test_the_plugin_refuses_a_network_config_over_the_limit_without_asking_the_agent(tmp_path: pathlib.Path) -> None:
-    code, out = plugin.run(dict(ENV), None)  # None: read_stdin found more than the limit
-    error = json.loads(out)
-    assert code == 1 and error["code"] == INVALID_CONFIG and "over" in error["msg"]
+def test_gc_and_status_name_no_container_and_need_spec_1_1() -> None:
+    for command in ("GC", "STATUS"):
+        bare = {"CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin", "CNI_CONTAINERID": "", "CNI_IFNAME": ""}
+        config = gc_config(**{"cni.dev/valid-attachments": []})
+        assert parse_request(bare, config).command == command
+        with pytest.raises(CniError) as old:
+            parse_request(bare, config.replace("1.1.0", "1.0.0"))
+        assert old.value.code == INCOMPATIBLE_VERSION and command in old.value.msg
 
 
-def test_the_plugin_reads_stdin_bounded() -> None:
-    class Endless(io.RawIOBase):
-        asked = 0
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer: WriteableBuffer) -> int:
-            view = memoryview(buffer)
-            self.asked += len(view)
-            view[:] = b"x" * len(view)
-            return len(view)
-
-    stream = Endless()
-    assert plugin.read_stdin(io.BufferedReader(stream)) is None
-    assert stream.asked < 2 * plugin.MAX_NETWORK_CONFIG_BYTES
-    assert plugin.read_stdin(io.BytesIO(b"{}")) == b"{}"
+def test_gc_reads_the_valid_attachments_and_the_grace() -> None:
+    env = {"CNI_COMMAND": "GC"}
+    listed = [{"containerID": "abc", "ifname": "eth0"}, {"containerID": "def"}]
+    request = parse_request(env, gc_config(**{"cni.dev/valid-attachments": listed}))
+    assert [(a.container_id, a.ifname) for a in request.valid_attachments] == [("abc", "eth0"), ("def", "")]
+    assert request.gc_grace_seconds == DEFAULT_GC_GRACE_SECONDS
+    # The name a draft of the spec used, which libcni sends too.
+    assert parse_request(env, gc_config(**{"cni.dev/attachments": listed[:1]})).valid_attachments[0].ifname == "eth0"
+    assert parse_request(env, gc_config(**{"cni.dev/valid-attachments": [], "gcGraceSeconds": 0})
+                         ).gc_grace_seconds == 0
 
 
-def test_the_plugin_answers_bad_utf8_with_a_decode_error() -> None:
-    code, out = plugin.run(dict(ENV), b'{"cniVersion": "1.0.0", "name": "\xff"}')
-    assert code == 1 and json.loads(out)["code"] == DECODE_FAILURE
+@pytest.mark.parametrize("extra", [
+    {},  # no list: GC cannot tell what is stale, so it releases nothing
+    {"cni.dev/valid-attachments": None},
+    {"cni.dev/valid-attachments": {"containerID": "abc"}},
+    {"cni.dev/valid-attachments": [{"containerID": "abc"}, {"ifname": "eth0"}]},
+    {"cni.dev/valid-attachments": [{"containerID": ""}]},
+    {"cni.dev/valid-attachments": [{"containerID": "abc", "ifname": 1}]},
+    {"cni.dev/valid-attachments": [], "gcGraceSeconds": -1},
+    {"cni.dev/valid-attachments": [], "gcGraceSeconds": "60"},
+    {"cni.dev/valid-attachments": [], "gcGraceSeconds": True},
+    {"cni.dev/valid-attachments": [], "gcGraceSeconds": 1e9},
+])
+def test_a_gc_whose_list_or_grace_cannot_be_read_is_refused(extra: dict[str, object]) -> None:
+    with pytest.raises(CniError) as refused:
+        parse_request({"CNI_COMMAND": "GC"}, gc_config(**extra))
+    assert refused.value.code == INVALID_CONFIG
 
 
 def test_del_needs_no_netns() -> None:
@@ -131,19 +133,6 @@ def test_add_result_is_spec_shaped() -> None:
         {"address": "2001:db8:200::5/128", "gateway": "fe80::1", "interface": 1},
     ]
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}, {"dst": "::/0", "gw": "fe80::1"}]
-
-
-def test_the_plugin_answers_version_without_the_agent() -> None:
-    code, out = plugin.run({"CNI_COMMAND": "VERSION"}, "")
-    assert code == 0 and json.loads(out)["supportedVersions"] == ["1.0.0"]
-
-
-def test_the_plugin_reports_try_again_later_when_the_agent_is_absent(tmp_path: pathlib.Path) -> None:
-    config = json.dumps({"cniVersion": "1.0.0", "name": "flock", "type": "flock",
-                         "socket": str(tmp_path / "nobody.sock")})
-    code, out = plugin.run(dict(ENV), config)
-    error = json.loads(out)
-    assert code == 1 and error["code"] == 11 and "nobody.sock" in error["msg"]
 
 
 NET4 = ipaddress.ip_network("203.0.113.0/29")
