@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what flock needs on a fresh Debian machine (as root): BIRD 2, iproute2, and a
-# venv at .venv with flock and its test tools. Safe to run again.
+# Install what flock needs on a fresh Debian machine (as root): BIRD 2, iproute2, a C
+# compiler for the static flock-cni (musl-tools), the shim built (cni-shim/flock-cni), and
+# a venv at .venv with flock and its test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,10 +18,12 @@ for bin in bird birdc ip ping sysctl python3 containerd ctr runc; do command -v 
 # containerd as a real runtime in the CNI tests; its sandbox image is a static busybox.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt=1
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt=1
+# flock-cni is a static C executable: musl-gcc (musl-tools) links it small; make drives it.
+for bin in make musl-gcc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  packages="bird2 iproute2 iputils-ping procps containernetworking-plugins busybox-static"
+  packages="bird2 iproute2 iputils-ping procps containernetworking-plugins busybox-static make gcc musl-tools"
   # Docker's containerd.io brings containerd and runc and conflicts with Debian's packages.
   dpkg-query -W -f='${Status}' containerd.io 2>/dev/null | grep -q 'ok installed' \
     || packages="$packages containerd runc"
@@ -33,6 +36,8 @@ if [ "$need_apt" = 1 ]; then
   # Likewise containerd: the tests start their own, inside a node netns.
   if [ "$had_containerd" = 0 ]; then systemctl disable --now containerd >/dev/null 2>&1 || true; fi
 fi
+
+make -s -C cni-shim  # cni-shim/flock-cni: what flock-cni-install, the lab and the tests install
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

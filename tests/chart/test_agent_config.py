@@ -22,6 +22,7 @@ import pytest
 from flock.adapters.configfile import load_config
 from flock.errors import ConfigError
 from tests.chart.rendering import CHART, DUALSTACK, load_values, render, run_render_config
+from tests.support.cni import shim
 
 NODE_ENV = {"NODE_NAME": "node-a"}  # what the downward API gives the agent container
 
@@ -161,17 +162,25 @@ def test_install_cni_writes_the_plugin_and_a_conflist_naming_the_agent_socket(tm
             arg = arg.replace(f"={inside}", f"={outside}")
         argv.append(arg)
     argv[0] = str(pathlib.Path(sys.executable).with_name(argv[0]))
+    # flock-cni-install's default source: this checkout's build here, /usr/local/lib/flock in the image.
+    shim()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
 
     plugin = tmp_path / "bin" / "flock-cni"
     assert plugin.stat().st_mode & stat.S_IXUSR
-    assert plugin.read_text().splitlines()[0].startswith(f"#!{values['cni']['interpreter']}")
+    assert plugin.read_bytes() == shim().read_bytes()
+    assert conflist_versions(tmp_path / "net.d" / values["cni"]["confName"]) == ("1.0.0", ["1.0.0", "1.1.0"])
     conflist = json.loads((tmp_path / "net.d" / values["cni"]["confName"]).read_text())
     assert conflist["plugins"][0]["type"] == "flock"
     # A runtime execs <bin dir>/<type>: flock -> flock-cni, relative, so it holds on the host.
     assert os.readlink(tmp_path / "bin" / "flock") == "flock-cni"
     assert conflist["plugins"][0]["socket"] == values["cniSocket"]
+
+
+def conflist_versions(path: pathlib.Path) -> tuple[str, list[str]]:
+    conflist = json.loads(path.read_text())
+    return conflist["cniVersion"], conflist["cniVersions"]
 
 
 def test_bird_waits_for_the_agent_config_then_execs_bird_in_the_foreground(tmp_path: pathlib.Path) -> None:

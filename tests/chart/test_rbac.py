@@ -29,6 +29,7 @@ from tests.chart.rendering import Rendered, render, run_render_config
 from tests.support import birdlab, rbac
 from tests.support.agent import AgentProcess, eventually, free_port
 from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
+from tests.support.cni import shim
 
 pytestmark = [pytest.mark.bird, pytest.mark.netns, pytest.mark.kopf, pytest.mark.slow]
 
@@ -111,7 +112,7 @@ async def test_cluster_role_grants_exactly_the_api_calls_the_agent_makes(
 
     config = chart_agent_config(rendered, tmp_path, node, bird_dir)
     bin_dir, conf_dir = tmp_path / "cni" / "bin", tmp_path / "cni" / "net.d"
-    install(bin_dir, conf_dir, config["cniSocket"], sys.executable)
+    install(bin_dir, conf_dir, config["cniSocket"], shim())
     capabilities = rendered.container("agent")["securityContext"]["capabilities"]["add"]
     agent = CappedAgent(tmp_path, config, write_kubeconfig(tmp_path / "kubeconfig", cluster.url),
                         capabilities=capabilities)

@@ -137,16 +137,15 @@ def test_agent_container_runs_flock_agent_with_node_name_probes_and_host_mounts(
 
 
 @pytest.mark.parametrize("scenario", ["default", "dualstack"])
-def test_a_node_without_the_cni_interpreter_fails_the_pod_at_its_hostpath_check(scenario: str) -> None:
-    # flock-cni runs on the host's Python; the kubelet checks a hostPath of type File
-    # before the pod starts, and names the missing file in the pod's events.
+def test_install_cni_touches_only_the_hosts_cni_directories(scenario: str) -> None:
+    # flock-cni is a static executable: nothing of the host is needed for it (no
+    # interpreter to check), and the init container mounts the two CNI folders only.
     values = SCENARIOS[scenario] or {}
     rendered = render(values)
-    interpreter = values.get("cni", {}).get("interpreter", "/usr/bin/python3")
-    [volume] = [v for v in rendered.pod_spec["volumes"] if v["name"] == "cni-interpreter"]
-    assert volume["hostPath"] == {"path": interpreter, "type": "File"}
-    mounts = {m["name"]: m for m in rendered.container("install-cni")["volumeMounts"]}
-    assert mounts["cni-interpreter"]["readOnly"] is True
+    mounts = {m["name"]: m["mountPath"] for m in rendered.container("install-cni")["volumeMounts"]}
+    assert mounts == {"cni-bin": "/host/cni/bin", "cni-conf": "/host/cni/net.d"}
+    cni = {"binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d", **values.get("cni", {})}
+    assert rendered.host_path("cni-bin") == cni["binDir"] and rendered.host_path("cni-conf") == cni["confDir"]
 
 
 def test_bird_container_shares_config_and_socket_with_the_agent() -> None:

@@ -1,10 +1,12 @@
 """A real runtime calls flock: containerd's CRI plugin, in the node netns, as under kubelet.
 
 containerd (Debian's) runs inside the node netns of the ``cni_node`` fixture with a
-conf dir holding flock's conflist (socket = that node's agent) and a bin dir holding
-flock-cni, both written by ``flock.cni.install.install``. The test is kubelet: it
-creates the Pod in the API, then RunPodSandbox / StopPodSandbox / RemovePodSandbox
-through the CRI gRPC API (``tests/support/containerd.py`` has the how and why).
+conf dir holding flock's conflist and a bin dir holding the static flock-cni (the build
+of cni-shim/), both written by ``flock.cni.install.install``. The conflist's socket is a
+recorder that relays every request to that node's agent and keeps its CNI_* environment
+(``RequestRecorder``). The test is kubelet: it creates the Pod in the API, then
+RunPodSandbox / StopPodSandbox / RemovePodSandbox through the CRI gRPC API
+(``tests/support/containerd.py`` has the how and why).
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ import json
 import os
 import pathlib
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from flock.cni.install import install
 from tests.support.apiserver import pod_manifest
-from tests.support.cni import NODE, NODE_PYTHON, POD_CIDRS, CniNode
+from tests.support.cni import NODE, POD_CIDRS, CniNode, shim
 from tests.support.containerd import (
     Containerd,
-    PluginExecWatch,
+    RequestRecorder,
     build_pause_image,
     missing_tools,
     sandbox_netns_path,
@@ -40,7 +42,18 @@ ANYCAST = "198.51.100.30 2001:db8:100::30"
 
 
 @pytest.fixture
-async def containerd(cni_node: CniNode, tmp_path: pathlib.Path) -> AsyncIterator[Containerd]:
+def requests(cni_node: CniNode, tmp_path: pathlib.Path) -> Iterator[RequestRecorder]:
+    """Between flock-cni and the node's agent: records what the runtime asked."""
+    recorder = RequestRecorder(tmp_path / "cni-requests.sock", cni_node.conflist["plugins"][0]["socket"])
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+@pytest.fixture
+async def containerd(cni_node: CniNode, requests: RequestRecorder, tmp_path: pathlib.Path
+                     ) -> AsyncIterator[Containerd]:
     missing = missing_tools()
     if missing:
         message = f"containerd test needs: {', '.join(missing)} (scripts/install.sh installs them)"
@@ -48,9 +61,8 @@ async def containerd(cni_node: CniNode, tmp_path: pathlib.Path) -> AsyncIterator
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     rundir = tmp_path / "ctr"
-    socket = cni_node.conflist["plugins"][0]["socket"]
     bin_dir, conf_dir = rundir / "cni" / "bin", rundir / "cni" / "conf"
-    install(bin_dir, conf_dir, socket, NODE_PYTHON)
+    install(bin_dir, conf_dir, str(requests.path), shim())
     image = build_pause_image(rundir / "pause.oci.tar")
     # On a thread: the agent talks to the API this test's event loop serves all along.
     ctr = await asyncio.to_thread(start_containerd, cni_node.netns, rundir, cni_bin_dir=bin_dir,
@@ -76,15 +88,16 @@ def host_links(node: CniNode) -> set[str]:
 
 
 async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
-        cni_node: CniNode, containerd: Containerd) -> None:
+        cni_node: CniNode, containerd: Containerd, requests: RequestRecorder) -> None:
     node = cni_node
     pod = await node.cluster.create_pod(pod_manifest("web-ctr", node=NODE, anycast=ANYCAST))
     uid = pod["metadata"]["uid"]
-    # containerd execs <bin dir>/<type>: "flock", the link to flock-cni.
+    # containerd execs <bin dir>/<type>: "flock", the link to flock-cni, the static build.
     plugin = containerd.rundir / "cni" / "bin" / "flock"
+    assert plugin.resolve().read_bytes() == shim().read_bytes()
 
     # RunPodSandbox → ADD, with the pod's K8S_POD_* args.
-    with PluginExecWatch(plugin) as run:
+    with requests.watch() as run:
         sandbox = await asyncio.to_thread(containerd.run_pod_sandbox, name="web-ctr", namespace="default", uid=uid)
     assert f"pod plumbed pod=default/web-ctr container={sandbox[:12]}" in node.agent.log()
     [add] = run.execs
@@ -116,7 +129,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     assert veth in host_links(node)
 
     # StopPodSandbox → DEL with the netns path: the veth, host routes and record go.
-    with PluginExecWatch(plugin) as stop:
+    with requests.watch() as stop:
         await asyncio.to_thread(containerd.stop_pod_sandbox, sandbox)
     assert [(e.command, e.netns) for e in stop.execs] == [("DEL", netns)]
     assert stop.execs[0].args["K8S_POD_UID"] == uid
@@ -126,7 +139,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
 
     # RemovePodSandbox → DEL again, with an empty CNI_NETNS (containerd removed the netns
     # on stop). It must succeed, or kubelet could never remove the sandbox.
-    with PluginExecWatch(plugin) as remove:
+    with requests.watch() as remove:
         await asyncio.to_thread(containerd.remove_pod_sandbox, sandbox)
     assert [(e.command, e.netns) for e in remove.execs] == [("DEL", "")]
     assert remove.execs[0].env["CNI_CONTAINERID"] == sandbox

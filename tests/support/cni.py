@@ -1,6 +1,10 @@
 """A node for CNI tests: a node netns, its BIRD, flock-agent (real process, kmock API),
 and flock-cni installed into a CNI bin dir the way the chart's init container does.
 
+flock-cni is the static executable users run: :func:`shim` builds it from
+cni-shim/flock-cni.c (``make -C cni-shim``, once per session) and every test installs
+and execs that build.
+
 The ``cni_node`` fixture (tests/cni/conftest.py) starts one with :func:`start_cni_node`.
 """
 
@@ -8,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
-import os
 import pathlib
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +25,30 @@ from tests.support.agent import AgentProcess, eventually
 from tests.support.apiserver import FakeCluster, write_kubeconfig
 from tests.support.config import NODE, POD_CIDRS, process_config
 
-__all__ = ["ANY_SHARED", "NODE", "NODE_PYTHON", "POD_CIDRS", "CniNode", "CniResult", "node_veths",
-           "start_cni_node"]
+__all__ = ["ANY_SHARED", "NODE", "POD_CIDRS", "SHIM_DIR", "CniNode", "CniResult", "exec_shim", "node_veths",
+           "shim", "start_cni_node"]
 
 ANY_SHARED = "198.51.100.10 2001:db8:100::10"  # an anycast IP pair several test pods share
-NODE_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+SHIM_DIR = pathlib.Path(__file__).resolve().parents[2] / "cni-shim"
+
+
+@functools.cache
+def shim() -> pathlib.Path:
+    """cni-shim/flock-cni, built (or rebuilt after an edit) by its Makefile, once per session."""
+    done = subprocess.run(["make", "-s", "-C", str(SHIM_DIR)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"make -C cni-shim failed (scripts/install.sh installs the compiler):\n"
+                           f"{done.stdout}{done.stderr}")
+    return SHIM_DIR / "flock-cni"
+
+
+def exec_shim(env: dict[str, str], stdin: bytes | str, binary: pathlib.Path | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Exec flock-cni as a runtime does: only ``env``, the config on stdin, cwd /."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run([str(binary or shim())], input=data, capture_output=True, env=env, timeout=timeout,
+                          cwd="/", check=False)
 
 
 @dataclasses.dataclass
@@ -117,7 +139,7 @@ async def start_cni_node(make_netns: Callable[[str], str], birds: birdlab.Birds,
     cluster.create_node(NODE, pod_cidrs)
     config = process_config(tmp_path, bird, netns, podCIDRs=pod_cidrs, **settings)
     bin_dir, conf_dir = tmp_path / "cni" / "bin", tmp_path / "cni" / "net.d"
-    _, conf = install(bin_dir, conf_dir, config["cniSocket"], NODE_PYTHON)
+    _, conf = install(bin_dir, conf_dir, config["cniSocket"], shim())
     agent = AgentProcess(tmp_path, config, write_kubeconfig(tmp_path / "kubeconfig", api_url or cluster.url))
     agents.append(agent)
     agent.start()

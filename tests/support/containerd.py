@@ -51,12 +51,14 @@ import platform
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -198,15 +200,14 @@ def sandbox_netns_path(info: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Watching a runtime exec a plugin
+# Watching what a runtime asks flock
 # ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class PluginExec:
-    """One exec of a CNI plugin as the runtime made it: its CNI_* environment."""
+    """One exec of flock-cni as the runtime made it: the CNI_* environment it forwarded."""
 
-    pid: int
     env: dict[str, str]
 
     @property
@@ -223,61 +224,93 @@ class PluginExec:
         return dict(pair.split("=", 1) for pair in self.env.get("CNI_ARGS", "").split(";") if "=" in pair)
 
 
-class PluginExecWatch:
-    """Records every exec of ``binary`` by reading /proc while it runs (read-only).
+class RequestRecorder:
+    """A unix socket between flock-cni and the agent that records each request it relays.
 
-    The runtime's exec environment is the only place a DEL's empty CNI_NETNS can be
-    seen from outside: flock's agent logs nothing for a DEL of a container it no longer
-    knows. A plugin process lives for tens of milliseconds (Python start-up plus the
-    agent's answer) and /proc is polled every millisecond, so none is missed in practice;
-    a process first seen before its exec (an empty command line, or still the runtime's
-    fork) is looked at again.
+    The conflist given to the runtime names this socket: every request that arrives here
+    came from flock-cni exec'd by the runtime, with the runtime's CNI_* environment (flock-cni
+    forwards all of it, CNI_NETNS set empty included). That is the only place a DEL's empty
+    CNI_NETNS can be seen from outside: flock's agent logs nothing for a DEL of a container
+    it no longer knows. (A /proc watch cannot see a static flock-cni reliably: it lives for
+    a millisecond or two.) Runs on threads of the test process; :meth:`close` stops them.
     """
 
-    def __init__(self, binary: pathlib.Path, interval: float = 0.001) -> None:
-        self.marker = str(binary).encode()
-        self.interval = interval
-        self.execs: list[PluginExec] = []
-        self._final: set[int] = set()
+    def __init__(self, path: pathlib.Path, agent_socket: str, timeout: float = 150) -> None:
+        self.path = path
+        self.agent_socket = agent_socket
+        self.timeout = timeout
+        self.requests: list[PluginExec] = []
+        self._lock = threading.Lock()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(16)
+        self._server.settimeout(0.1)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="plugin-exec-watch", daemon=True)
-
-    def __enter__(self) -> PluginExecWatch:
-        self._final = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+        self._thread = threading.Thread(target=self._accept, name="cni-request-recorder", daemon=True)
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[RecordedExecs]:
+        """The requests relayed while the block runs, in ``.execs``."""
+        with self._lock:
+            start = len(self.requests)
+        seen = RecordedExecs([])
+        try:
+            yield seen
+        finally:
+            with self._lock:
+                seen.execs.extend(self.requests[start:])
+
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._server.close()
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._relay, args=(conn,), name="cni-request-relay", daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as agent:
+            conn.settimeout(self.timeout)
+            agent.settimeout(self.timeout)
+            try:
+                request = _read_frame(conn)
+                env = json.loads(request[4:])["env"]
+                with self._lock:
+                    self.requests.append(PluginExec({k: v for k, v in env.items() if k.startswith("CNI_")}))
+                agent.connect(self.agent_socket)
+                agent.sendall(request)
+                conn.sendall(_read_frame(agent))
+            except (OSError, ValueError, KeyError):
+                return  # the shim then reports "flock-agent is not answering", which the test sees
+
+
+@dataclasses.dataclass
+class RecordedExecs:
+    execs: list[PluginExec]
 
     def commands(self) -> list[str]:
         return [e.command for e in self.execs]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for entry in os.listdir("/proc"):
-                if entry.isdigit() and int(entry) not in self._final:
-                    self._look(int(entry))
-            time.sleep(self.interval)
 
-    def _look(self, pid: int) -> None:
-        try:
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-            if self.marker not in cmdline.split(b"\0"):
-                # Not the plugin, or not yet: a new process shows an empty command line for
-                # a moment, and a fork that has not exec'd yet shows its parent's. Look
-                # again until it is something else for good.
-                if cmdline and b"containerd" not in cmdline:
-                    self._final.add(pid)
-                return
-            environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:  # gone already
-            self._final.add(pid)
-            return
-        self._final.add(pid)
-        env = dict(item.decode(errors="replace").split("=", 1) for item in environ.split(b"\0") if b"=" in item)
-        self.execs.append(PluginExec(pid, {k: v for k, v in env.items() if k.startswith("CNI_")}))
+def _read_frame(conn: socket.socket) -> bytes:
+    """One whole frame (4-byte big-endian length + body), header included."""
+    data = b""
+    size = 4
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 16))
+        if not chunk:
+            raise ConnectionError("closed mid-message")
+        data += chunk
+        if size == 4 and len(data) >= 4:
+            size = 4 + int.from_bytes(data[:4], "big")
+    return data
 
 
 # ---------------------------------------------------------------------------

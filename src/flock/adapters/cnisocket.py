@@ -1,8 +1,8 @@
 """The agent's CNI socket: a unix socket (mode 0600, only root may drive the agent) that
-flock-cni connects to, one request per connection.
+flock-cni (cni-shim/flock-cni.c) connects to, one request per connection.
 
-Wire format, both directions: a 4-byte big-endian length, then that many bytes of JSON
-(flock.cni.plugin). Request ``{"env": {CNI_*: value}, "stdin": "<network config>"}``,
+Wire format, both directions: a 4-byte big-endian length, then that many bytes of JSON.
+Request ``{"env": {CNI_*: value}, "stdin": "<network config>"}``,
 answer ``{"exitCode": int, "stdout": "<CNI result or error JSON>"}``. The work is
 :meth:`flock.cniserver.CniServer.handle`'s.
 """
@@ -18,9 +18,10 @@ import pathlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from flock.cni.plugin import MAX_FRAME
-
 logger = logging.getLogger(__name__)
+
+MAX_FRAME = 16 * 1024 * 1024
+"""Largest message either way, bytes. flock-cni holds its own copy (tests/unit/test_cni_shim.py)."""
 
 Handle = Callable[[Mapping[str, str], str], Awaitable[tuple[int, str]]]
 """(CNI environment, stdin) -> (exit code, stdout)."""

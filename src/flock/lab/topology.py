@@ -356,8 +356,8 @@ def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: 
                                             {"address": str(spec.link.a_v6.ip), "asn": TOR_ASN}]},
     }
     (directory / "agent.yaml").write_text(yaml.safe_dump(config))
-    install_cni(directory / "cni" / "bin", directory / "cni" / "net.d", str(directory / "cni.sock"),
-                "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else python())
+    # The static flock-cni this checkout built (make -C cni-shim; scripts/install.sh runs it).
+    install_cni(directory / "cni" / "bin", directory / "cni" / "net.d", str(directory / "cni.sock"))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     agent_bin = str(pathlib.Path(python()).with_name("flock-agent"))
     agent = state.spawn([agent_bin, "--config", str(directory / "agent.yaml")], directory / "agent.log", env=env)
