@@ -2,13 +2,15 @@
 
 ``flock-agent --config FILE`` validates the config and the host (one error line and exit
 2 if bad) and hands the config to the operator through kopf's memo; ``--check-config``
-checks the file only. The same handlers also run as ``kopf run --standalone
+checks the file only; ``--version`` prints the installed package's version. The same
+handlers also run as ``kopf run --standalone
 handlers/agent.py`` with ``FLOCK_CONFIG=FILE`` (:mod:`flock.operator`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 
 import kopf
@@ -19,6 +21,7 @@ from flock.errors import FlockError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flock-agent", description="flock's node agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('flock')}")
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     parser.add_argument("--check-config", action="store_true",

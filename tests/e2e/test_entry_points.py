@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import pathlib
 import subprocess
@@ -24,6 +25,12 @@ def test_flock_agent_refuses_a_bad_config_with_one_line(tmp_path: pathlib.Path) 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], "one line"
     assert "tickSecond" in done.stderr and done.stderr.startswith("flock-agent: ")
+
+
+def test_flock_agent_version_needs_no_config_and_names_the_installed_package() -> None:
+    done = subprocess.run([str(BIN / "flock-agent"), "--version"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"flock-agent {importlib.metadata.version('flock')}\n"
 
 
 def test_kopf_run_stops_on_a_bad_config_instead_of_retrying(tmp_path: pathlib.Path) -> None:
