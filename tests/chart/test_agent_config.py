@@ -40,6 +40,7 @@ def test_default_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> None
     assert str(config.bird.socket) == "/run/bird/bird.ctl"
     assert (str(config.state_dir), str(config.cni_socket)) == ("/var/lib/flock", "/run/flock/cni.sock")
     assert (config.route_protocol, config.tick_seconds, config.resync_seconds) == (201, 2.0, 30.0)
+    assert (config.withdrawn_route_protocol, config.withdrawn_linger_seconds) == (202, 2.0)
     assert config.max_anycast_per_pod == 32
     assert config.listen == "0.0.0.0:9964"
     assert config.host_netns is None
@@ -58,6 +59,7 @@ def test_dualstack_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> No
     assert [(str(p.cidr), p.namespaces) for p in config.anycast_pools] == [
         ("198.51.100.0/24", None), ("2001:db8:100::/64", frozenset({"payments", "checkout"}))]
     assert (config.route_protocol, config.tick_seconds, config.resync_seconds) == (202, 0.5, 20.0)
+    assert (config.withdrawn_route_protocol, config.withdrawn_linger_seconds) == (210, 0.5)
     assert config.listen == "[::]:9965"
     assert config.bird.timeout_seconds == 5.0
     assert (str(config.state_dir), str(config.cni_socket)) == ("/var/lib/flock-ds", "/run/flock-ds/cni.sock")
@@ -117,6 +119,8 @@ BAD_VALUES = [
     pytest.param({"bird": {"routerId": "2001:db8::1"}}, "/bird/routerId", id="router-id-ipv6"),
     pytest.param({"podCIDRs": ["203.0.113.0/64"]}, "/podCIDRs/0", id="pod-cidr-bad"),
     pytest.param({"routeProtocol": 2}, "/routeProtocol", id="route-protocol-kernel"),
+    pytest.param({"withdrawnRouteProtocol": 256}, "/withdrawnRouteProtocol", id="withdrawn-protocol-over-255"),
+    pytest.param({"withdrawnLingerSeconds": 0}, "/withdrawnLingerSeconds", id="linger-zero"),
     pytest.param({"tickSeconds": 0}, "/tickSeconds", id="tick-zero"),
     pytest.param({"maxAnycastPerPod": 65}, "/maxAnycastPerPod", id="max-anycast-over-64"),
     pytest.param({"listen": "9964"}, "/listen", id="listen-without-host"),

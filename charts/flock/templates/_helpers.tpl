@@ -64,12 +64,16 @@ agent's loader needs a concrete address and does not expand variables).
     "cniSocket" .Values.cniSocket
     "anycastPools" (.Values.anycastPools | default list)
     "routeProtocol" .Values.routeProtocol
+    "withdrawnLingerSeconds" .Values.withdrawnLingerSeconds
     "tickSeconds" .Values.tickSeconds
     "resyncSeconds" .Values.resyncSeconds
     "maxAnycastPerPod" .Values.maxAnycastPerPod
     "listen" .Values.listen
     "procPath" (ternary "/proc" "/host/proc" .Values.agent.privileged)
     "bird" $bird -}}
+{{- if .Values.withdrawnRouteProtocol -}}
+{{- $_ := set $config "withdrawnRouteProtocol" .Values.withdrawnRouteProtocol -}}
+{{- end -}}
 {{- if .Values.podCIDRs -}}
 {{- $_ := set $config "podCIDRs" .Values.podCIDRs -}}
 {{- end -}}
