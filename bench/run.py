@@ -21,7 +21,7 @@ BENCHES = [
     # (script, full arguments, quick arguments)
     ("passes.py", ["--sizes", "100,1000,10000", "--rounds", "3", "--repeats", "9"],
      ["--sizes", "100,1000", "--rounds", "1", "--repeats", "9"]),
-    ("route_dump.py", ["--routes", "10000"], ["--routes", "1000", "--rounds", "1"]),
+    ("route_dump.py", ["--routes", "1000,10000"], ["--routes", "1000", "--rounds", "1"]),
     ("apiserver.py", [], ["--history", "300", "--burst", "100"]),
     ("cni_latency.py", ["--pods", "100"], ["--pods", "20"]),
     ("rss.py", [], ["--pods", "50", "--others", "1000"]),
