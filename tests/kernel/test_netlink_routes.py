@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from flock.adapters.netlink import NetlinkRoutes, _ParsedRoute, _RtnlDumper
+from flock.adapters.netlink import NetlinkRoutes
 from flock.core.model import IPAddress, Nexthop, Nexthops, RouteTable, sorted_nexthops
 from flock.core.routediff import DeleteRoute, ReplaceRoute, RouteEdit
 from flock.errors import RouteError
@@ -229,24 +228,6 @@ async def test_dump_ignores_routes_of_its_protocol_that_flock_would_not_write(
     assert "2001:db8:100::12/128: metric 7" in warned
     assert "198.51.100.13" not in warned
     assert caplog.text == "", "the same problems are warned about once, not every dump"
-
-
-def test_dump_merges_ipv6_next_hops_reported_as_separate_routes() -> None:
-    # Kernels before 4.11 dumped each IPv6 multipath sibling as a route of its own.
-    class SiblingDumper:
-        def routes(self, family: int, protocol: int) -> list[_ParsedRoute]:
-            if family != socket.AF_INET6:
-                return []
-            gateway_a, gateway_b = A("2001:db8::12").packed, A("2001:db8::11").packed
-            return [_ParsedRoute(ANY6, [(gateway_a, 7)]), _ParsedRoute(ANY6, [(gateway_b, 8)])]
-
-        def links(self) -> dict[int, str]:
-            return {7: "flock0000000b", 8: "flock0000000a"}
-
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202)
-    routes._dumper = cast(_RtnlDumper, SiblingDumper())  # a stand-in with the two methods _dump calls
-    assert routes._dump().advertised == {ANY6: (Nexthop(A("2001:db8::11"), "flock0000000a"),
-                                     Nexthop(A("2001:db8::12"), "flock0000000b"))}
 
 
 # -- failures ----------------------------------------------------------------------

@@ -213,3 +213,23 @@ async def test_a_restart_mid_linger_adopts_the_withdrawn_route_and_deletes_it_la
     await asyncio.sleep(0.4)
     await restarted.reconcile(trigger="tick")
     assert flock_routes(node.netns, V4, WITHDRAWN) == [] and flock_routes(node.netns, V6, WITHDRAWN) == []
+
+
+async def test_routes_bird_cannot_learn_are_written_again_onlink_even_while_holding(node: Node) -> None:
+    # Written without onlink (by hand, or by an older flock): BIRD would refuse to learn them.
+    p0, p1 = node.pods[0], node.pods[1]
+    sh("ip", "-n", node.netns, "route", "add", V4, "proto", str(PROTO),
+       "nexthop", "via", str(p0.ips[0]), "dev", p0.host_ifname, "nexthop", "via", str(p1.ips[0]), "dev", p1.host_ifname)
+    sh("ip", "-n", node.netns, "-6", "route", "add", V6, "proto", str(PROTO), "via", str(p0.ips[1]),
+       "dev", p0.host_ifname)
+    reconciler = await node.start_agent()
+    reconciler.holding = True  # before the first pod LIST: only what the kernel had is kept
+    await reconciler.reconcile()
+    v4, v6 = flock_routes(node.netns, V4)[0], flock_routes(node.netns, V6)[0]
+    assert [hop["flags"] for hop in v4["nexthops"]] == [["onlink"], ["onlink"]]
+    assert v6["flags"] == ["onlink"]
+    assert next_hops(node.netns, V4) == sorted([hop(p0, 4), hop(p1, 4)]), "the same next hops"
+
+    with watch_routes(node.netns, settle=0.1) as seen:
+        await reconciler.reconcile(full_view=True)
+    assert seen.changes() == [], "written once"

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import errno
 import functools
 import logging
@@ -85,23 +84,15 @@ from flock.adapters.rtnetlink import (
     NLM_F_EXCL,
     NLM_F_REPLACE,
     RT_TABLE_MAIN,
-    RTA_DST,
-    RTA_GATEWAY,
-    RTA_MULTIPATH,
-    RTA_NH_ID,
-    RTA_OIF,
-    RTA_PRIORITY,
     RTM_DELROUTE,
-    RTM_F_CLONED,
     RTM_GETLINK,
     RTM_GETROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
     RTMSG,
-    RTN_UNICAST,
     describe_errno,
 )
-from flock.core.model import IPAddress, Nexthop, Nexthops, host_prefix, sorted_nexthops
+from flock.core.model import IPAddress, Nexthops, host_prefix
 from flock.core.routediff import DeleteRoute, KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
 from flock.core.settings import ROUTE_PROTOCOLS
 from flock.errors import RouteError
@@ -110,18 +101,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_IP6_RT_PRIO_USER: Final = 1024  # the kernel's metric for an IPv6 route written without one
 _APPLY_SLICE: Final = 0.05  # seconds of edits per trip to the worker thread
 _EDITS_PER_BATCH: Final = 1000  # edits encoded, sent and answered between looks at the clock
-
-
-@dataclasses.dataclass
-class _ParsedRoute:
-    """One RTM_NEWROUTE of flock's protocol, as far as dump() cares."""
-
-    address: IPAddress
-    hops: list[tuple[bytes, int]]  # (packed gateway, ifindex)
-    problem: str = ""  # why the route is not one of ours to manage, if it is not
 
 
 class _RtnlDumper:
@@ -132,9 +113,10 @@ class _RtnlDumper:
 
     def __init__(self, sock: rtnl.RtnlSocket) -> None:
         self._sock = sock
+        self._decoders: dict[tuple[int, int], rtnl.RouteDecoder] = {}  # (family, protocol) -> its decoder
         if not sock.strict:
-            # Kernel < 4.20: the dump then covers every route and the protocol check in
-            # parse_route() does the filtering.
+            # Kernel < 4.20: the dump then covers every route and RouteDecoder's protocol
+            # check does the filtering.
             log.warning("netlink strict checking unavailable: route dumps are filtered in Python")
 
     def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytearray]]:
@@ -153,66 +135,14 @@ class _RtnlDumper:
                 names[index] = name
         return names
 
-    def routes(self, family: int, protocol: int) -> list[_ParsedRoute]:
-        """flock's routes of one family in the main table, parsed, problems noted."""
+    def routes(self, family: int, protocol: int) -> tuple[list[rtnl.DecodedRoute], set[IPAddress]]:
+        """flock's routes of one family in the main table, decoded (problems noted), and
+        those of them with a next hop that is not onlink (BIRD does not learn them)."""
+        decoder = self._decoders.get((family, protocol))
+        if decoder is None:
+            decoder = self._decoders[family, protocol] = rtnl.RouteDecoder(family, protocol)
         request = RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0)
-        parsed = []
-        for kind, msg in self.dump(RTM_GETROUTE, request):
-            if kind == RTM_NEWROUTE:
-                route = self.parse_route(msg, family, protocol)
-                if route is not None:
-                    parsed.append(route)
-        return parsed
-
-    @staticmethod
-    def parse_route(msg: bytearray, family: int, protocol: int) -> _ParsedRoute | None:
-        """One RTM_NEWROUTE; None if it is not flock's (protocol, table, cloned)."""
-        (msg_family, dst_len, src_len, table, msg_protocol, rtype, rflags,
-         attrs) = rtnl.route(msg, 0, len(msg))
-        if msg_family != family or msg_protocol != protocol or rflags & RTM_F_CLONED:
-            return None
-        if RTA_GATEWAY not in attrs and RTA_MULTIPATH not in attrs and RTA_OIF in attrs:
-            # A device route: a pod's own /32 or /128 on its veth (CNI plumbing; IPv6 routes
-            # have no scope to tell them by). Never an anycast route, and expected: no warning.
-            return None
-        if table != RT_TABLE_MAIN:
-            return None
-        max_len = 32 if family == socket.AF_INET else 128
-        size = max_len // 8
-        start, end = attrs.get(RTA_DST, (0, 0))
-        dst = bytes(msg[start:end]) if end else b"\0" * size
-        priority = rtnl.u32(msg, attrs[RTA_PRIORITY]) if RTA_PRIORITY in attrs else 0
-        route = _ParsedRoute(rtnl.address(dst), [])
-        expected_priority = 0 if family == socket.AF_INET else _IP6_RT_PRIO_USER
-        problem = ""
-        if dst_len != max_len or src_len != 0:
-            problem = "not a host route"
-        elif rtype != RTN_UNICAST:
-            problem = f"route type {rtype}, not unicast"
-        elif priority != expected_priority:
-            problem = f"metric {priority}, flock writes {expected_priority}"
-        elif RTA_NH_ID in attrs:
-            problem = "uses a nexthop object, not a gateway"
-        elif RTA_MULTIPATH in attrs:
-            for ifindex, hop_attrs in rtnl.nexthops(msg, attrs[RTA_MULTIPATH]):
-                start, stop = hop_attrs.get(RTA_GATEWAY, (0, 0))
-                if stop - start != size:
-                    problem = "a next hop has no gateway of its family"
-                    break
-                route.hops.append((bytes(msg[start:stop]), ifindex))
-        elif RTA_OIF not in attrs or RTA_GATEWAY not in attrs:
-            problem = "no gateway"
-        else:
-            start, stop = attrs[RTA_GATEWAY]
-            if stop - start != size:
-                problem = "no gateway of its family"
-            else:
-                route.hops.append((bytes(msg[start:stop]), rtnl.u32(msg, attrs[RTA_OIF])))
-        if not problem and not route.hops:
-            problem = "no next hops"
-        if problem:  # formatted only here: str() of an IPv6 address is slow
-            route.problem = f"{route.address}/{dst_len}: {problem}"
-        return route
+        return decoder.decode(self.dump(RTM_GETROUTE, request)), decoder.not_onlink
 
 
 class NetlinkRoutes:
@@ -248,6 +178,8 @@ class NetlinkRoutes:
         self._names: dict[int, str] = {}  # ifindex -> link name
         self._indexes: dict[str, int] = {}  # link name -> ifindex
         self._ignored: set[tuple[int, str]] = set()  # (protocol, problem) reported by the previous dump
+        self._unlearnable: set[IPAddress] = set()  # reported by the previous dump
+        self._nexthop_names: dict[int, rtnl.NexthopNames] = {}  # protocol -> its namer
 
     def __repr__(self) -> str:
         return (f"NetlinkRoutes(protocol={self.protocol}, withdrawn_protocol={self.withdrawn_protocol}, "
@@ -354,44 +286,35 @@ class NetlinkRoutes:
 
     def _dump(self) -> KernelRoutes:
         try:
-            advertised = self._dump_routes(self.protocol)
-            withdrawn = self._dump_routes(self.withdrawn_protocol)
+            advertised, unlearnable = self._dump_routes(self.protocol)
+            withdrawn, _ = self._dump_routes(self.withdrawn_protocol)
         except OSError as exc:
             reason = describe_errno(exc.errno) if exc.errno else str(exc)
             raise RouteError(f"dump routes proto {self.protocol}: {reason}", errno=exc.errno) from exc
         for address in advertised.keys() & withdrawn.keys():
             del withdrawn[address]
-        return KernelRoutes(advertised, withdrawn)
+        if unlearnable - self._unlearnable:
+            log.warning("routes of flock's protocol that BIRD cannot learn (a next hop not onlink), "
+                        "writing them again: %s proto=%d netns=%s",
+                        ",".join(sorted(host_prefix(a) for a in unlearnable - self._unlearnable)),
+                        self.protocol, self.netns or "-")
+        self._unlearnable = unlearnable
+        return KernelRoutes(advertised, withdrawn, frozenset(unlearnable))
 
-    def _dump_routes(self, protocol: int) -> dict[IPAddress, Nexthops]:
+    def _dump_routes(self, protocol: int) -> tuple[dict[IPAddress, Nexthops], set[IPAddress]]:
+        """``protocol``'s routes as flock's table, and those of them BIRD cannot learn."""
         if self._dumper is None:
             raise OSError(errno.EBADF, "netlink is closed")
-        parsed = (self._dumper.routes(socket.AF_INET, protocol)
-                  + self._dumper.routes(socket.AF_INET6, protocol))
-        hops: dict[IPAddress, list[Nexthop]] = {}
-        memo: dict[tuple[bytes, int], Nexthop] = {}  # the same pods serve many routes
-        problems: set[str] = set()
-        for route in parsed:
-            for gateway, index in route.hops:
-                if (gateway, index) in memo:
-                    continue
-                name = self._ifname(index)
-                if name is None:  # the link went away mid-dump; the route will too
-                    route.problem = f"{host_prefix(route.address)}: no link with index {index}"
-                    break
-                memo[gateway, index] = Nexthop(rtnl.address(gateway), name)
-            if route.problem:
-                problems.add(route.problem)
-                continue
-            # Older kernels dump each IPv6 next hop as a route of its own: merge them.
-            hops.setdefault(route.address, []).extend(memo[hop] for hop in route.hops)
+        routes4, not_onlink4 = self._dumper.routes(socket.AF_INET, protocol)
+        routes6, not_onlink6 = self._dumper.routes(socket.AF_INET6, protocol)
+        names = self._nexthop_names.setdefault(protocol, rtnl.NexthopNames())
+        table, problems = names.table(routes4 + routes6, self._ifname)
         ignored = {(protocol, problem) for problem in problems}
         for _, problem in sorted(ignored - self._ignored):
             log.warning("ignored a route of flock's protocol: %s proto=%d netns=%s",
                         problem, protocol, self.netns or "-")
         self._ignored = {known for known in self._ignored if known[0] != protocol} | ignored
-        return {address: (nexthops[0],) if len(nexthops) == 1 else sorted_nexthops(nexthops)
-                for address, nexthops in hops.items()}
+        return table, (not_onlink4 | not_onlink6) & table.keys()
 
     # -- writing ------------------------------------------------------------------
 

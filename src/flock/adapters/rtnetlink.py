@@ -202,6 +202,19 @@ def nexthops(data: bytes | bytearray, span: Span) -> list[tuple[int, dict[int, S
     return hops
 
 
+def nexthop_flags(data: bytes | bytearray, span: Span) -> list[int]:
+    """rtnh_flags of each rtnexthop in an RTA_MULTIPATH value (RTNH_F_ONLINK ...)."""
+    flags = []
+    offset, end = span
+    while offset + RTNEXTHOP.size <= end:
+        length, hop_flags, _hops, _ifindex = RTNEXTHOP.unpack_from(data, offset)
+        if length < RTNEXTHOP.size:
+            break
+        flags.append(hop_flags)
+        offset += (length + 3) & ~3
+    return flags
+
+
 Hop = tuple[bytes, int]
 """One next hop of a route as the kernel gives it: (packed gateway, ifindex)."""
 
@@ -213,9 +226,9 @@ next hops are ``()``), e.g. "198.51.100.0/24: not a host route"; "" when it is f
 _IP6_RT_PRIO_USER: Final = 1024  # the kernel's metric for an IPv6 route written without one
 
 
-_Verdict = tuple[bool, int, tuple[Hop, ...], str]
+_Verdict = tuple[bool, int, tuple[Hop, ...], str, bool]
 """What a route message says apart from its destination: (skip it, dst_len, next hops,
-problem)."""
+problem, every next hop onlink)."""
 
 
 class RouteDecoder:
@@ -238,6 +251,10 @@ class RouteDecoder:
     destination (every route to the same next hops, with the same metric, flags, ...).
     Only a new shape is decoded in full.
 
+    :attr:`not_onlink` holds the destinations of the last dump's routes (without a
+    problem) of which a next hop is not ``onlink``: BIRD will not learn those
+    (:func:`route_request` writes every next hop onlink), so flock writes them again.
+
     Memory: the last dump's messages, ~400 bytes a route with the routes themselves (4 MB
     at 10,000). One decoder per (family, protocol) dumped; not thread-safe. The figures
     are in the module docstring.
@@ -251,9 +268,12 @@ class RouteDecoder:
         self._size = 4 if family == socket.AF_INET else 16
         self._priority = 0 if family == socket.AF_INET else _IP6_RT_PRIO_USER
         self._address = ipaddress.IPv4Address if family == socket.AF_INET else ipaddress.IPv6Address
-        # The last dump's messages -> their routes (None: skipped), and shapes -> verdicts.
-        self._routes: dict[bytes, DecodedRoute | None] = {}
+        # The last dump's messages -> their routes (None: skipped) and whether every next
+        # hop is onlink, and shapes -> verdicts.
+        self._routes: dict[bytes, tuple[DecodedRoute | None, bool]] = {}
         self._shapes: dict[bytes, _Verdict] = {}
+        self.not_onlink: set[IPAddress] = set()
+        """Destinations of the last dump's routes with a next hop that is not onlink."""
 
     def decode(self, messages: Iterable[tuple[int, bytes | bytearray]]) -> list[DecodedRoute]:
         """The routes in one dump's ``messages``, (nlmsg_type, payload) as
@@ -262,20 +282,22 @@ class RouteDecoder:
         shapes, self._shapes = self._shapes, {}
         routes = self._routes
         found = []
+        not_onlink = self.not_onlink = set()
         for kind, payload in messages:
             if kind != RTM_NEWROUTE:
                 continue
             msg = bytes(payload)
             if msg in known:
-                route = known[msg]
+                route, onlink = routes[msg] = known[msg]
             else:
-                route = self._decode(msg, shapes)
-            routes[msg] = route
+                route, onlink = routes[msg] = self._decode(msg, shapes)
             if route is not None:
                 found.append(route)
+                if not onlink:
+                    not_onlink.add(route[0])
         return found
 
-    def _decode(self, msg: bytes, shapes: dict[bytes, _Verdict]) -> DecodedRoute | None:
+    def _decode(self, msg: bytes, shapes: dict[bytes, _Verdict]) -> tuple[DecodedRoute | None, bool]:
         """A message not seen in the last dump: by its shape if that was seen, else in full."""
         start = end = 0
         offset, stop = RTMSG.size, len(msg)
@@ -292,19 +314,19 @@ class RouteDecoder:
         shape = msg[:start] + msg[end:]
         verdict = self._shapes.get(shape) or shapes.get(shape) or self._verdict(msg)
         self._shapes[shape] = verdict
-        skip, dst_len, hops, problem = verdict
+        skip, dst_len, hops, problem, onlink = verdict
         if skip:
-            return None
+            return None, True
         size = self._size
         dst = msg[start:end]
         address = self._address(dst if len(dst) == size else bytes(size))
         if problem:  # formatted only here: str() of an IPv6 address is slow
-            return address, (), f"{address}/{dst_len}: {problem}"
-        return address, hops, ""
+            return (address, (), f"{address}/{dst_len}: {problem}"), True
+        return (address, hops, ""), onlink
 
     def _verdict(self, msg: bytes) -> _Verdict:
         """Everything about one route message but its destination: see :data:`_Verdict`."""
-        skip = (True, 0, (), "")
+        skip = (True, 0, (), "", True)
         if len(msg) < RTMSG.size:
             return skip
         family, dst_len, src_len, _tos, table, protocol, _scope, rtype, rflags = RTMSG.unpack_from(msg, 0)
@@ -346,6 +368,7 @@ class RouteDecoder:
         size = self._size
         hops: list[Hop] = []
         problem = ""
+        onlink = bool(rflags & RTNH_F_ONLINK)  # one next hop; several: each rtnexthop's (below)
         if dst_len != size * 8 or src_len != 0:
             problem = "not a host route"
         elif rtype != RTN_UNICAST:
@@ -361,6 +384,7 @@ class RouteDecoder:
                     problem = "a next hop has no gateway of its family"
                     break
                 hops.append((msg[start:stop], ifindex))
+            onlink = all(flags & RTNH_F_ONLINK for flags in nexthop_flags(msg, multipath))
         elif oif is None or not gateway:
             problem = "no gateway"
         elif len(gateway) != size:
@@ -369,7 +393,7 @@ class RouteDecoder:
             hops.append((gateway, oif))
         if not problem and not hops:
             problem = "no next hops"
-        return False, dst_len, tuple(hops) if not problem else (), problem
+        return False, dst_len, tuple(hops) if not problem else (), problem, onlink
 
 
 class NexthopNames:
