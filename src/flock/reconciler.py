@@ -45,7 +45,15 @@ from flock.core.model import (
 )
 from flock.core.podcache import PodCache
 from flock.core.ports import Allocations, Bird, EventSink, RenderBird, Routes
-from flock.core.resolver import Contribution, Finding, Resolution, combine, contribution, matching_status
+from flock.core.resolver import (
+    Contribution,
+    DesiredRoutes,
+    Finding,
+    Resolution,
+    contribution,
+    findings,
+    matching_status,
+)
 from flock.core.routediff import (
     DeleteRoute,
     KernelRoutes,
@@ -104,7 +112,12 @@ class Reconciler:
         self._held: dict[IPAddress, Nexthops] = {}
         self._running = False
         self._contributions: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
+        self._desired = DesiredRoutes()  # the routes of the contributions above
+        self._serving_of: dict[PodRef, frozenset[IPAddress]] = {}  # what the contributions route to each pod
         self._changed_pods: set[PodRef] = set()  # pods whose contribution was computed again this pass
+        # Addresses whose route may differ from the kernel's; None: any (a full diff is due:
+        # at start-up, and after the kernel view was taken again).
+        self._dirty: set[IPAddress] | None = None
         self._touched: set[IPAddress] | None = None  # addresses whose route or advertisement changed (None: any)
         self._settled = False  # the last pass finished all it set out to do: a quiet tick may skip
         self._errors_this_pass = 0
@@ -237,8 +250,9 @@ class Reconciler:
 
         await self._configure_bird()
         pods = self.pods.snapshot()
-        resolution = self._resolve(pods)
-        edits = diff_routes(resolution.routes, self._kernel)
+        resolution, changed = self._resolve(pods)
+        dirty, self._dirty = self._dirty, set()
+        edits = diff_routes(resolution.routes, self._kernel, None if dirty is None else dirty | changed)
 
         # 1. Install and change routes: BIRD learns and advertises exactly what they route.
         await self._apply([e for e in edits if isinstance(e, ReplaceRoute)])
@@ -255,24 +269,42 @@ class Reconciler:
         self._settled = self._errors_this_pass == 0 and self._bird_failure.current is None
         self._passed(started, trigger)
 
-    def _resolve(self, pods: Mapping[tuple[str, str], PodStatus]) -> Resolution:
-        """:func:`~flock.core.resolver.resolve`, but each allocation's contribution is computed
-        again only if the allocation or its pod's status changed since the last pass (those
-        pods are noted in ``_changed_pods``)."""
+    def _resolve(self, pods: Mapping[tuple[str, str], PodStatus]) -> tuple[Resolution, set[IPAddress]]:
+        """:func:`~flock.core.resolver.resolve`, at the cost of what changed: an allocation's
+        contribution is computed again only if the allocation or its pod's status changed
+        since the last pass (those pods are noted in ``_changed_pods``), and only the routes
+        it touches are combined again. Also returns the addresses whose desired route changed."""
         fresh: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
-        changed: set[PodRef] = set()
+        changed_pods: set[PodRef] = set()
+        changed: set[IPAddress] = set()
         for allocation in self.store.all():
             status = matching_status(allocation, pods)
             known = self._contributions.get(allocation.container_id)
             if known is not None and known[0] == allocation and known[1] == status:
                 fresh[allocation.container_id] = known
-            else:
-                fresh[allocation.container_id] = (
-                    allocation, status, contribution(allocation, status, self.config.anycast_pools))
-                changed.add(allocation.pod)
-        changed.update(known[0].pod for cid, known in self._contributions.items() if cid not in fresh)
-        self._contributions, self._changed_pods = fresh, changed
-        return combine(part for _, _, part in fresh.values() if part is not None)
+                continue
+            part = contribution(allocation, status, self.config.anycast_pools)
+            fresh[allocation.container_id] = (allocation, status, part)
+            changed_pods.add(allocation.pod)
+            changed |= self._desired.replace(known[2] if known is not None else None, part)
+        for cid, known in self._contributions.items():
+            if cid not in fresh:
+                changed_pods.add(known[0].pod)
+                changed |= self._desired.replace(known[2], None)
+        self._contributions, self._changed_pods = fresh, changed_pods
+        parts = [part for _, _, part in fresh.values() if part is not None]
+        if changed_pods:  # who serves what: again for the pods that changed
+            serving: dict[PodRef, set[IPAddress]] = {pod: set() for pod in changed_pods}
+            for part in parts:
+                if part.pod in serving:
+                    serving[part.pod].update(address for address, _ in part.hops)
+            for pod, addresses in serving.items():
+                if addresses:
+                    self._serving_of[pod] = frozenset(addresses)
+                else:
+                    self._serving_of.pop(pod, None)
+        return Resolution(routes=self._desired.routes, serving=self._serving_of,
+                          findings=findings(part for part in parts if part.problems or part.unlisted)), changed
 
     def _passed(self, started: float, trigger: str) -> None:
         self.metrics.anycast_routes.set(len(self._kernel.advertised))
@@ -304,6 +336,7 @@ class Reconciler:
         if self._touched is not None:
             self._touched.update(drift)
         if drift:
+            self._dirty = None  # the next pass diffs every route
             logger.warning("kernel routes drifted from what flock wrote, repairing prefixes=%s",
                            ",".join(host_prefix(a) for a in sorted(drift, key=address_sort_key)))
             self.metrics.drift_repairs.inc(len(drift))
@@ -332,6 +365,7 @@ class Reconciler:
         self._route_failures = {error.key for error in errors}
         self.metrics.route_errors.inc(len(errors))
         self._touched = None  # after a full view, any route may differ from what was written
+        self._dirty = None  # and the next pass diffs every route, retrying what failed
         # Which edits landed is uncertain now: take a full view rather than guess.
         await self._resync_kernel()
         return [error.edit for error in errors if error.edit is not None]

@@ -9,9 +9,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.core.model import Allocation, IPAddress, Nexthop, PodStatus
+from flock.core.model import Allocation, IPAddress, Nexthop, PodRef, PodStatus
 from flock.core.podcache import PodCache
-from flock.core.resolver import FAMILY_MISMATCH, REJECTED, resolve
+from flock.core.resolver import FAMILY_MISMATCH, REJECTED, Contribution, DesiredRoutes, combine, resolve
 from flock.core.settings import AnycastPool
 from tests.unit.factories import POOLS, alloc, pod_body, status
 
@@ -272,3 +272,26 @@ def test_thousands_of_bad_entries_make_one_bounded_finding() -> None:
     assert len(finding.problems) == 3 and len(finding.message) < 600
     assert finding.message.startswith("506 problems: flock.io/anycast: 'junk' is not an IP address")
     assert "and 503 more" in finding.message
+
+
+_hop_choices = [Nexthop(ipaddress.ip_address(f"192.0.2.{n}"), f"flock0000000{n}") for n in range(1, 4)]
+_parts = st.builds(
+    lambda pod, hops: Contribution(PodRef("default", f"web-{pod}", ""), tuple(hops), ()),
+    st.integers(0, 2),
+    st.lists(st.tuples(st.sampled_from([A4, B4, A6]), st.sampled_from(_hop_choices)), max_size=4),
+)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.none() | _parts), max_size=30))
+def test_desired_routes_kept_up_to_date_equal_combining_from_scratch(
+        steps: list[tuple[int, Contribution | None]]) -> None:
+    # Slots stand for allocations; each step replaces one slot's contribution (None: gone).
+    desired = DesiredRoutes()
+    slots: dict[int, Contribution | None] = {}
+    for slot, part in steps:
+        before = dict(desired.routes)
+        changed = desired.replace(slots.get(slot), part)
+        slots[slot] = part
+        expected = combine(p for p in slots.values() if p is not None).routes
+        assert desired.routes == expected
+        assert changed == {a for a in before.keys() | expected.keys() if before.get(a) != expected.get(a)}

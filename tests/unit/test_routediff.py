@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flock.core.model import Nexthop, RouteTable, sorted_nexthops
+from flock.core.model import IPAddress, Nexthop, RouteTable, sorted_nexthops
 from flock.core.routediff import (
     DeleteRoute,
     KernelRoutes,
@@ -92,3 +92,10 @@ def test_a_route_bird_cannot_learn_is_written_again_and_then_learnable() -> None
     edits = diff_routes({A: (H1,)}, current)
     assert edits == [ReplaceRoute(A, (H1,)), WithdrawRoute(B, (H2,))]
     assert apply_edits(current, edits) == KernelRoutes({A: (H1,)}, {B: (H2,)})
+
+
+@given(tables, tables, st.sets(st.sampled_from([A, B, C])))
+def test_a_diff_of_some_addresses_is_the_full_diff_of_those_addresses(
+        desired: RouteTable, advertised: RouteTable, only: set[IPAddress]) -> None:
+    current = KernelRoutes(advertised)
+    assert diff_routes(desired, current, only) == [e for e in diff_routes(desired, current) if e.address in only]

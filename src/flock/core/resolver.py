@@ -132,23 +132,75 @@ def contribution(allocation: Allocation, status: PodStatus | None,
     return Contribution(pod, tuple(hops), tuple(problems), tuple(unlisted))
 
 
-def combine(contributions: Iterable[Contribution]) -> Resolution:
-    """The node's desired routes, who serves what, and one Finding per pod and reason."""
-    nexthops: dict[IPAddress, set[Nexthop]] = defaultdict(set)
-    serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
+class DesiredRoutes:
+    """The desired routes of a set of contributions, kept up to date one contribution at a
+    time: a change costs the addresses it touches, not the node's whole table (10,000
+    routes take ~40 ms to combine from scratch).
+
+    ``routes`` is what :func:`combine` gives for the contributions added and not removed.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[IPAddress, Nexthops] = {}
+        # address -> next hop -> how many contributions give it (a count: two allocations
+        # may give the same next hop, and removing one must keep it)
+        self._hops: dict[IPAddress, dict[Nexthop, int]] = {}
+
+    def replace(self, old: Contribution | None, new: Contribution | None) -> set[IPAddress]:
+        """Take ``old`` out and put ``new`` in; return the addresses whose route changed."""
+        before = old.hops if old is not None else ()
+        after = new.hops if new is not None else ()
+        if before == after:
+            return set()
+        touched = set()
+        for address, hop in before:
+            counts = self._hops[address]
+            counts[hop] -= 1
+            if not counts[hop]:
+                del counts[hop]
+            touched.add(address)
+        for address, hop in after:
+            counts = self._hops.setdefault(address, {})
+            counts[hop] = counts.get(hop, 0) + 1
+            touched.add(address)
+        changed = set()
+        for address in touched:
+            left = self._hops.get(address)
+            route = sorted_nexthops(left) if left else None
+            if route is None:
+                self._hops.pop(address, None)
+            if self.routes.get(address) != route:
+                changed.add(address)
+                if route is None:
+                    del self.routes[address]
+                else:
+                    self.routes[address] = route
+        return changed
+
+
+def findings(contributions: Iterable[Contribution]) -> tuple[Finding, ...]:
+    """One Finding per pod and reason, from the contributions' problems."""
     problems = _Problems()
     for part in contributions:
-        for address, hop in part.hops:
-            nexthops[address].add(hop)
-            serving[part.pod].add(address)
         for reason, problem in part.problems:
             problems.add(part.pod, reason, problem)
         for reason, count, note in part.unlisted:
             problems.count_more(part.pod, reason, count, note)
+    return problems.findings()
+
+
+def combine(contributions: Iterable[Contribution]) -> Resolution:
+    """The node's desired routes, who serves what, and one Finding per pod and reason."""
+    parts = list(contributions)
+    desired = DesiredRoutes()
+    serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
+    for part in parts:
+        desired.replace(None, part)
+        serving[part.pod].update(address for address, _ in part.hops)
     return Resolution(
-        routes={address: sorted_nexthops(hops) for address, hops in nexthops.items()},
-        serving={pod: frozenset(addresses) for pod, addresses in serving.items()},
-        findings=problems.findings(),
+        routes=desired.routes,
+        serving={pod: frozenset(addresses) for pod, addresses in serving.items() if addresses},
+        findings=findings(parts),
     )
 
 

@@ -13,7 +13,7 @@ their way still land. flock deletes a withdrawn route after ``withdrawnLingerSec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from flock.core.model import IPAddress, Nexthops, RouteTable, address_sort_key, host_prefix
 
@@ -87,23 +87,31 @@ class DeleteRoute:
 RouteEdit = ReplaceRoute | WithdrawRoute | DeleteRoute
 
 
-def diff_routes(desired: RouteTable, current: KernelRoutes) -> list[ReplaceRoute | WithdrawRoute]:
+def diff_routes(desired: RouteTable, current: KernelRoutes,
+                only: Collection[IPAddress] | None = None) -> list[ReplaceRoute | WithdrawRoute]:
     """Edits that make ``current`` advertise exactly ``desired``: replaces first, then withdrawals.
 
     Routes hold canonical (sorted) next hops, so equal routes compare equal and produce no
     edit. Edits come in canonical address order, for stable logs and tests. Withdrawn
-    routes that are not wanted again are left for :func:`expired` to delete.
+    routes that are not wanted again are left for :func:`expired` to delete. ``only``:
+    look at these addresses alone (the others are known to match), so that a pass costs
+    what changed, not the whole table.
     """
     advertised = current.advertised
+    if only is None:
+        wanted: Iterable[IPAddress] = desired
+        unwanted: Iterable[IPAddress] = (address for address in advertised if address not in desired)
+    else:
+        wanted = [address for address in only if address in desired]
+        unwanted = [address for address in only if address in advertised and address not in desired]
+    differing = [address for address in wanted
+                 if advertised.get(address) != desired[address] or address in current.unlearnable]
     replaces: list[ReplaceRoute | WithdrawRoute] = [
         ReplaceRoute(address, desired[address], new=address not in current)
-        for address in sorted(desired, key=address_sort_key)
-        if advertised.get(address) != desired[address] or address in current.unlearnable
+        for address in sorted(differing, key=address_sort_key)
     ]
     withdrawals: list[ReplaceRoute | WithdrawRoute] = [
-        WithdrawRoute(address, advertised[address])
-        for address in sorted(advertised, key=address_sort_key)
-        if address not in desired
+        WithdrawRoute(address, advertised[address]) for address in sorted(unwanted, key=address_sort_key)
     ]
     return replaces + withdrawals
 

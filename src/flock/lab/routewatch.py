@@ -6,7 +6,10 @@ it returns, and decodes the next hops from the messages themselves (no ``ip`` su
 in the loop, which would make a later message, e.g. the second address family's, look
 late by the subprocess's ~10 ms). Next hops are kept per prefix: a new route (or a
 replace) sets them, an appended one adds, a deletion removes those it names; a deleted
-link takes its IPv4 routes along unannounced, so it clears them here too. This is how
+link takes its IPv4 routes along unannounced, so it clears them here too. Given a
+``protocol``, only routes of that rtm_protocol count: on a node, flock's advertised
+routes (a route re-tagged as withdrawn still forwards, but no longer attracts traffic
+from the fabric, so for the lab it is gone). This is how
 the lab measures withdrawal latency and counts route changes at the ToR; the tests'
 netlink monitor uses the same socket and parser.
 """
@@ -45,9 +48,10 @@ def link_names(netns: str) -> dict[int, str]:
     return {link["ifindex"]: link["ifname"] for link in json.loads(out or "[]")}
 
 
-def nexthops(netns: str, prefix: str) -> frozenset[str]:
+def nexthops(netns: str, prefix: str, protocol: int | None = None) -> frozenset[str]:
     family = "-6" if ":" in prefix else "-4"
-    out = subprocess.run(["ip", "-n", netns, family, "-j", "route", "show", "exact", prefix],
+    only = ["proto", str(protocol)] if protocol is not None else []
+    out = subprocess.run(["ip", "-n", netns, family, "-j", "route", "show", "exact", prefix, *only],
                          capture_output=True, text=True, timeout=10).stdout
     hops: set[str] = set()
     for route in json.loads(out or "[]"):
@@ -58,15 +62,16 @@ def nexthops(netns: str, prefix: str) -> frozenset[str]:
 
 
 class RouteWatch:
-    def __init__(self, netns: str, prefixes: Iterable[str]) -> None:
+    def __init__(self, netns: str, prefixes: Iterable[str], protocol: int | None = None) -> None:
         self.netns = netns
+        self.protocol = protocol
         self.prefixes = {str(ipaddress.ip_network(p)) for p in prefixes}
         self.changes: list[RouteChange] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sock = route_socket(netns, links=True)  # bound first: no change after the reads below is missed
         self._names = link_names(netns)
-        self.current = {p: nexthops(netns, p) for p in self.prefixes}
+        self.current = {p: nexthops(netns, p, protocol) for p in self.prefixes}
         self._thread = threading.Thread(target=self._run, name=f"routewatch-{netns}", daemon=True)
         self._thread.start()
 
@@ -123,7 +128,7 @@ class RouteWatch:
                         state[prefix] = left
                         after.append((prefix, left))
             elif kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
-                _family, dst_len, _src, table, _proto, _type, _flags, attrs = rtnl.route(data, start, end)
+                _family, dst_len, _src, table, proto, _type, _flags, attrs = rtnl.route(data, start, end)
                 if table != rtnl.RT_TABLE_MAIN or rtnl.RTA_DST not in attrs:
                     continue
                 dst_start, dst_end = attrs[rtnl.RTA_DST]
@@ -131,7 +136,11 @@ class RouteWatch:
                 if prefix not in state:
                     continue
                 hops = self._hops(data, attrs)
-                if kind == rtnl.RTM_DELROUTE:
+                if self.protocol is not None and proto != self.protocol:
+                    if kind == rtnl.RTM_DELROUTE:
+                        continue  # another protocol's route went: not the one watched
+                    state[prefix] = frozenset()  # a replace by another protocol's route (one per key)
+                elif kind == rtnl.RTM_DELROUTE:
                     state[prefix] = state[prefix] - hops if hops else frozenset()
                 elif flags & NLM_F_APPEND:
                     state[prefix] = state[prefix] | hops

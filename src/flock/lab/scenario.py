@@ -25,7 +25,17 @@ from flock.lab import report as reports
 from flock.lab.apiserver import WATCH_LOG
 from flock.lab.kubelet import Kubelet, LabPod
 from flock.lab.routewatch import RouteWatch
-from flock.lab.topology import ANYCAST, Fabric, Node, build, python, stop_process, teardown, wait_for
+from flock.lab.topology import (
+    ANYCAST,
+    ROUTE_PROTOCOL,
+    Fabric,
+    Node,
+    build,
+    python,
+    stop_process,
+    teardown,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +118,8 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
     # By where they watch: "ToR", "node-a", ...
     watches = {"ToR": RouteWatch(fabric.names.tor, PREFIXES)}
     for node in fabric.nodes:
-        watches[node.spec.name] = RouteWatch(node.spec.netns, PREFIXES)
+        # flock's advertised routes only: a withdrawn (re-tagged) route no longer attracts traffic.
+        watches[node.spec.name] = RouteWatch(node.spec.netns, PREFIXES, protocol=ROUTE_PROTOCOL)
     results = options.run_dir / "load.json"
     load = await asyncio.to_thread(
         fabric.state.spawn,
