@@ -203,7 +203,8 @@ async def make_node(config: AgentConfig, size: int) -> Node:
     pods.replace_all([pod_body(n, served[n]) for n in range(PODS + 1)], pods.watch_serial())
     assert config.host_netns is not None
     routes = NetlinkRoutes(protocol=config.route_protocol, withdrawn_protocol=config.withdrawn_route_protocol,
-                           netns=config.host_netns, timeout=120)
+                           last_resort_protocol=config.last_resort_route_protocol, netns=config.host_netns,
+                           timeout=120)
     await routes.start()
     bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket, timeout=60)
     reconciler = Reconciler(config=config, store=store, pods=pods, routes=routes, bird=bird,

@@ -47,6 +47,7 @@ from flock.core.model import IPAddress, Nexthop, Nexthops, sorted_nexthops
 
 PROTO = 250
 WITHDRAWN_PROTO = 251  # NetlinkRoutes dumps this one too; it holds no route here
+LAST_RESORT_PROTO = 252  # and this one
 DEVS = ("flock0000aaaa", "flock0000bbbb")
 V6_BASE = int(ipaddress.IPv6Address("2001:db8:100::"))
 NOISE_BASE = int(ipaddress.IPv6Address("2001:db8:200::"))
@@ -179,7 +180,8 @@ def best_of(rounds: int, func: Callable[[], object]) -> float:
 async def run(netns: str, size: int, rounds: int) -> None:
     loop = asyncio.get_running_loop()
     inside = concurrent.futures.ThreadPoolExecutor(1, initializer=enter_netns, initargs=(named_netns(netns),))
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=WITHDRAWN_PROTO, netns=netns)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=WITHDRAWN_PROTO, last_resort_protocol=LAST_RESORT_PROTO,
+                           netns=netns)
     await routes.start()
 
     async def there(func: Callable[..., T], *args: Any) -> T:

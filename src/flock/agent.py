@@ -49,7 +49,8 @@ class Agent:
         self.store = AllocationStore(config.state_dir)
         self.pods = PodCache(config.node_name, config.eligibility, config.max_anycast_per_pod)
         self.routes = NetlinkRoutes(protocol=config.route_protocol,
-                                    withdrawn_protocol=config.withdrawn_route_protocol, netns=config.host_netns,
+                                    withdrawn_protocol=config.withdrawn_route_protocol,
+                                    last_resort_protocol=config.last_resort_route_protocol, netns=config.host_netns,
                                     proc=config.proc_path)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)

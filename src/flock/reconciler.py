@@ -101,6 +101,7 @@ class Reconciler:
         self._lingering: dict[IPAddress, float] = {}  # withdrawn route -> monotonic time to delete it
         self._bird_configured = False  # BIRD took (or already ran) this agent's bird.conf
         self._serving: dict[PodRef, frozenset[IPAddress]] = {}
+        self._serving_last_resort: dict[PodRef, frozenset[IPAddress]] = {}  # of _serving: as last resort
         self._reported: set[Finding] = set()
         self._bird_failure = RepeatedFailure("BIRD reload failed, the previous config stays live")
         self._route_failures: set[tuple[str, int | None]] = set()  # RouteError.key of the last failures
@@ -252,7 +253,8 @@ class Reconciler:
         pods = self.pods.snapshot()
         resolution, changed = self._resolve(pods)
         dirty, self._dirty = self._dirty, set()
-        edits = diff_routes(resolution.routes, self._kernel, None if dirty is None else dirty | changed)
+        edits = diff_routes(resolution.routes, self._kernel, None if dirty is None else dirty | changed,
+                            last_resort=resolution.last_resort)
 
         # 1. Install and change routes: BIRD learns and advertises exactly what they route.
         await self._apply([e for e in edits if isinstance(e, ReplaceRoute)])
@@ -297,13 +299,14 @@ class Reconciler:
             serving: dict[PodRef, set[IPAddress]] = {pod: set() for pod in changed_pods}
             for part in parts:
                 if part.pod in serving:
-                    serving[part.pod].update(address for address, _ in part.hops)
+                    serving[part.pod].update(address for address, _ in part.hops + part.fallback)
             for pod, addresses in serving.items():
                 if addresses:
                     self._serving_of[pod] = frozenset(addresses)
                 else:
                     self._serving_of.pop(pod, None)
         return Resolution(routes=self._desired.routes, serving=self._serving_of,
+                          last_resort=frozenset(self._desired.last_resort),
                           findings=findings(part for part in parts if part.problems or part.unlisted)), changed
 
     def _passed(self, started: float, trigger: str) -> None:
@@ -377,7 +380,8 @@ class Reconciler:
         failed = await self._apply(withdrawals)
         if failed:
             logger.warning("could not re-tag %d route(s) as withdrawn; deleting them instead", len(failed))
-            await self._apply([DeleteRoute(edit.address) for edit in failed
+            await self._apply([DeleteRoute(edit.address, last_resort=edit.address in self._kernel.last_resort)
+                               for edit in failed
                                if edit.address in self._kernel.advertised])
 
     async def _configure_bird(self) -> None:
@@ -416,6 +420,11 @@ class Reconciler:
         def left(hops: int) -> str:
             return f"{_hops(hops)} left" if hops else f"no next hop left, {node} no longer advertises it"
 
+        prepend = self.config.last_resort_prepend
+
+        def last_resort_tail(hops: int) -> str:
+            return f"{_hops(hops)}, advertised with the AS path prepended {prepend} time{'s' if prepend != 1 else ''}"
+
         # Only what really happened counts: a pod serves an anycast IP while the kernel's
         # advertised route (the one BIRD learns and advertises) has it as a next hop.
         hops_of: dict[PodRef, set[Nexthop]] = {}
@@ -434,25 +443,38 @@ class Reconciler:
             mine = hops_of.get(pod, set())
             actual[pod] = {address for address in wanted.get(pod, frozenset()) | self._serving.get(pod, frozenset())
                            if mine.intersection(advertised.get(address, ()))}
+        last_resort_routes = self._kernel.last_resort
+        serving_last_resort: dict[PodRef, frozenset[IPAddress]] = {}
         for pod in sorted(set(actual) | set(self._serving), key=str):
-            if not pod.name:  # a recovered veth whose pod is unknown (flock.core.recovery): no object to tell
-                continue
             before = self._serving.get(pod, frozenset())
             after = actual.get(pod, set())
+            before_last = self._serving_last_resort.get(pod, frozenset())
+            after_last = frozenset(address for address in after if address in last_resort_routes)
+            if after_last:
+                serving_last_resort[pod] = after_last
+            if not pod.name:  # a recovered veth whose pod is unknown (flock.core.recovery): no object to tell
+                continue
             ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
-            added = sorted(after - before, key=address_sort_key)
+            added = sorted(((after - before) | (before_last & after)) - after_last, key=address_sort_key)
             if added:
                 logger.info("anycast advertised pod=%s ips=%s", pod, _listed(map(str, added)))
                 self.events.post(Event(ref, "Normal", "AnycastAdvertised", self._change_message(
-                    added, "advertised", "pod ready", lambda hops: f"{_hops(hops)} on this node")))
+                    added, "advertised from", "pod ready", lambda hops: f"{_hops(hops)} on this node")))
+            kept = sorted(after_last - before_last, key=address_sort_key)
+            if kept:
+                logger.info("anycast kept as a last resort pod=%s ips=%s", pod, _listed(map(str, kept)))
+                self.events.post(Event(ref, "Normal", "AnycastLastResort", self._change_message(
+                    kept, "kept as a last resort on", f"pod terminating and no ready replica left on {node}",
+                    last_resort_tail)))
             removed: dict[str, list[IPAddress]] = {}
             for address in sorted(before - after, key=address_sort_key):
                 removed.setdefault(withdrawal_reason(pods.get((pod.namespace, pod.name)), address), []).append(address)
             for why, addresses in removed.items():
                 logger.info("anycast withdrawn pod=%s ips=%s why=%s", pod, _listed(map(str, addresses)), why)
                 self.events.post(Event(ref, "Normal", "AnycastWithdrawn", self._change_message(
-                    addresses, "withdrawn", f"pod {why}", left)))
+                    addresses, "withdrawn from", f"pod {why}", left)))
         self._serving = {pod: frozenset(addresses) for pod, addresses in actual.items() if addresses}
+        self._serving_last_resort = serving_last_resort
 
         current = set(findings)
         for finding in sorted(current - self._reported, key=lambda f: (str(f.pod), f.reason)):
@@ -469,9 +491,9 @@ class Reconciler:
         advertised = self._kernel.advertised
         if len(addresses) == 1:
             address = addresses[0]
-            return f"{host_prefix(address)} {verb} from {node}: {why}; {tail(len(advertised.get(address, ())))}"
+            return f"{host_prefix(address)} {verb} {node}: {why}; {tail(len(advertised.get(address, ())))}"
         each = [f"{host_prefix(a)} ({tail(len(advertised.get(a, ())))})" for a in addresses]
-        return f"{len(addresses)} anycast IPs {verb} from {node}: {why}; {_listed(each)}"
+        return f"{len(addresses)} anycast IPs {verb} {node}: {why}; {_listed(each)}"
 
 
 _OPS = {ReplaceRoute: "replace", WithdrawRoute: "withdraw", DeleteRoute: "delete"}

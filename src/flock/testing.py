@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from flock.adapters.rtnetlink import describe_errno
 from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
-from flock.core.routediff import DeleteRoute, KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
+from flock.core.routediff import KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
 from flock.errors import BirdConfigRejected, BirdUnavailable, RouteError
 
 
@@ -31,6 +31,7 @@ class FakeRoutes:
                  sysctl_warnings: Sequence[str] = ()) -> None:
         self.table: dict[IPAddress, Nexthops] = dict(table or {})
         self.withdrawn: dict[IPAddress, Nexthops] = dict(withdrawn or {})
+        self.last_resort: set[IPAddress] = set()  # of ``table``: tagged as last-resort routes
         self.applied: list[RouteEdit] = []
         self.fail: dict[IPAddress, str | int] = dict(fail or {})
         self.sysctl_warnings = list(sysctl_warnings)
@@ -48,7 +49,8 @@ class FakeRoutes:
 
     async def dump(self) -> KernelRoutes:
         self.dumps += 1
-        return KernelRoutes(dict(self.table), {a: h for a, h in self.withdrawn.items() if a not in self.table})
+        return KernelRoutes(dict(self.table), {a: h for a, h in self.withdrawn.items() if a not in self.table},
+                            last_resort=frozenset(self.last_resort & self.table.keys()))
 
     async def apply(self, edits: Sequence[RouteEdit]) -> list[RouteError]:
         errors = []
@@ -67,13 +69,18 @@ class FakeRoutes:
             if isinstance(edit, ReplaceRoute):
                 self.withdrawn.pop(edit.address, None)
                 self.table[edit.address] = sorted_nexthops(edit.nexthops)
+                (self.last_resort.add if edit.last_resort else self.last_resort.discard)(edit.address)
             elif isinstance(edit, WithdrawRoute):
                 # A replace that never creates: a route that is gone stays gone.
                 if edit.address in self.table or edit.address in self.withdrawn:
                     self.table.pop(edit.address, None)
+                    self.last_resort.discard(edit.address)
                     self.withdrawn[edit.address] = sorted_nexthops(edit.nexthops)
-            elif isinstance(edit, DeleteRoute):
-                (self.withdrawn if edit.withdrawn else self.table).pop(edit.address, None)
+            elif edit.withdrawn:
+                self.withdrawn.pop(edit.address, None)
+            elif (edit.address in self.last_resort) == edit.last_resort:  # a delete matches the protocol
+                self.table.pop(edit.address, None)
+                self.last_resort.discard(edit.address)
             self.applied.append(edit)
         return errors
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,7 +159,7 @@ async def test_only_flocks_host_routes_inside_the_pools_reach_the_tor(
     # Even a config whose learning filter takes every kernel route (a bug, or an
     # operator's template) does not export them: the export filter checks again.
     text = render_bird_conf(pair.view())
-    learn_all = text.replace("if krt_source != 201 then reject;", "accept;")
+    learn_all = text.replace("if krt_source != 201 && krt_source != 203 then reject;", "accept;")
     assert learn_all != text
     assert await pair.control.apply(learn_all) is True
     birdlab.wait_for(lambda: OUTSIDE in pair.node_bird.birdc("show", "route", "protocol", "flock_kernel_v4"),
@@ -169,3 +170,24 @@ async def test_only_flocks_host_routes_inside_the_pools_reach_the_tor(
     for refused in (OUTSIDE, "198.51.100.128/25"):
         assert refused not in pair.exported()
         assert refused not in pair.tor_routes()
+
+
+async def test_a_last_resort_route_is_advertised_with_the_as_path_prepended(
+        make_netns: Any, birds: birdlab.Birds) -> None:
+    pair = start_pair(make_netns, birds)
+    pair.route("add", ANYCAST[0], "proto", "203", *TWO_HOPS_V4)  # last-resort pods only
+    pair.route("add", "198.51.100.11/32", "proto", "201", *TWO_HOPS_V4)  # eligible pods
+    birdlab.wait_for(lambda: {ANYCAST[0], "198.51.100.11/32"} <= pair.tor_routes(), timeout=CONVERGE,
+                     what="both prefixes in the ToR's kernel table")
+
+    def as_path(prefix: str) -> list[str]:
+        shown = pair.tor_bird.birdc("show", "route", "for", prefix, "all")
+        found = re.search(r"BGP\.as_path: ([\d ]+)", shown)
+        assert found, shown
+        return found.group(1).split()
+
+    assert as_path(ANYCAST[0]) == ["65101"] * 4, "prepended 3 times (the default) besides the node's own"
+    assert as_path("198.51.100.11/32") == ["65101"]
+
+    pair.route("replace", ANYCAST[0], "proto", "201", *TWO_HOPS_V4)  # an eligible pod again
+    birdlab.wait_for(lambda: as_path(ANYCAST[0]) == ["65101"], timeout=CONVERGE, what="the plain AS path back")

@@ -115,15 +115,19 @@ def test_the_kernel_protocols_learn_only_flocks_host_routes_in_the_pools_and_wri
     assert len(kernel_protocols(text)) == 2
     assert text.count("export none;") == 2, "BIRD must never write into the node's kernel table"
     assert text.count("\tlearn;") == 2
-    assert "if krt_source != 201 then reject;" in text  # advertised routes only, not withdrawn (202)
+    # advertised and last-resort routes only, not withdrawn ones (202)
+    assert "if krt_source != 201 && krt_source != 203 then reject;" in text
     assert "if net.len != 32 then reject;" in text and "if net.len != 128 then reject;" in text
 
 
 def test_the_routes_protocols_follow_the_config() -> None:
     config = parse_config({"nodeName": "node-a", "routeProtocol": 90, "withdrawnRouteProtocol": 91,
+                           "lastResortRouteProtocol": 95, "lastResortPrepend": 2,
                            "bird": {"routerId": "192.0.2.2", "asn": 65101}}, environ={})
     text = render_bird_conf(bird_view(config=config, pod_cidrs=[]))
-    assert "if krt_source != 90 then reject;" in text and "rtm_protocol 91" in text
+    assert "if krt_source != 90 && krt_source != 95 then reject;" in text and "rtm_protocol 91" in text
+    assert text.count("if krt_source = 95 then {") == 2
+    assert text.count("bgp_path.prepend(65101);") == 2 * 2
 
 
 def test_the_config_depends_only_on_the_view_not_on_the_input_order() -> None:

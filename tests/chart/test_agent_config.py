@@ -41,6 +41,7 @@ def test_default_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> None
     assert (str(config.state_dir), str(config.cni_socket)) == ("/var/lib/flock", "/run/flock/cni.sock")
     assert (config.route_protocol, config.tick_seconds, config.resync_seconds) == (201, 2.0, 30.0)
     assert (config.withdrawn_route_protocol, config.withdrawn_linger_seconds) == (202, 2.0)
+    assert (config.last_resort_route_protocol, config.last_resort_prepend) == (203, 3)
     assert config.max_anycast_per_pod == 32
     assert config.listen == "0.0.0.0:9964"
     assert config.host_netns is None
@@ -121,6 +122,7 @@ BAD_VALUES = [
     pytest.param({"routeProtocol": 2}, "/routeProtocol", id="route-protocol-kernel"),
     pytest.param({"withdrawnRouteProtocol": 256}, "/withdrawnRouteProtocol", id="withdrawn-protocol-over-255"),
     pytest.param({"withdrawnLingerSeconds": 0}, "/withdrawnLingerSeconds", id="linger-zero"),
+    pytest.param({"lastResortPrepend": 17}, "/lastResortPrepend", id="prepend-over-16"),
     pytest.param({"tickSeconds": 0}, "/tickSeconds", id="tick-zero"),
     pytest.param({"maxAnycastPerPod": 65}, "/maxAnycastPerPod", id="max-anycast-over-64"),
     pytest.param({"listen": "9964"}, "/listen", id="listen-without-host"),

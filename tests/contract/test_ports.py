@@ -51,7 +51,7 @@ async def routes(request: pytest.FixtureRequest, make_netns: Callable[[str], str
                for n, ips in enumerate(pods)]
     hops = {version: [Nexthop(next(ip for ip in pod.ips if ip.version == version), pod.host_ifname)
                       for pod in plumbed] for version in (4, 6)}
-    real = NetlinkRoutes(protocol=201, withdrawn_protocol=202, netns=node, timeout=30)
+    real = NetlinkRoutes(protocol=201, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30)
     await real.start()
     try:
         yield RoutesUnderTest(real, hops)
@@ -181,3 +181,18 @@ def test_an_event_sink_takes_any_number_of_events_at_once_without_raising(event_
     for n in range(20_000):
         event_sink.post(Event(pod, "Normal", "AnycastAdvertised", f"event {n}"))
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("address", [A4, A6], ids=["ipv4", "ipv6"])
+async def test_routes_tag_last_resort_routes_and_delete_each_kind_only(routes: RoutesUnderTest,
+                                                                       address: IPAddress) -> None:
+    port, hops = routes.routes, sorted_nexthops(routes.hops[address.version])
+    assert await port.apply([ReplaceRoute(address, hops, new=True, last_resort=True)]) == []
+    assert await port.dump() == KernelRoutes({address: hops}, last_resort=frozenset({address}))
+    assert await port.apply([DeleteRoute(address)]) == [], "an ordinary route's delete: already gone"
+    assert await port.dump() == KernelRoutes({address: hops}, last_resort=frozenset({address}))
+    assert await port.apply([ReplaceRoute(address, hops)]) == []
+    assert await port.dump() == KernelRoutes({address: hops}), "an ordinary route again, in place"
+    assert await port.apply([ReplaceRoute(address, hops[:1], last_resort=True)]) == []
+    assert await port.apply([DeleteRoute(address, last_resort=True)]) == []
+    assert await port.dump() == KernelRoutes()

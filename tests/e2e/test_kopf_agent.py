@@ -27,7 +27,7 @@ from tests.support.apiserver import FakeCluster, pod_manifest, write_kubeconfig
 from tests.support.config import process_config
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import plumb_pod, sh
-from tests.support.routes import flock_prefixes
+from tests.support.routes import LAST_RESORT, flock_prefixes
 
 pytestmark = [pytest.mark.bird, pytest.mark.netns, pytest.mark.kopf, pytest.mark.slow]
 
@@ -128,10 +128,24 @@ async def test_pod_lifecycle_routes_advertises_withdraws_and_posts_events(
     await eventually(lambda: len(cluster.events("AnycastAdvertised")) == 2, within=10,
                      what="a second AnycastAdvertised Event")
 
+    # Terminating but still Ready, and no other replica here: kept as a last resort,
+    # advertised with the AS path prepended (flock.io/anycast-terminating: last-resort, the default).
     await cluster.mark_for_deletion("web-1")
+    await eventually(lambda: flock_prefixes(node, LAST_RESORT) == set(ANYCAST), within=10,
+                     what="the routes re-tagged as last resort")
+    tor_bird = birds.started[0]
+    await eventually(lambda: "65101 65101 65101 65101" in tor_bird.birdc("show", "route", "for", ANYCAST[0], "all"),
+                     within=10, what="the ToR sees the prefix with the AS path prepended 3 times")
+    await eventually(lambda: len(cluster.events("AnycastLastResort")) == 1, within=10,
+                     what="one AnycastLastResort Event, for both IPs")
+    assert cluster.events("AnycastLastResort")[0]["message"].startswith(
+        "2 anycast IPs kept as a last resort on node-a: pod terminating and no ready replica left on node-a")
+    assert len(cluster.events("AnycastWithdrawn")) == 1
+
+    await cluster.set_ready("web-1", False)  # its server stops: now it is withdrawn
     await eventually(lambda: birdlab.has_none(tor, ANYCAST), within=10,
-                     what="the ToR loses the anycast prefixes once the pod is terminating")
-    assert flock_prefixes(node) == set()
+                     what="the ToR loses the anycast prefixes once the pod is no longer Ready")
+    assert flock_prefixes(node) == set() and flock_prefixes(node, LAST_RESORT) == set()
     await eventually(lambda: len(cluster.events("AnycastWithdrawn")) == 2, within=10,
                      what="one more AnycastWithdrawn Event, for both IPs")
     assert sum("2 anycast IPs withdrawn from node-a: pod terminating" in e["message"]

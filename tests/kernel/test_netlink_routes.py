@@ -64,7 +64,7 @@ async def lab(make_netns: Callable[[str], str]) -> AsyncIterator[Lab]:
                   ips=[f"192.0.2.1{n}", f"2001:db8::1{n}"], anycast=[str(ANY4), str(ANY6)])
         for n in range(1, 4)
     ]
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30)
     await routes.start()
     try:
         yield Lab(node, pods, routes)
@@ -291,7 +291,7 @@ async def test_a_veth_recreated_under_the_same_name_is_found_again(lab: Lab) -> 
 @pytest.mark.netns
 async def test_start_refuses_a_missing_namespace_and_does_not_create_it() -> None:
     missing = f"flk-missing-{os.getpid()}-{secrets.token_hex(2)}"
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=missing, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=missing, timeout=30)
     with pytest.raises(RouteError, match=f"open netlink in netns {missing}"):
         await routes.start()
     assert missing not in sh("ip", "netns", "list")

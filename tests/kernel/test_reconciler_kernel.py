@@ -56,7 +56,7 @@ class Node:
             await self.routes.close()
         self.store = AllocationStore(self.state)
         await self.store.load()
-        self.routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=self.netns)
+        self.routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=self.netns)
         await self.routes.start()
         self.reconciler = Reconciler(
             config=agent_config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache,

@@ -54,7 +54,7 @@ async def lab(make_netns: Callable[[str], str]) -> AsyncIterator[Lab]:
     node = make_netns("node")
     pods = [plumb_pod(node, make_netns("pod"), f"route-batches-{n}",
                       ips=[f"192.0.2.3{n}", f"2001:db8::3{n}"], anycast=[]) for n in range(2)]
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30)
     await routes.start()
     try:
         yield Lab(node, pods, routes)

@@ -31,7 +31,7 @@ async def test_failed_edits_carry_their_edit_and_the_kernels_errno(make_netns: C
         ReplaceRoute(A("198.51.100.13"), (Nexthop(A("192.0.2.21"), pod.host_ifname),), new=True),
         DeleteRoute(A("198.51.100.14")),  # already gone: no error
     ]
-    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, netns=node, timeout=30)
+    routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30)
     await routes.start()
     try:
         errors = await routes.apply(edits)

@@ -15,6 +15,7 @@ from tests.support.netns import sh
 
 PROTO = 201  # the agent's default routeProtocol: advertised routes
 WITHDRAWN = 202  # its default withdrawnRouteProtocol: withdrawn routes that still forward
+LAST_RESORT = 203  # its default lastResortRouteProtocol: routes to last-resort pods
 
 
 def flock_routes(netns: str, prefix: str, protocol: int = PROTO) -> list[dict[str, Any]]:
@@ -35,6 +36,6 @@ def next_hops(netns: str, prefix: str, protocol: int = PROTO) -> list[tuple[str,
     return [(str(route["gateway"]), str(route["dev"]))]
 
 
-def flock_prefixes(netns: str) -> set[str]:
-    """Every prefix flock routes in ``netns``, both families."""
-    return kernel_prefixes(netns, proto=str(PROTO))
+def flock_prefixes(netns: str, protocol: int = PROTO) -> set[str]:
+    """Every prefix flock routes in ``netns`` (with ``protocol``), both families."""
+    return kernel_prefixes(netns, proto=str(protocol))

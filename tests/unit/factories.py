@@ -39,10 +39,14 @@ def status(name: str, eligible: bool = True, *, namespace: str = "default", uid:
 
 
 def pod_body(name: str, *, ready: bool = True, terminating: bool = False, node: str = "node-a",
-             namespace: str = "default", uid: str = "", anycast: str = "") -> dict[str, Any]:
+             namespace: str = "default", uid: str = "", anycast: str = "",
+             when_terminating: str | None = None) -> dict[str, Any]:
+    """``when_terminating``: the flock.io/anycast-terminating annotation, if any."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}"}
     if anycast:
         meta["annotations"] = {"flock.io/anycast": anycast}
+    if when_terminating is not None:
+        meta.setdefault("annotations", {})["flock.io/anycast-terminating"] = when_terminating
     if terminating:
         meta["deletionTimestamp"] = "2026-11-26T10:00:00Z"
     return {

@@ -24,6 +24,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert config.anycast_pools == ()
     assert config.max_anycast_per_pod == 32
     assert config.withdrawn_route_protocol == 202 and config.withdrawn_linger_seconds == 2.0
+    assert config.last_resort_route_protocol == 203 and config.last_resort_prepend == 3
 
 
 @pytest.mark.parametrize(("route", "withdrawn"), [(201, 202), (255, 254), (11, 10), (5, 6)])
@@ -60,6 +61,8 @@ def test_pools_with_namespaces() -> None:
     ({**BASE, "withdrawnRouteProtocol": 256}, "withdrawnRouteProtocol: 256 must be an integer 5-255"),
     ({**BASE, "withdrawnLingerSeconds": 0.01}, "withdrawnLingerSeconds: 0.01 must be 0.1-60"),
     ({**BASE, "withdrawnLingerSeconds": 61}, "withdrawnLingerSeconds: 61 must be 0.1-60"),
+    ({**BASE, "lastResortRouteProtocol": 202}, "lastResortRouteProtocol: 202 must differ"),
+    ({**BASE, "lastResortPrepend": 0}, "lastResortPrepend: 0 must be an integer 1-16"),
     ({**BASE, "tickSeconds": 0}, "tickSeconds"),
     ({**BASE, "listen": "9964"}, "listen"),
     ({**BASE, "eligibility": "whenever"}, "eligibility: 'whenever' is not one of"),

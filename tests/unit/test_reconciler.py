@@ -347,3 +347,63 @@ async def test_annotation_edits_on_a_running_pod(node: Node) -> None:
         ("Warning", "AnycastRejected", "198.51.100.77 not routed: added to flock.io/anycast after the pod's "
          "network was set up, so it is not on the pod's lo; it takes effect when the pod is recreated"),
     ]
+
+
+async def test_the_last_ready_replica_terminating_is_kept_as_a_last_resort_until_it_is_not_ready(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.recorder.log.clear()
+    node.events.events.clear()
+
+    node.pods.observe("MODIFIED", pod_body("web-1", terminating=True, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["replace 198.51.100.10/32 via 192.0.2.11 dev flock00000001 (last resort)"]
+    assert A4 in node.recorder.routes.last_resort
+    assert [(e.reason, e.message) for e in node.events.events] == [
+        ("AnycastLastResort", "198.51.100.10/32 kept as a last resort on node-a: pod terminating and no ready "
+         "replica left on node-a; 1 next hop, advertised with the AS path prepended 3 times")]
+
+    # A new ready replica takes over: the route is an ordinary one again, to it alone.
+    await node.add_pod("web-2", "192.0.2.12", "2001:db8::12", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    assert node.recorder.log[-1] == "replace 198.51.100.10/32 via 192.0.2.12 dev flock00000002"
+    assert A4 not in node.recorder.routes.last_resort
+    assert [(e.reason, e.involved.name, e.message) for e in node.events.events[1:]] == [
+        ("AnycastWithdrawn", "web-1", "198.51.100.10/32 withdrawn from node-a: pod terminating; 1 next hop left"),
+        ("AnycastAdvertised", "web-2", "198.51.100.10/32 advertised from node-a: pod ready; 1 next hop on this node")]
+
+
+async def test_a_last_resort_pod_that_stops_being_ready_is_withdrawn(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.pods.observe("MODIFIED", pod_body("web-1", terminating=True, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    node.recorder.log.clear()
+    node.pods.observe("MODIFIED", pod_body("web-1", terminating=True, ready=False, anycast="198.51.100.10"))
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["withdraw 198.51.100.10/32 via 192.0.2.11 dev flock00000001"]
+    assert [e.reason for e in node.events.events] == ["AnycastAdvertised", "AnycastLastResort", "AnycastWithdrawn"]
+
+
+async def test_a_pod_that_asks_for_withdraw_is_withdrawn_as_soon_as_it_terminates(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    await node.reconciler.reconcile()
+    node.recorder.log.clear()
+    node.pods.observe("MODIFIED", pod_body("web-1", terminating=True, anycast="198.51.100.10",
+                                           when_terminating="withdraw"))
+    await node.reconciler.reconcile()
+    assert node.recorder.log == ["withdraw 198.51.100.10/32 via 192.0.2.11 dev flock00000001"]
+
+
+async def test_a_bad_terminating_policy_is_reported_and_the_default_applies(node: Node) -> None:
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=("198.51.100.10",))
+    node.pods.observe("MODIFIED", pod_body("web-1", anycast="198.51.100.10", when_terminating="sometimes"))
+    for _ in range(3):
+        await node.reconciler.reconcile()
+    [rejected] = [e for e in node.events.events if e.reason == "AnycastRejected"]
+    assert rejected.message == ("flock.io/anycast-terminating: 'sometimes' is neither 'last-resort' nor "
+                                "'withdraw'; 'last-resort' applies")
+    node.pods.observe("MODIFIED", pod_body("web-1", terminating=True, anycast="198.51.100.10",
+                                           when_terminating="sometimes"))
+    await node.reconciler.reconcile()
+    assert A4 in node.recorder.routes.last_resort

@@ -275,10 +275,11 @@ def test_thousands_of_bad_entries_make_one_bounded_finding() -> None:
 
 
 _hop_choices = [Nexthop(ipaddress.ip_address(f"192.0.2.{n}"), f"flock0000000{n}") for n in range(1, 4)]
+_pairs = st.lists(st.tuples(st.sampled_from([A4, B4, A6]), st.sampled_from(_hop_choices)), max_size=4)
 _parts = st.builds(
-    lambda pod, hops: Contribution(PodRef("default", f"web-{pod}", ""), tuple(hops), ()),
-    st.integers(0, 2),
-    st.lists(st.tuples(st.sampled_from([A4, B4, A6]), st.sampled_from(_hop_choices)), max_size=4),
+    lambda pod, hops, fallback: Contribution(PodRef("default", f"web-{pod}", ""), tuple(hops), (),
+                                             fallback=tuple(fallback)),
+    st.integers(0, 2), _pairs, _pairs,
 )
 
 
@@ -290,8 +291,14 @@ def test_desired_routes_kept_up_to_date_equal_combining_from_scratch(
     slots: dict[int, Contribution | None] = {}
     for slot, part in steps:
         before = dict(desired.routes)
+        was_last_resort = set(desired.last_resort)
         changed = desired.replace(slots.get(slot), part)
         slots[slot] = part
-        expected = combine(p for p in slots.values() if p is not None).routes
-        assert desired.routes == expected
-        assert changed == {a for a in before.keys() | expected.keys() if before.get(a) != expected.get(a)}
+        combined = combine(p for p in slots.values() if p is not None)
+        expected = combined.routes
+        assert desired.routes == expected and desired.last_resort == combined.last_resort
+        assert changed == {a for a in before.keys() | expected.keys() if before.get(a) != expected.get(a)
+                           or (a in was_last_resort) != (a in combined.last_resort)}
+        # An address goes to its last-resort pods only while no eligible pod serves it.
+        eligible = {a for p in slots.values() if p is not None for a, _ in p.hops}
+        assert combined.last_resort == set(expected) - eligible

@@ -65,12 +65,16 @@ agent's loader needs a concrete address and does not expand variables).
     "anycastPools" (.Values.anycastPools | default list)
     "routeProtocol" .Values.routeProtocol
     "withdrawnLingerSeconds" .Values.withdrawnLingerSeconds
+    "lastResortPrepend" .Values.lastResortPrepend
     "tickSeconds" .Values.tickSeconds
     "resyncSeconds" .Values.resyncSeconds
     "maxAnycastPerPod" .Values.maxAnycastPerPod
     "listen" .Values.listen
     "procPath" (ternary "/proc" "/host/proc" .Values.agent.privileged)
     "bird" $bird -}}
+{{- if .Values.lastResortRouteProtocol -}}
+{{- $_ := set $config "lastResortRouteProtocol" .Values.lastResortRouteProtocol -}}
+{{- end -}}
 {{- if .Values.withdrawnRouteProtocol -}}
 {{- $_ := set $config "withdrawnRouteProtocol" .Values.withdrawnRouteProtocol -}}
 {{- end -}}

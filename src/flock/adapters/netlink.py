@@ -156,16 +156,18 @@ class NetlinkRoutes:
     before anything else and :meth:`close` at the end.
     """
 
-    def __init__(self, *, protocol: int, withdrawn_protocol: int, netns: str | None = None,
-                 timeout: float = 10.0, proc: str = "/proc") -> None:
-        for number in (protocol, withdrawn_protocol):
+    def __init__(self, *, protocol: int, withdrawn_protocol: int, last_resort_protocol: int,
+                 netns: str | None = None, timeout: float = 10.0, proc: str = "/proc") -> None:
+        numbers = (protocol, withdrawn_protocol, last_resort_protocol)
+        for number in numbers:
             if number not in ROUTE_PROTOCOLS:
                 raise ValueError(f"route protocol must be {ROUTE_PROTOCOLS.start}-{ROUTE_PROTOCOLS.stop - 1}, "
                                  f"not {number}")
-        if protocol == withdrawn_protocol:
-            raise ValueError(f"the withdrawn routes' protocol must differ from {protocol}")
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"the route protocols must differ: {numbers}")
         self.protocol = protocol
         self.withdrawn_protocol = withdrawn_protocol
+        self.last_resort_protocol = last_resort_protocol
         self.netns = netns
         self.timeout = timeout
         self.proc = proc  # where procfs is mounted (sysctls); a host /proc in a container
@@ -183,7 +185,7 @@ class NetlinkRoutes:
 
     def __repr__(self) -> str:
         return (f"NetlinkRoutes(protocol={self.protocol}, withdrawn_protocol={self.withdrawn_protocol}, "
-                f"netns={self.netns!r})")
+                f"last_resort_protocol={self.last_resort_protocol}, netns={self.netns!r})")
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -287,11 +289,15 @@ class NetlinkRoutes:
     def _dump(self) -> KernelRoutes:
         try:
             advertised, unlearnable = self._dump_routes(self.protocol)
+            last_resort, unlearnable_last_resort = self._dump_routes(self.last_resort_protocol)
             withdrawn, _ = self._dump_routes(self.withdrawn_protocol)
         except OSError as exc:
             reason = describe_errno(exc.errno) if exc.errno else str(exc)
             raise RouteError(f"dump routes proto {self.protocol}: {reason}", errno=exc.errno) from exc
-        for address in advertised.keys() & withdrawn.keys():
+        for address in advertised.keys() & last_resort.keys():
+            del last_resort[address]
+        unlearnable |= unlearnable_last_resort & last_resort.keys()
+        for address in (advertised.keys() | last_resort.keys()) & withdrawn.keys():
             del withdrawn[address]
         if unlearnable - self._unlearnable:
             log.warning("routes of flock's protocol that BIRD cannot learn (a next hop not onlink), "
@@ -299,7 +305,7 @@ class NetlinkRoutes:
                         ",".join(sorted(host_prefix(a) for a in unlearnable - self._unlearnable)),
                         self.protocol, self.netns or "-")
         self._unlearnable = unlearnable
-        return KernelRoutes(advertised, withdrawn, frozenset(unlearnable))
+        return KernelRoutes(advertised | last_resort, withdrawn, frozenset(unlearnable), frozenset(last_resort))
 
     def _dump_routes(self, protocol: int) -> tuple[dict[IPAddress, Nexthops], set[IPAddress]]:
         """``protocol``'s routes as flock's table, and those of them BIRD cannot learn."""
@@ -422,8 +428,7 @@ class NetlinkRoutes:
         """The netlink request for ``edit`` and the ifindexes it uses, or why there is none."""
         if isinstance(edit, DeleteRoute):
             # proto: the kernel then never deletes another protocol's route
-            protocol = self.withdrawn_protocol if edit.withdrawn else self.protocol
-            return (RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, protocol)), []
+            return (RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, self._protocol_of(edit))), []
         if not edit.nexthops:
             return RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit)
         indexes = []
@@ -446,7 +451,13 @@ class NetlinkRoutes:
             return (RTM_NEWROUTE, NLM_F_REPLACE, request), indexes
         # A prefix flock does not route yet is added create-exclusive: see the module docstring.
         flags = NLM_F_CREATE | (NLM_F_EXCL if edit.new else NLM_F_REPLACE)
-        return (RTM_NEWROUTE, flags, rtnl.route_request(edit.address.packed, self.protocol, hops)), indexes
+        protocol = self.last_resort_protocol if edit.last_resort else self.protocol
+        return (RTM_NEWROUTE, flags, rtnl.route_request(edit.address.packed, protocol, hops)), indexes
+
+    def _protocol_of(self, edit: DeleteRoute) -> int:
+        if edit.withdrawn:
+            return self.withdrawn_protocol
+        return self.last_resort_protocol if edit.last_resort else self.protocol
 
     def _transact(self, edits: Sequence[RouteEdit], sent: list[tuple[int, list[int]]],
                   requests: list[rtnl.Request]) -> list[int | OSError | None]:
@@ -477,8 +488,8 @@ class NetlinkRoutes:
             if answer in (errno.ESRCH, errno.ENOENT):
                 return None  # already gone
             if isinstance(edit, DeleteRoute):
-                protocol = self.withdrawn_protocol if edit.withdrawn else self.protocol
-                return RouteError(f"{edit} proto {protocol}: {describe_errno(answer)}", edit=edit, errno=answer)
+                return RouteError(f"{edit} proto {self._protocol_of(edit)}: {describe_errno(answer)}",
+                                  edit=edit, errno=answer)
         if answer == errno.EEXIST:
             return RouteError(f"{edit}: a route for {host_prefix(edit.address)} that is not "
                               f"flock's (another rtm_protocol) already exists; flock leaves it alone",

@@ -24,6 +24,14 @@ from flock.core.model import IPAddress
 
 ANNOTATION = "flock.io/anycast"
 
+TERMINATING_ANNOTATION = "flock.io/anycast-terminating"
+"""What a Ready pod that is terminating does when no replica on its node is eligible:
+``last-resort`` (the default) keeps it a next hop, advertised with the AS path prepended,
+so the fabric uses it only while no node has an eligible replica; ``withdraw`` takes it
+out at once, like any terminating pod."""
+LAST_RESORT = "last-resort"
+WITHDRAW = "withdraw"
+
 MAX_ANNOTATION_BYTES = 4096
 """Longest annotation value parsed: 64 full-length IPv6 addresses fit with room to spare."""
 MAX_ANYCAST_PER_POD_LIMIT = 64
@@ -102,3 +110,14 @@ def unusable(address: IPAddress) -> str | None:
     if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
         return "is not a unicast service address (unspecified, loopback, multicast or link-local)"
     return None
+
+
+def parse_terminating(value: str | None) -> tuple[str, str]:
+    """The :data:`TERMINATING_ANNOTATION` policy (``last-resort`` when absent) and, for a
+    value that is neither, what is wrong (the default is used then)."""
+    if value is None or value.strip() == LAST_RESORT:
+        return LAST_RESORT, ""
+    if value.strip() == WITHDRAW:
+        return WITHDRAW, ""
+    return LAST_RESORT, (f"{TERMINATING_ANNOTATION}: {quoted(value)} is neither {LAST_RESORT!r} nor "
+                         f"{WITHDRAW!r}; {LAST_RESORT!r} applies")

@@ -71,6 +71,10 @@ class BirdView:
     """rtm_protocol number of flock's advertised kernel routes: the only ones BIRD learns."""
     withdrawn_route_protocol: int
     """rtm_protocol number of flock's withdrawn routes (mentioned in comments only)."""
+    last_resort_route_protocol: int
+    """rtm_protocol number of flock's routes to last-resort pods: learned, exported prepended."""
+    last_resort_prepend: int
+    """How many times a last-resort route's AS path is prepended with ``asn``."""
     peers: tuple[PeerView, ...]
     """eBGP sessions, sorted by neighbour address (IPv4 first)."""
     pod_cidrs_v4: tuple[str, ...]
@@ -119,6 +123,8 @@ def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork]) -> BirdVie
         asn=config.bird.asn,
         route_protocol=config.route_protocol,
         withdrawn_route_protocol=config.withdrawn_route_protocol,
+        last_resort_route_protocol=config.last_resort_route_protocol,
+        last_resort_prepend=config.last_resort_prepend,
         peers=tuple(_peer_view(p) for p in peers),
         pod_cidrs_v4=_networks(pod_set, 4),
         pod_cidrs_v6=_networks(pod_set, 6),

@@ -106,6 +106,11 @@ class PodStatus:
     does not parse, those of its last annotation that parsed (None: not known)."""
     annotation: ParsedAnnotation | None = None
     """The annotation as written now, parsed (bounded); what is wrong with it is reported."""
+    last_resort: bool = False
+    """Ready and terminating, and its ``flock.io/anycast-terminating`` policy is
+    ``last-resort``: a next hop only while no replica on the node is eligible."""
+    policy_problem: str = ""
+    """What is wrong with its ``flock.io/anycast-terminating`` annotation, if anything."""
 
 
 # The gateway scheme (flock.adapters.plumbing): every host veth carries these link-local

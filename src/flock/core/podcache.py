@@ -9,8 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flock.core.annotation import ANNOTATION, MAX_ANYCAST_PER_POD_LIMIT, parse_anycast
-from flock.core.eligibility import READY_AND_NOT_TERMINATING, ineligibility_reason
+from flock.core.annotation import (
+    ANNOTATION,
+    LAST_RESORT,
+    MAX_ANYCAST_PER_POD_LIMIT,
+    TERMINATING_ANNOTATION,
+    parse_anycast,
+    parse_terminating,
+)
+from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY, ineligibility_reason
 from flock.core.model import IPAddress, PodRef, PodStatus
 
 
@@ -29,13 +36,19 @@ def pod_status(body: Mapping[str, Any], rule: str = READY_AND_NOT_TERMINATING,
     brings nothing back. ``limit``: the most anycast IPs a pod may have.
     """
     reason = ineligibility_reason(body, rule)
-    text = ((body.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ANNOTATION)
     parsed = parse_anycast(text if isinstance(text, str) else None, limit)
     anycast: frozenset[IPAddress] | None = frozenset(parsed.addresses)
     if parsed.error_count:
         anycast = before.anycast if before is not None else None
+    policy_text = annotations.get(TERMINATING_ANNOTATION)
+    policy, problem = parse_terminating(policy_text if isinstance(policy_text, str) else None)
+    ready = ineligibility_reason(body, READY_ONLY) is None
     return PodStatus(ref=pod_ref(body), eligible=reason is None, reason=reason or "",
-                     anycast=anycast, annotation=parsed)
+                     anycast=anycast, annotation=parsed,
+                     last_resort=reason == "terminating" and ready and policy == LAST_RESORT,
+                     policy_problem=problem)
 
 
 class PodCache:

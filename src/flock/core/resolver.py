@@ -59,10 +59,12 @@ class Finding:
 @dataclasses.dataclass(frozen=True)
 class Resolution:
     routes: dict[IPAddress, Nexthops]
-    """anycast IP -> sorted next hops; an IP with no eligible pod is absent."""
+    """anycast IP -> sorted next hops; an IP with no eligible pod (nor last-resort pod) is absent."""
     serving: dict[PodRef, frozenset[IPAddress]]
     """which anycast IPs each pod is a next hop for."""
     findings: tuple[Finding, ...]
+    last_resort: frozenset[IPAddress] = frozenset()
+    """The IPs of ``routes`` that go to last-resort pods (no eligible pod on the node)."""
 
 
 def pod_key(ref: PodRef) -> tuple[str, str]:
@@ -94,6 +96,9 @@ class Contribution:
     """(Event reason, problem) in the order found."""
     unlisted: tuple[tuple[str, int, str], ...] = ()
     """(Event reason, how many problems not described one by one, note)."""
+    fallback: tuple[tuple[IPAddress, Nexthop], ...] = ()
+    """The same for a last-resort pod (Ready, terminating, policy last-resort): used only
+    for IPs no eligible pod of the node serves."""
 
 
 def contribution(allocation: Allocation, status: PodStatus | None,
@@ -116,7 +121,11 @@ def contribution(allocation: Allocation, status: PodStatus | None,
     unlisted: list[tuple[str, int, str]] = []
     if status is not None and status.annotation is not None:
         _annotation_problems(allocation, status.annotation, pools, problems, unlisted)
+    if status is not None and status.policy_problem:
+        problems.append((REJECTED, status.policy_problem))
     hops: list[tuple[IPAddress, Nexthop]] = []
+    fallback: list[tuple[IPAddress, Nexthop]] = []
+    last_resort = status is not None and status.last_resort
     for address in allocation.anycast:
         rejection = pool_rejection(address, pod.namespace, pools)
         if rejection:
@@ -127,9 +136,9 @@ def contribution(allocation: Allocation, status: PodStatus | None,
             problems.append((FAMILY_MISMATCH,
                              f"{address} skipped: the pod has no IPv{address.version} address to route it to"))
             continue
-        if eligible and (listed is None or address in listed):
-            hops.append((address, Nexthop(via=via, dev=allocation.host_ifname)))
-    return Contribution(pod, tuple(hops), tuple(problems), tuple(unlisted))
+        if (eligible or last_resort) and (listed is None or address in listed):
+            (hops if eligible else fallback).append((address, Nexthop(via=via, dev=allocation.host_ifname)))
+    return Contribution(pod, tuple(hops), tuple(problems), tuple(unlisted), tuple(fallback))
 
 
 class DesiredRoutes:
@@ -137,45 +146,61 @@ class DesiredRoutes:
     time: a change costs the addresses it touches, not the node's whole table (10,000
     routes take ~40 ms to combine from scratch).
 
-    ``routes`` is what :func:`combine` gives for the contributions added and not removed.
+    ``routes`` and ``last_resort`` are what :func:`combine` gives for the contributions
+    added and not removed: an address goes to its eligible pods, or, with none, to its
+    last-resort pods (and is then in ``last_resort``).
     """
 
     def __init__(self) -> None:
         self.routes: dict[IPAddress, Nexthops] = {}
+        self.last_resort: set[IPAddress] = set()
         # address -> next hop -> how many contributions give it (a count: two allocations
-        # may give the same next hop, and removing one must keep it)
+        # may give the same next hop, and removing one must keep it); eligible and last-resort
         self._hops: dict[IPAddress, dict[Nexthop, int]] = {}
+        self._fallback: dict[IPAddress, dict[Nexthop, int]] = {}
 
     def replace(self, old: Contribution | None, new: Contribution | None) -> set[IPAddress]:
-        """Take ``old`` out and put ``new`` in; return the addresses whose route changed."""
-        before = old.hops if old is not None else ()
-        after = new.hops if new is not None else ()
-        if before == after:
-            return set()
-        touched = set()
-        for address, hop in before:
-            counts = self._hops[address]
-            counts[hop] -= 1
-            if not counts[hop]:
-                del counts[hop]
-            touched.add(address)
-        for address, hop in after:
-            counts = self._hops.setdefault(address, {})
-            counts[hop] = counts.get(hop, 0) + 1
-            touched.add(address)
+        """Take ``old`` out and put ``new`` in; return the addresses whose route changed
+        (next hops, or whether it is a last resort)."""
+        touched: set[IPAddress] = set()
+        for layer, before, after in (
+                (self._hops, old.hops if old is not None else (), new.hops if new is not None else ()),
+                (self._fallback, old.fallback if old is not None else (), new.fallback if new is not None else ())):
+            if before != after:
+                _count(layer, before, after, touched)
         changed = set()
         for address in touched:
-            left = self._hops.get(address)
-            route = sorted_nexthops(left) if left else None
+            hops = self._hops.get(address) or self._fallback.get(address)
+            route = sorted_nexthops(hops) if hops else None
+            last_resort = route is not None and not self._hops.get(address)
+            if self.routes.get(address) == route and (address in self.last_resort) == last_resort:
+                continue
+            changed.add(address)
             if route is None:
-                self._hops.pop(address, None)
-            if self.routes.get(address) != route:
-                changed.add(address)
-                if route is None:
-                    del self.routes[address]
-                else:
-                    self.routes[address] = route
+                del self.routes[address]
+            else:
+                self.routes[address] = route
+            if last_resort:
+                self.last_resort.add(address)
+            else:
+                self.last_resort.discard(address)
         return changed
+
+
+def _count(layer: dict[IPAddress, dict[Nexthop, int]], before: Iterable[tuple[IPAddress, Nexthop]],
+           after: Iterable[tuple[IPAddress, Nexthop]], touched: set[IPAddress]) -> None:
+    for address, hop in before:
+        counts = layer[address]
+        counts[hop] -= 1
+        if not counts[hop]:
+            del counts[hop]
+            if not counts:
+                del layer[address]
+        touched.add(address)
+    for address, hop in after:
+        counts = layer.setdefault(address, {})
+        counts[hop] = counts.get(hop, 0) + 1
+        touched.add(address)
 
 
 def findings(contributions: Iterable[Contribution]) -> tuple[Finding, ...]:
@@ -196,11 +221,12 @@ def combine(contributions: Iterable[Contribution]) -> Resolution:
     serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
     for part in parts:
         desired.replace(None, part)
-        serving[part.pod].update(address for address, _ in part.hops)
+        serving[part.pod].update(address for address, _ in part.hops + part.fallback)
     return Resolution(
         routes=desired.routes,
         serving={pod: frozenset(addresses) for pod, addresses in serving.items() if addresses},
         findings=findings(parts),
+        last_resort=frozenset(desired.last_resort),
     )
 
 

@@ -29,6 +29,9 @@ class KernelRoutes:
     unlearnable: frozenset[IPAddress] = frozenset()
     """Advertised routes BIRD cannot learn because a next hop is not ``onlink`` (written by
     an older flock, or by hand): they are written again."""
+    last_resort: frozenset[IPAddress] = frozenset()
+    """Advertised routes of ``lastResortRouteProtocol``: to last-resort pods, advertised
+    with the AS path prepended."""
 
     def __contains__(self, address: object) -> bool:
         return address in self.advertised or address in self.withdrawn
@@ -47,10 +50,13 @@ class ReplaceRoute:
     address: IPAddress
     nexthops: Nexthops
     new: bool = False
+    last_resort: bool = False
+    """Tag it ``lastResortRouteProtocol``: BIRD advertises it with the AS path prepended."""
 
     def __str__(self) -> str:
         verb = "add" if self.new else "replace"
-        return f"{verb} {host_prefix(self.address)} " + ", ".join(map(str, self.nexthops))
+        kind = " (last resort)" if self.last_resort else ""
+        return f"{verb} {host_prefix(self.address)} " + ", ".join(map(str, self.nexthops)) + kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,23 +85,27 @@ class DeleteRoute:
 
     address: IPAddress
     withdrawn: bool = False
+    last_resort: bool = False
+    """The advertised route to delete is a last-resort one."""
 
     def __str__(self) -> str:
-        return f"delete {host_prefix(self.address)}" + (" (withdrawn)" if self.withdrawn else "")
+        kind = " (withdrawn)" if self.withdrawn else " (last resort)" if self.last_resort else ""
+        return f"delete {host_prefix(self.address)}{kind}"
 
 
 RouteEdit = ReplaceRoute | WithdrawRoute | DeleteRoute
 
 
-def diff_routes(desired: RouteTable, current: KernelRoutes,
-                only: Collection[IPAddress] | None = None) -> list[ReplaceRoute | WithdrawRoute]:
+def diff_routes(desired: RouteTable, current: KernelRoutes, only: Collection[IPAddress] | None = None,
+                last_resort: Collection[IPAddress] = frozenset()) -> list[ReplaceRoute | WithdrawRoute]:
     """Edits that make ``current`` advertise exactly ``desired``: replaces first, then withdrawals.
 
     Routes hold canonical (sorted) next hops, so equal routes compare equal and produce no
     edit. Edits come in canonical address order, for stable logs and tests. Withdrawn
     routes that are not wanted again are left for :func:`expired` to delete. ``only``:
     look at these addresses alone (the others are known to match), so that a pass costs
-    what changed, not the whole table.
+    what changed, not the whole table. ``last_resort``: the desired routes that go to
+    last-resort pods.
     """
     advertised = current.advertised
     if only is None:
@@ -105,9 +115,10 @@ def diff_routes(desired: RouteTable, current: KernelRoutes,
         wanted = [address for address in only if address in desired]
         unwanted = [address for address in only if address in advertised and address not in desired]
     differing = [address for address in wanted
-                 if advertised.get(address) != desired[address] or address in current.unlearnable]
+                 if advertised.get(address) != desired[address] or address in current.unlearnable
+                 or (address in last_resort) != (address in current.last_resort)]
     replaces: list[ReplaceRoute | WithdrawRoute] = [
-        ReplaceRoute(address, desired[address], new=address not in current)
+        ReplaceRoute(address, desired[address], new=address not in current, last_resort=address in last_resort)
         for address in sorted(differing, key=address_sort_key)
     ]
     withdrawals: list[ReplaceRoute | WithdrawRoute] = [
@@ -127,13 +138,22 @@ def apply_edits(kernel: KernelRoutes, edits: Sequence[RouteEdit]) -> KernelRoute
     advertised = dict(kernel.advertised)
     withdrawn = dict(kernel.withdrawn)
     unlearnable = kernel.unlearnable - {edit.address for edit in edits}
+    last_resort = set(kernel.last_resort)
     for edit in edits:
         if isinstance(edit, ReplaceRoute):
             withdrawn.pop(edit.address, None)
             advertised[edit.address] = edit.nexthops
+            if edit.last_resort:
+                last_resort.add(edit.address)
+            else:
+                last_resort.discard(edit.address)
         elif isinstance(edit, WithdrawRoute):
             advertised.pop(edit.address, None)
+            last_resort.discard(edit.address)
             withdrawn[edit.address] = edit.nexthops
-        else:
-            (withdrawn if edit.withdrawn else advertised).pop(edit.address, None)
-    return KernelRoutes(advertised, withdrawn, unlearnable)
+        elif edit.withdrawn:
+            withdrawn.pop(edit.address, None)
+        elif (edit.address in last_resort) == edit.last_resort:  # a delete of the other kind is a no-op
+            advertised.pop(edit.address, None)
+            last_resort.discard(edit.address)
+    return KernelRoutes(advertised, withdrawn, unlearnable, frozenset(last_resort))

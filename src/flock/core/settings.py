@@ -84,6 +84,14 @@ class AgentConfig:
     """rtm_protocol number of a withdrawn route that still forwards for
     ``withdrawn_linger_seconds`` (BIRD does not learn it). Default (0 here):
     :func:`default_withdrawn_protocol` of ``route_protocol``, 202 for 201."""
+    last_resort_route_protocol: int = 0
+    """rtm_protocol number of a route to last-resort pods (Ready, terminating, their
+    ``flock.io/anycast-terminating`` policy ``last-resort``), which BIRD advertises with
+    the AS path prepended. Default (0 here): the next free number after
+    ``withdrawn_route_protocol`` (203 for 201)."""
+    last_resort_prepend: int = 3
+    """How many times a last-resort route's AS path is prepended with the node's AS (1-16),
+    so that the fabric prefers any node with an eligible replica. Default 3."""
     withdrawn_linger_seconds: float = 2.0
     """How long a withdrawn prefix keeps forwarding to its last pods after BIRD withdrew it,
     so packets the fabric sent before it converged still land. 0.1-60 s. Default 2."""
@@ -106,6 +114,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if not self.withdrawn_route_protocol:
             object.__setattr__(self, "withdrawn_route_protocol", default_withdrawn_protocol(self.route_protocol))
+        if not self.last_resort_route_protocol:
+            object.__setattr__(self, "last_resort_route_protocol", default_last_resort_protocol(
+                self.route_protocol, self.withdrawn_route_protocol))
 
 
 ROUTE_PROTOCOLS = range(5, 256)
@@ -113,6 +124,8 @@ ROUTE_PROTOCOLS = range(5, 256)
 redirect, kernel, boot, static). 12 (BIRD's own) is refused by :func:`parse_config`."""
 RTPROT_BIRD = 12
 """BIRD tags the routes it writes with this; its kernel protocol treats them as its own."""
+MAX_PREPEND = 16
+"""Most times ``lastResortPrepend`` may prepend the AS path."""
 LINGER_SECONDS = (0.1, 60.0)
 """Bounds of ``withdrawnLingerSeconds``."""
 
@@ -123,6 +136,17 @@ def default_withdrawn_protocol(route_protocol: int) -> int:
         if candidate in ROUTE_PROTOCOLS and candidate != RTPROT_BIRD:
             return candidate
     raise AssertionError(route_protocol)  # unreachable: 5-255 has room on one side
+
+
+def default_last_resort_protocol(route_protocol: int, withdrawn_protocol: int) -> int:
+    """The first number after both (before them near 255) that is neither, nor BIRD's 12."""
+    taken = {route_protocol, withdrawn_protocol, RTPROT_BIRD}
+    start = max(route_protocol, withdrawn_protocol)
+    candidates: list[int] = [*range(start + 1, ROUTE_PROTOCOLS.stop), *range(start - 1, ROUTE_PROTOCOLS.start - 1, -1)]
+    for candidate in candidates:
+        if candidate not in taken:
+            return candidate
+    raise AssertionError(route_protocol)  # unreachable: 5-255 has room
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -248,7 +272,8 @@ def _parse_bird(value: Any) -> BirdConfig:
 
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
-    "routeProtocol", "withdrawnRouteProtocol", "withdrawnLingerSeconds", "tickSeconds", "resyncSeconds",
+    "routeProtocol", "withdrawnRouteProtocol", "withdrawnLingerSeconds", "lastResortRouteProtocol",
+    "lastResortPrepend", "tickSeconds", "resyncSeconds",
     "bird", "listen", "eligibility",
     "procPath", "maxAnycastPerPod",
 }
@@ -273,6 +298,15 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
         "withdrawnRouteProtocol")
     if withdrawn_protocol == protocol:
         raise ConfigError(f"withdrawnRouteProtocol: {withdrawn_protocol} must differ from routeProtocol")
+    last_resort_protocol = _route_protocol(
+        data.get("lastResortRouteProtocol", default_last_resort_protocol(protocol, withdrawn_protocol)),
+        "lastResortRouteProtocol")
+    if last_resort_protocol in (protocol, withdrawn_protocol):
+        raise ConfigError(f"lastResortRouteProtocol: {last_resort_protocol} must differ from routeProtocol "
+                          f"and withdrawnRouteProtocol")
+    prepend = data.get("lastResortPrepend", _default(AgentConfig, "last_resort_prepend"))
+    if isinstance(prepend, bool) or not isinstance(prepend, int) or not 1 <= prepend <= MAX_PREPEND:
+        raise ConfigError(f"lastResortPrepend: {prepend!r} must be an integer 1-{MAX_PREPEND}")
     linger = _positive(data.get("withdrawnLingerSeconds", _default(AgentConfig, "withdrawn_linger_seconds")),
                        "withdrawnLingerSeconds")
     if not LINGER_SECONDS[0] <= linger <= LINGER_SECONDS[1]:
@@ -314,6 +348,8 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
         route_protocol=protocol,
         withdrawn_route_protocol=withdrawn_protocol,
         withdrawn_linger_seconds=linger,
+        last_resort_route_protocol=last_resort_protocol,
+        last_resort_prepend=prepend,
         tick_seconds=_positive(data.get("tickSeconds", _default(AgentConfig, "tick_seconds")), "tickSeconds"),
         resync_seconds=_positive(data.get("resyncSeconds", _default(AgentConfig, "resync_seconds")),
                                  "resyncSeconds"),
