@@ -9,15 +9,17 @@ import logging
 import os
 import pathlib
 import sys
+from typing import Any
 
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 
 
-def _options(args: argparse.Namespace, eligibility: str) -> object:
+def _options(args: argparse.Namespace, eligibility: str, datapath: dict[str, Any] | None = None) -> object:
     from flock.lab.scenario import Options
 
     return Options(run_dir=args.run_dir, nodes=args.nodes, replicas=args.replicas, rate=args.rate,
-                   grace=args.grace, detection=args.detection, eligibility=eligibility)
+                   grace=args.grace, detection=args.detection, eligibility=eligibility,
+                   long_lived=getattr(args, "long_lived", 0), datapath=datapath)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     common(up)
     run = actions.add_parser("run", help="up, a rolling restart under load, a report, down")
     common(run)
-    run.add_argument("--compare", action="store_true", help="run flock's rule and the ready-only rule back to back")
+    run.add_argument("--compare", action="store_true",
+                     help="run side by side: ready-only; flock's rule on plain multipath (no pinning); "
+                          "flock's rule with connection pinning (when the agent has it)")
+    run.add_argument("--datapath", choices=("default", "plain", "pinned"), default="default",
+                     help="without --compare: the agents' datapath (default: their own)")
+    run.add_argument("--long-lived", type=int, default=60, metavar="M",
+                     help="long-lived connections kept open through the restart, half IPv4, half IPv6 (0: none)")
     run.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
     down = actions.add_parser("down", help="remove every namespace and process of the lab")
     down.add_argument("--run-dir", type=pathlib.Path, default=pathlib.Path("/run/flock-lab"))
@@ -80,17 +88,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return 0
 
-    rules = [READY_AND_NOT_TERMINATING, READY_ONLY] if args.compare else [args.eligibility]
+    try:
+        runs, note = scenario.variants(args.compare, args.eligibility, args.datapath)
+    except ValueError as exc:
+        print(f"flock lab: {exc}", file=sys.stderr)
+        return 2
     results = {}
-    for rule in rules:
-        print(f"flock lab: running the rolling restart with the {rule} rule ...", file=sys.stderr, flush=True)
-        results[rule] = asyncio.run(scenario.rolling_restart(_options(args, rule)))  # type: ignore[arg-type]
-        print(report.render(results[rule]))
+    for variant in runs:
+        print(f"flock lab: running the rolling restart: {variant.title} ...", file=sys.stderr, flush=True)
+        results[variant.key] = asyncio.run(scenario.rolling_restart(
+            _options(args, variant.eligibility, variant.datapath)))  # type: ignore[arg-type]
+        results[variant.key]["title"] = variant.title
+        print(report.render(results[variant.key]))
         print()
-    figures: dict[str, object] = {"runs": results}
+    figures: dict[str, object] = {"runs": results, "columns": [v.key for v in runs], "note": note}
     if args.compare:
-        print(report.render_compare(results[READY_AND_NOT_TERMINATING], results[READY_ONLY]))
-        figures["comparison"] = report.compare(results[READY_AND_NOT_TERMINATING], results[READY_ONLY])
+        columns = [(v.title, results[v.key]) for v in runs]
+        print(report.render_compare(columns, note))
+        figures["comparison"] = report.compare([(v.key, results[v.key]) for v in runs])
+    elif note and args.datapath != "default":
+        print(note)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0

@@ -6,8 +6,10 @@ pod's own IP from the node (as kubelet's readiness probe does), mark the Pod Rea
 
 Terminate (kubelet's order): the API marks the pod for deletion (``deletionTimestamp``;
 the pod is still Ready); the preStop grace passes with the server still serving; the
-server stops; only after kubelet's detection delay (its pod lifecycle relist) is the pod
-marked not Ready; ``flock-cni`` DEL; the netns goes; the Pod object goes.
+server gets SIGTERM (it stops accepting, finishes what is in flight and closes its
+long-lived connections cleanly: ``flock.lab.podserver``) and exits; only after kubelet's
+detection delay (its pod lifecycle relist) is the pod marked not Ready; ``flock-cni`` DEL;
+the netns goes; the Pod object goes.
 
 kmock deletes an object without finalizers at once, so lab pods carry a finalizer that
 stands in for graceful deletion; the emulator removes it at the very end.
@@ -50,7 +52,9 @@ class LabPod:
     server: subprocess.Popen[bytes] | None = None
     marked_for_deletion: float = 0.0  # time.monotonic() of the deletionTimestamp patch
     server_stopped: float | None = None  # time.monotonic() when its server was told to stop
+    server_exited: float | None = None  # time.monotonic() when its server had exited
     not_ready_sent: float | None = None  # time.monotonic() when the NotReady patch was sent
+    network_removed: float | None = None  # time.monotonic() when CNI DEL was called
 
     @property
     def ipv4(self) -> str:
@@ -129,10 +133,12 @@ class Kubelet:
         if pod.server is not None:
             pod.server_stopped = time.monotonic()
             await asyncio.to_thread(stop_process, pod.server)
+            pod.server_exited = time.monotonic()
             self.fabric.state.forget(pod.server)
         await asyncio.sleep(self.detection)  # kubelet notices the container is gone
         pod.not_ready_sent = time.monotonic()
         await self._patch(pod, {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+        pod.network_removed = time.monotonic()
         await self._cni(pod, "DEL")
         await asyncio.to_thread(self.fabric.state.remove_netns, pod.netns)
         await self._patch(pod, {"metadata": {"finalizers": []}})  # the Pod object goes

@@ -47,13 +47,116 @@ def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[s
             cause = (f"refused: sent while {', '.join(culprits)} still attracted traffic with its server stopped"
                      if culprits else "refused: unexplained (no pod was stopped and still routed then)")
         else:
-            near = [c for c in changes if c["prefix"].split("/")[0] == target
-                    and started - NEAR <= c["at"] <= ended + NEAR]
+            near = sorted((c for c in changes if c["prefix"].split("/")[0] == target
+                           and started - NEAR <= c["at"] <= ended + NEAR), key=lambda c: c["at"])
             cause = (f"{request['outcome']}: in flight while the next hops of {near[0]['prefix']} changed at "
-                     f"{near[0]['where']} (ECMP re-hash moved an existing flow to another pod)" if near
-                     else f"{request['outcome']}: unexplained (no change of {target}'s route nearby)")
+                     f"{near[0]['where']} ({_rehash(near[0]['where'])} moved an existing flow to another pod)"
+                     if near else f"{request['outcome']}: unexplained (no change of {target}'s route nearby)")
         attributed.append({"start": started, "target": target, "outcome": request["outcome"], "cause": cause})
     return attributed
+
+
+def _rehash(where: str) -> str:
+    return "fabric re-hash at the ToR" if where == "ToR" else "node re-hash"
+
+
+# Long-lived connections: how one ends, and why a broken one broke.
+ENDINGS = ("closed", "reset", "stalled", "unreachable", "error", "open")
+BROKEN = ("reset", "stalled", "unreachable", "error")
+CAUSES = (("node", "node re-hash"), ("fabric", "fabric re-hash at the ToR"), ("podGone", "pod gone"),
+          ("unexplained", "unexplained"))
+BEFORE = 0.02  # s: a route change stamped this much before the last answer may still have moved the flow
+AFTER = NEAR  # s: how late a route watch may stamp a change that broke a connection
+
+
+def long_lived_cause(life: Mapping[str, Any], pod: Mapping[str, Any] | None,
+                     changes: Sequence[Mapping[str, Any]]) -> str:
+    """Why a long-lived connection broke: "podGone", "fabric", "node" or "unexplained".
+
+    ``pod``: the pod that served it (its echo answers name it): ``node``, ``networkRemoved``
+    (when its CNI DEL was called), ``torHop`` and ``nodeHop`` (per prefix, the ToR's next hop
+    to its node and its node's next hop to it, as route watches show them). ``changes``:
+    next-hop sets over time at the ToR (``where`` "ToR") and in each node's forwarding table
+    (``where``: the node's name).
+
+    The connection worked until its last answer (``lastOk``) and broke at ``end``: only a
+    change in between can have moved it (the route watches stamp a change when they read
+    it, so up to ``AFTER`` late). Pod gone: its network was removed before it broke.
+    Otherwise a change that took away its path for sure — the ToR's set without its node
+    (fabric), its node's set without its pod (node) — and failing that, the first change
+    of its prefix at the ToR or at its node in the window (a set that grew or changed
+    re-hashes some flows: which ones, only the kernel knows).
+    """
+    prefix = _prefix(life["target"])
+    last = life["lastOk"] if life.get("lastOk") is not None else life["opened"]
+    end = life["end"] if life.get("end") is not None else last
+    if pod is not None and pod.get("networkRemoved") is not None and pod["networkRemoved"] <= end:
+        return "podGone"
+    node = pod["node"] if pod is not None else None
+    window = sorted((c for c in changes if c["prefix"] == prefix and last - BEFORE <= c["at"] <= end + AFTER
+                     and (c["where"] == "ToR" or node is None or c["where"] == node)), key=lambda c: c["at"])
+    if pod is not None:
+        for change in window:
+            if change["where"] == "ToR" and not _has(change["nexthops"], pod["torHop"][prefix]):
+                return "fabric"
+            if change["where"] == node and not _has(change["nexthops"], pod["nodeHop"][prefix]):
+                return "node"
+    if window:
+        return "fabric" if window[0]["where"] == "ToR" else "node"
+    return "unexplained"
+
+
+def _prefix(address: str) -> str:
+    return f"{address}/{128 if ':' in address else 32}"
+
+
+def _has(hops: Sequence[str], start: str) -> bool:
+    return any(hop.startswith(start) for hop in hops)
+
+
+def long_lived_figures(connections: Sequence[Mapping[str, Any]], connect_failures: Sequence[Mapping[str, Any]],
+                       pods: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]],
+                       slots: int) -> dict[str, Any]:
+    """How the long-lived connections ended, broken ones by cause, and their spread over pods.
+
+    A broken connection (reset, stalled, unreachable, error) is counted once, under its
+    cause (:func:`long_lived_cause`), apart for pods that were restarting when it broke
+    (``deletion`` set by then) and pods that were not. Every connection ends exactly one way
+    (``endings``, summing to ``opened``).
+    """
+    by_name = {p["name"]: p for p in pods}
+    endings = Counter(c["outcome"] for c in connections)
+    broken: dict[str, dict[str, int]] = {key: {"notRestarting": 0, "restarting": 0} for key, _ in CAUSES}
+    details = []
+    for life in connections:
+        if life["outcome"] not in BROKEN:
+            continue
+        pod = by_name.get(life.get("servedBy") or "")
+        cause = long_lived_cause(life, pod, changes)
+        end = life["end"] if life.get("end") is not None else life["opened"]
+        restarting = pod is not None and pod.get("deletion") is not None and pod["deletion"] <= end
+        broken[cause]["restarting" if restarting else "notRestarting"] += 1
+        details.append({"slot": life["slot"], "target": life["target"], "localPort": life.get("localPort"),
+                        "servedBy": life.get("servedBy") or "", "outcome": life["outcome"], "cause": cause,
+                        "restarting": restarting, "opened": life["opened"], "lastOk": life.get("lastOk"),
+                        "end": end})
+    initial = [c for c in connections if c.get("initial")]
+    node_of = {p["name"]: p["node"] for p in pods}
+    return {
+        "slots": slots,
+        "opened": len(connections),
+        "openedAtStart": len(initial),
+        "endings": {kind: endings.get(kind, 0) for kind in ENDINGS},
+        "broken": broken,
+        "brokenTotal": sum(endings.get(kind, 0) for kind in BROKEN),
+        "brokenDetails": details,
+        "connectFailures": dict(Counter(f["outcome"] for f in connect_failures)),
+        "spread": {
+            "atStart": dict(sorted(Counter(c["servedBy"] or "-" for c in initial).items())),
+            "atStartByNode": dict(sorted(Counter(node_of.get(c["servedBy"], "-") for c in initial).items())),
+            "all": dict(sorted(Counter(c["servedBy"] or "-" for c in connections).items())),
+        },
+    }
 
 
 def latency_figures(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -89,7 +192,8 @@ def _ms(seconds: float | None) -> str:
 def render(report: Mapping[str, Any]) -> str:
     r = report["requests"]
     lines = [
-        f"flock lab — rolling restart of {report['replicas']} replicas, eligibility rule: {report['eligibility']}",
+        f"flock lab — rolling restart of {report['replicas']} replicas, eligibility rule: {report['eligibility']}, "
+        f"datapath: {_datapath(report.get('datapath'))}",
         f"  load: {report['rate']:g} new TCP connections/s per address family to {', '.join(report['anycast'])}",
         "",
         f"  requests   {r['total']:>7}   ok {r['ok']}   failed {r['failed']} ({r['failedPercent']:.3f}%)",
@@ -119,18 +223,62 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("  where the failures came from:")
         for cause, count in causes.most_common():
             lines.append(f"    {count:>5}  {cause}")
+    served = r.get("servedBy") or {}
+    if served:
+        lines.append("  new connections per pod: " + ", ".join(f"{pod} {n}" for pod, n in sorted(served.items())))
+    lines += render_long_lived(report.get("longLived"))
     return "\n".join(lines)
 
 
-def compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> dict[str, Any]:
-    a, b = flock["requests"], ready_only["requests"]
-    ratio = (a["failed"] / b["failed"]) if b["failed"] else None
-    return {
-        "flockFailed": a["failed"], "flockTotal": a["total"], "flockFailedPercent": a["failedPercent"],
-        "readyOnlyFailed": b["failed"], "readyOnlyTotal": b["total"], "readyOnlyFailedPercent": b["failedPercent"],
-        "ratio": round(ratio, 4) if ratio is not None else None,
-        "flockLatencyMax": flock["latency"]["max"], "readyOnlyLatencyMax": ready_only["latency"]["max"],
-    }
+def _datapath(datapath: Mapping[str, Any] | None) -> str:
+    if not datapath:
+        return "the agent's default"
+    return ", ".join(f"{key} {value}" for key, value in datapath.items())
+
+
+def render_long_lived(figures: Mapping[str, Any] | None) -> list[str]:
+    if not figures:
+        return []
+    spread = figures["spread"]
+    endings = figures["endings"]
+    failures = ", ".join(f"{kind} {n}" for kind, n in sorted(figures["connectFailures"].items())) or "none"
+    lines = [
+        "",
+        f"  long-lived connections: {figures['slots']} kept open (an echo every 100 ms; a connection that ends "
+        "is opened again)",
+        "    at the start, per pod: " + ", ".join(f"{pod} {n}" for pod, n in spread["atStart"].items())
+        + " (per node: " + ", ".join(f"{node} {n}" for node, n in spread["atStartByNode"].items()) + ")",
+        f"    opened {figures['opened']} ({figures['openedAtStart']} at the start); "
+        f"connection attempts that failed: {failures}",
+        f"    ended: closed cleanly by the server {endings['closed']}, broken {figures['brokenTotal']} ("
+        + ", ".join(f"{kind} {endings[kind]}" for kind in BROKEN) + f"), still open at the end {endings['open']}",
+        f"    broken, by cause{'':<20}{'pod not restarting':>20}{'pod restarting':>18}",
+    ]
+    for key, label in CAUSES:
+        counts = figures["broken"][key]
+        lines.append(f"      {label:<32}{counts['notRestarting']:>20}{counts['restarting']:>18}")
+    return lines
+
+
+def compare(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The figures a comparison is judged by, per run (``runs``: (key, report), the
+    ready-only run first), and each flock run's failures as a share of the ready-only run's."""
+    figures: dict[str, Any] = {}
+    baseline = runs[0][1]["requests"]["failed"] if runs else 0
+    for key, report in runs:
+        requests, long_lived = report["requests"], report.get("longLived") or {}
+        broken = long_lived.get("broken") or {}
+        figures[key] = {
+            "failed": requests["failed"], "total": requests["total"], "failedPercent": requests["failedPercent"],
+            "failedRatioToFirst": round(requests["failed"] / baseline, 4) if baseline else None,
+            "latencyMax": report["latency"]["max"],
+            "longLivedOpened": long_lived.get("opened"),
+            "longLivedClosedCleanly": (long_lived.get("endings") or {}).get("closed"),
+            "longLivedBroken": long_lived.get("brokenTotal"),
+            "longLivedBrokenNotRestarting": {cause: counts["notRestarting"] for cause, counts in broken.items()},
+            "longLivedBrokenRestarting": {cause: counts["restarting"] for cause, counts in broken.items()},
+        }
+    return figures
 
 
 def _share(report: Mapping[str, Any], key: str) -> str:
@@ -138,23 +286,59 @@ def _share(report: Mapping[str, Any], key: str) -> str:
     return f"{_ms(share.get('p50'))} / {_ms(share.get('max'))}"
 
 
-def render_compare(flock: Mapping[str, Any], ready_only: Mapping[str, Any]) -> str:
-    c = compare(flock, ready_only)
+def _spread(counts: Mapping[str, int]) -> str:
+    return " / ".join(str(n) for _, n in sorted(counts.items())) or "-"
+
+
+def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = "") -> str:
+    """Runs side by side: ``runs`` is (column title, report), the ready-only run first."""
+    reports = [r for _, r in runs]
+
+    def row(name: str, value: Any) -> tuple[str, ...]:
+        return (name, *[value(r) for r in reports])
+
+    def long_lived(r: Mapping[str, Any], *path: str) -> str:
+        value: Any = r.get("longLived")
+        for key in path:
+            value = (value or {}).get(key)
+        return "-" if value is None else str(value)
+
     rows = [
-        ("requests", str(c["flockTotal"]), str(c["readyOnlyTotal"])),
-        ("failed", f"{c['flockFailed']} ({c['flockFailedPercent']:.3f}%)",
-         f"{c['readyOnlyFailed']} ({c['readyOnlyFailedPercent']:.3f}%)"),
-        *[(f"  {kind}", str(flock["requests"]["failures"][kind]), str(ready_only["requests"]["failures"][kind]))
-          for kind in FAILURE_KINDS],
-        ("withdrawal p50", _ms(flock["latency"]["p50"]), _ms(ready_only["latency"]["p50"])),
-        ("withdrawal max", _ms(flock["latency"]["max"]), _ms(ready_only["latency"]["max"])),
-        *[(f"  {label} p50 / max", _share(flock, key), _share(ready_only, key))
+        row("requests", lambda r: str(r["requests"]["total"])),
+        row("failed", lambda r: f"{r['requests']['failed']} ({r['requests']['failedPercent']:.3f}%)"),
+        *[row(f"  {kind}", lambda r, kind=kind: str(r["requests"]["failures"][kind])) for kind in FAILURE_KINDS],
+        row("withdrawal p50", lambda r: _ms(r["latency"]["p50"])),
+        row("withdrawal max", lambda r: _ms(r["latency"]["max"])),
+        *[row(f"  {label} p50 / max", lambda r, key=key: _share(r, key))
           for key, label in (("api", "API share"), ("node", "event->node route"), ("tor", "event->ToR route"))],
-        ("ToR route changes", str(flock["torRouteChanges"]), str(ready_only["torRouteChanges"])),
+        row("ToR route changes", lambda r: str(r["torRouteChanges"])),
+        row("node forwarding changes", lambda r: str(r.get("nodeRouteChanges", "-"))),
+        ("",) * (1 + len(reports)),
+        row("long-lived connections opened", lambda r: long_lived(r, "opened")),
+        row("  at the start, per pod", lambda r: _spread(((r.get("longLived") or {}).get("spread") or {})
+                                                         .get("atStart") or {})),
+        row("  closed cleanly by the server", lambda r: long_lived(r, "endings", "closed")),
+        row("  broken (reset, stalled...)", lambda r: long_lived(r, "brokenTotal")),
+        row("    pod not restarting:", lambda r: ""),
+        *[row(f"      {label}", lambda r, key=key: long_lived(r, "broken", key, "notRestarting"))
+          for key, label in CAUSES],
+        row("    pod restarting:", lambda r: ""),
+        *[row(f"      {label}", lambda r, key=key: long_lived(r, "broken", key, "restarting"))
+          for key, label in CAUSES],
+        row("  open at the end", lambda r: long_lived(r, "endings", "open")),
     ]
     width = max(len(r[0]) for r in rows) + 2
-    out = [f"{'':<{width}}{'flock rule':>22}{'ready-only rule':>22}"]
-    out += [f"{name:<{width}}{a:>22}{b:>22}" for name, a, b in rows]
-    if c["ratio"] is not None:
-        out.append(f"\nflock's rule failed {c['ratio'] * 100:.1f}% as many requests as the ready-only rule.")
+    column = max(22, *(len(title) + 2 for title, _ in runs))
+    out = [f"{'':<{width}}" + "".join(f"{title:>{column}}" for title, _ in runs)]
+    out += [f"{r[0]:<{width}}" + "".join(f"{v:>{column}}" for v in r[1:]) for r in rows]
+    pods = sorted(((reports[0].get("longLived") or {}).get("spread") or {}).get("atStart") or {}) if reports else []
+    if pods:
+        out.append(f"\n(at the start, per pod: {' / '.join(pods)})")
+    baseline = reports[0]["requests"]["failed"] if reports else 0
+    for title, report in runs[1:]:
+        if baseline:
+            out.append(f"{title} failed {100.0 * report['requests']['failed'] / baseline:.1f}% as many requests "
+                       f"as {runs[0][0]}.")
+    if note:
+        out.append(note)
     return "\n".join(out)

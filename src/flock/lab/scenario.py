@@ -2,7 +2,8 @@
 
 Default: 3 replicas of one anycast service (v4 and v6), two on node-a (a multipath
 route) and one on node-b; HTTP load from the client netns through the ToR, a new TCP
-connection per request; every replica restarted in turn (terminate, then its
+connection per request, and long-lived connections (an echo every 100 ms) opened before
+the restart and kept through it; every replica restarted in turn (terminate, then its
 replacement on the same node).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from flock.core.eligibility import READY_AND_NOT_TERMINATING
+from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 from flock.lab import report as reports
 from flock.lab.apiserver import WATCH_LOG
 from flock.lab.kubelet import Kubelet, LabPod
@@ -53,6 +54,70 @@ class Options:
     warmup: float = 2.0
     settle: float = 1.0
     eligibility: str = READY_AND_NOT_TERMINATING
+    long_lived: int = 60  # long-lived connections kept open, half IPv4, half IPv6
+    datapath: dict[str, Any] | None = None  # the agents' `datapath` config key (None: their default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One column of a comparison: an eligibility rule and a datapath."""
+
+    key: str  # "ready-only", "flock-plain", "flock-pinned"
+    title: str
+    eligibility: str
+    datapath: dict[str, Any] | None
+
+
+# The seed's datapath: plain multipath routes, no connection pinning. Each key is written
+# only if the agent knows it (datapath_keys()).
+PLAIN = {"connectionPinning": False, "nexthopGroups": "multipath"}
+PINNED = {"connectionPinning": True}
+
+
+def datapath_keys() -> set[str]:
+    """The ``datapath`` keys this checkout's agent accepts (empty: it has no such key)."""
+    from flock.core.settings import parse_config
+    from flock.errors import ConfigError
+
+    known = set()
+    for key, value in {**PLAIN, **PINNED}.items():
+        probe = {"nodeName": "probe", "bird": {"routerId": "192.0.2.1", "asn": 65000}, "datapath": {key: value}}
+        try:
+            parse_config(probe, {})
+        except ConfigError:
+            continue
+        known.add(key)
+    return known
+
+
+def variants(compare: bool, eligibility: str = READY_AND_NOT_TERMINATING, datapath: str = "default",
+             known: set[str] | None = None) -> tuple[list[Variant], str]:
+    """The runs to make, and a note on any the agent cannot do yet.
+
+    ``compare``: ready-only (plain multipath), flock's rule with plain multipath and no
+    pinning (the seed's datapath), flock's rule with pinning (flock's datapath). Without
+    the agent's ``datapath.connectionPinning`` key the last is left out (and said so).
+    Otherwise one run: ``eligibility`` with ``datapath`` "default" (the agent's own),
+    "plain" or "pinned".
+    """
+    known = datapath_keys() if known is None else known
+    plain = {k: v for k, v in PLAIN.items() if k in known} or None
+    pinned = {k: v for k, v in PINNED.items() if k in known} or None
+    missing = "" if "connectionPinning" in known else (
+        "flock, pinned: not run — this agent has no datapath.connectionPinning key yet "
+        "(flock's rule ran on the datapath it has: plain multipath).")
+    if compare:
+        runs = [Variant("ready-only", "ready-only", READY_ONLY, plain),
+                Variant("flock-plain", "flock, plain multipath", READY_AND_NOT_TERMINATING, plain)]
+        if pinned is not None:
+            runs.append(Variant("flock-pinned", "flock, pinned", READY_AND_NOT_TERMINATING, pinned))
+        return runs, missing
+    chosen = {"default": None, "plain": plain, "pinned": pinned}[datapath]
+    if datapath == "pinned" and pinned is None:
+        raise ValueError(f"--datapath pinned: {missing}")
+    title = ("ready-only" if eligibility == READY_ONLY else "flock") + (
+        "" if datapath == "default" else f", {datapath}")
+    return [Variant(f"{eligibility}-{datapath}", title, eligibility, chosen)], ""
 
 
 def placement(options: Options) -> list[int]:
@@ -80,7 +145,7 @@ def has_hop(hops: frozenset[str], start: str) -> bool:
 
 
 async def up(options: Options) -> tuple[Fabric, Kubelet, aiohttp.ClientSession, dict[int, LabPod]]:
-    fabric = await asyncio.to_thread(build, options.run_dir, options.nodes, options.eligibility)
+    fabric = await asyncio.to_thread(build, options.run_dir, options.nodes, options.eligibility, options.datapath)
     session = aiohttp.ClientSession()
     try:
         kubelet = Kubelet(fabric, session, ", ".join(ANYCAST), grace=options.grace, detection=options.detection)
@@ -120,12 +185,23 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
     for node in fabric.nodes:
         # flock's advertised routes only: a withdrawn (re-tagged) route no longer attracts traffic.
         watches[node.spec.name] = RouteWatch(node.spec.netns, PREFIXES, protocol=ROUTE_PROTOCOL)
-    results = options.run_dir / "load.json"
+    # What each node forwards with, whatever the route's protocol (a withdrawn route still
+    # forwards): a change of these next hops re-hashes the node's flows.
+    forwarding = {node.spec.name: RouteWatch(node.spec.netns, PREFIXES) for node in fabric.nodes}
+    results, streams_out = options.run_dir / "load.json", options.run_dir / "streams.json"
+    streams = None
+    if options.long_lived > 0:
+        streams = await asyncio.to_thread(
+            fabric.state.spawn,
+            [python(), "-m", "flock.lab.streams", *[f"--target={a}" for a in ANYCAST],
+             "--count", str(options.long_lived), "--out", str(streams_out)],
+            options.run_dir / "streams.log", fabric.names.client)
     load = await asyncio.to_thread(
         fabric.state.spawn,
         [python(), "-m", "flock.lab.load", *[f"--target={a}" for a in ANYCAST], "--rate", str(options.rate),
          "--out", str(results)], options.run_dir / "load.log", fabric.names.client)
     terminated: list[dict[str, Any]] = []
+    every_pod = list(pods.values())
     try:
         await asyncio.sleep(options.warmup)
         for slot in sorted(pods):
@@ -135,6 +211,7 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
             terminated.append({"pod": old, "lastOnNode": not others_on_node})
             generation = int(old.name.rsplit("-", 1)[1]) + 1
             pods[slot] = await kubelet.start_pod(f"web-{slot}-{generation}", old.node)
+            every_pod.append(pods[slot])
             back = {old.node}
             await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, fabric, back), 30,
                                     f"the ToR routing to {old.node.spec.name} again")
@@ -142,13 +219,26 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
         await asyncio.sleep(options.warmup)
     finally:
         await asyncio.to_thread(stop_process, load, 30)
-        for watch in watches.values():
+        if streams is not None:
+            await asyncio.to_thread(stop_process, streams, 30)
+        for watch in [*watches.values(), *forwarding.values()]:
             watch.close()
     requests = json.loads(results.read_text()) if results.exists() else []
+    long_lived = json.loads(streams_out.read_text()) if streams_out.exists() else None
     events = await kubelet.events()
     deliveries = watch_deliveries(options.run_dir / WATCH_LOG)
-    return {"labId": fabric.names.lab_id,
-            **build_report(options, requests, terminated, watches, events, deliveries)}
+    return {"labId": fabric.names.lab_id, "datapath": options.datapath, "hashSeeds": fabric.hash_seeds,
+            **build_report(options, requests, terminated, watches, events, deliveries,
+                           forwarding=forwarding, long_lived=long_lived, every_pod=every_pod)}
+
+
+def pod_timeline(pod: LabPod) -> dict[str, Any]:
+    """What the long-lived attribution needs of a pod: its node, when it was marked for
+    deletion and lost its network, and the next hops that lead to it (ToR, node)."""
+    return {"name": pod.name, "node": pod.node.spec.name,
+            "deletion": pod.marked_for_deletion or None, "networkRemoved": pod.network_removed,
+            "torHop": {p: tor_hop(pod.node, p) for p in PREFIXES},
+            "nodeHop": {p: pod_hop(pod, p) for p in PREFIXES}}
 
 
 def watch_deliveries(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -184,7 +274,9 @@ def shares(pod: LabPod, deliveries: list[dict[str, Any]], node_at: float | None,
 
 def build_report(options: Options, requests: list[dict[str, Any]], terminated: list[dict[str, Any]],
                  watches: dict[str, RouteWatch], events: list[dict[str, Any]],
-                 deliveries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 deliveries: list[dict[str, Any]] | None = None, *,
+                 forwarding: dict[str, RouteWatch] | None = None, long_lived: dict[str, Any] | None = None,
+                 every_pod: list[LabPod] | None = None) -> dict[str, Any]:
     pods = []
     stopped: list[dict[str, Any]] = []  # when each terminated pod had no server
     for item in terminated:
@@ -205,8 +297,14 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         if pod.server_stopped is not None:
             withdrawn = None if latency is None else t0 + latency
             stopped.append({"pod": pod.name, "from": pod.server_stopped, "to": withdrawn})
-    changes = [{"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
-               for where, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
+    changes: list[dict[str, Any]] = [
+        {"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
+        for where, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
+    # What moves flows: the ToR's next hops and each node's forwarding ones.
+    rehashes = [c for c in changes if c["where"] == "ToR"] + [
+        {"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
+        for where, watch in (forwarding or {}).items() for p in PREFIXES for c in watch.history(p)]
+    rehashes.sort(key=lambda c: c["at"])
     flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
     samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
                f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]
@@ -215,9 +313,14 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         "anycast": list(ANYCAST), "requests": reports.request_figures(requests),
         "pods": pods, "latency": reports.latency_figures(pods), "shares": reports.share_figures(pods),
         "torRouteChanges": len([c for c in changes if c["where"] == "ToR"]),
+        "nodeRouteChanges": len([c for c in rehashes if c["where"] != "ToR"]) if forwarding else None,
         "routeChanges": sorted(changes, key=lambda c: c["at"]),
+        "forwardingChanges": [c for c in rehashes if c["where"] != "ToR"],
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
-        "attributed": reports.attribute(requests, changes, stopped),
+        "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped),
+        "longLived": None if long_lived is None else reports.long_lived_figures(
+            long_lived["connections"], long_lived["connectFailures"], [pod_timeline(p) for p in every_pod or []],
+            rehashes, options.long_lived),
         "measuredAt": time.time(),
     }
 

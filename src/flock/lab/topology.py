@@ -261,14 +261,19 @@ class Fabric:
     tor_bird: subprocess.Popen[bytes]
     nodes: list[Node]
     client_link: Link
+    hash_seeds: list[int]  # fib_multipath_hash_seed of the ToR, then of each node
 
     @property
     def run_dir(self) -> pathlib.Path:
         return self.state.run_dir
 
 
-def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
-    """Bring the whole fabric up and wait until every BGP session is established."""
+def build(run_dir: pathlib.Path, node_count: int, eligibility: str,
+          datapath: dict[str, Any] | None = None) -> Fabric:
+    """Bring the whole fabric up and wait until every BGP session is established.
+
+    ``datapath``: the agents' ``datapath`` config key (None: not written, the agent's default).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     names = Names(secrets.token_hex(3))
     (run_dir / "lab-id").write_text(names.lab_id + "\n")  # before anything that `down` must find
@@ -276,11 +281,13 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
     state.save()
     specs = node_specs(node_count, names)
     tor, client = names.tor, names.client
+    seeds = hash_seeds(1 + node_count)
 
     state.add_netns(tor)
     sysctl(tor, "net.ipv4.ip_forward", "1")
     sysctl(tor, "net.ipv6.conf.all.forwarding", "1")
     hash_fields(tor)
+    hash_seed(tor, seeds[0])
     state.add_netns(client)
     client_link = connect(tor, client, CLIENT_LINK)
     sh("ip", "route", "add", "default", "via", str(client_link.a_v4.ip), netns=client)
@@ -294,6 +301,7 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str) -> Fabric:
         # Strict reverse-path filtering, as many production nodes run; flock sets its veths loose.
         sysctl(spec.netns, "net.ipv4.conf.all.rp_filter", "1")
         sysctl(spec.netns, "net.ipv4.conf.default.rp_filter", "1")
+        hash_seed(spec.netns, seeds[1 + spec.index])  # the agent sets the policy and fields
 
     neighbors = [(str(s.link.b_v4.ip), s.asn) for s in specs] + [(str(s.link.b_v6.ip), s.asn) for s in specs]
     tor_dir = run_dir / "tor"
@@ -316,8 +324,8 @@ contexts: [{{name: lab, context: {{cluster: lab, user: lab, namespace: default}}
 current-context: lab
 """)
 
-    nodes = [start_node(state, spec, run_dir, kubeconfig, eligibility) for spec in specs]
-    fabric = Fabric(state, names, api_url, api, tor_bird, nodes, client_link)
+    nodes = [start_node(state, spec, run_dir, kubeconfig, eligibility, datapath) for spec in specs]
+    fabric = Fabric(state, names, api_url, api, tor_bird, nodes, client_link, seeds)
     wait_for(lambda: bgp_established(tor_dir / "bird.ctl", 2 * len(specs)), 60, "BGP sessions ToR <-> nodes")
     return fabric
 
@@ -337,8 +345,33 @@ def hash_fields(netns: str) -> None:
             sysctl(netns, f"net.{family}.fib_multipath_hash_policy", "1")
 
 
+def hash_seeds(count: int) -> list[int]:
+    """``count`` distinct random non-zero ECMP hash seeds (0 would mean the kernel's default)."""
+    seeds: list[int] = []
+    while len(seeds) < count:
+        seed = secrets.randbits(32)
+        if seed and seed not in seeds:
+            seeds.append(seed)
+    return seeds
+
+
+def hash_seed(netns: str, seed: int) -> None:
+    """This namespace's own ECMP hash seed.
+
+    Every namespace of the lab shares one kernel: with the same seed and the same 5-tuple,
+    a node would re-use the ToR's decision and the flows the ToR sends it would pile onto
+    one of its pods. ``net.ipv4.fib_multipath_hash_seed`` (per netns, kernel 6.11+) seeds
+    the IPv6 multipath hash too; there is no ``net.ipv6`` one. Best effort: an older
+    kernel has none (the lab then shows the polarisation in its spread over pods).
+    """
+    try:
+        sysctl(netns, "net.ipv4.fib_multipath_hash_seed", str(seed))
+    except RuntimeError as exc:
+        print(f"flock lab: no per-namespace ECMP hash seed on this kernel ({exc})", file=sys.stderr)
+
+
 def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: pathlib.Path,
-               eligibility: str) -> Node:
+               eligibility: str, datapath: dict[str, Any] | None = None) -> Node:
     directory = run_dir / spec.name
     (directory / "state").mkdir(parents=True, exist_ok=True)
     bird_conf, bird_ctl = directory / "bird.conf", directory / "bird.ctl"
@@ -355,6 +388,8 @@ def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: 
                  "asn": spec.asn, "peers": [{"address": str(spec.link.a_v4.ip), "asn": TOR_ASN},
                                             {"address": str(spec.link.a_v6.ip), "asn": TOR_ASN}]},
     }
+    if datapath is not None:
+        config["datapath"] = datapath
     (directory / "agent.yaml").write_text(yaml.safe_dump(config))
     # The static flock-cni this checkout built (make -C cni-shim; scripts/install.sh runs it).
     install_cni(directory / "cni" / "bin", directory / "cni" / "net.d", str(directory / "cni.sock"))
