@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flock.lab.report import long_lived_cause, long_lived_figures, render_compare, render_long_lived
+from flock.lab.report import (
+    long_lived_cause,
+    long_lived_figures,
+    reaching_changes,
+    render_compare,
+    render_long_lived,
+)
 from flock.lab.scenario import PINNED, PLAIN, variants
 
 V4, V6 = "198.51.100.10/32", "2001:db8:100::10/128"
@@ -95,6 +101,21 @@ def test_figures_add_up_and_split_restarting_pods_from_others() -> None:
     text = "\n".join(render_long_lived(figures))
     assert "at the start, per pod: web-0-1 2, web-1-1 3, web-2-1 1 (per node: node-a 5, node-b 1)" in text
     assert "closed cleanly by the server 1, broken 5" in text
+
+
+def test_a_node_the_tor_does_not_route_to_moves_nothing() -> None:
+    tor_hops = {"node-a": {V4: TOR_A}, "node-b": {V4: TOR_B}}
+    changes = [
+        change(1.0, "node-a", POD_A1 + "flock1"),  # the ToR routes to both nodes: kept
+        change(2.0, "ToR", TOR_A),  # node-b withdrawn
+        change(2.5, "node-b"),  # node-b deletes its withdrawn route: nothing reaches it
+        change(3.0, "node-b", POD_B0 + "flock3"),  # its new pod, before the ToR comes back
+        change(3.001, "ToR", TOR_A, TOR_B),
+        change(4.0, "node-b", POD_B0 + "flock3", POD_B0 + "flock4"),  # routed again: kept
+        change(5.0, "node-c", "via 203.0.113.130 dev flock5"),  # a node of unknown hops: kept
+    ]
+    kept = reaching_changes(changes, {V4: [TOR_A, TOR_B]}, tor_hops)
+    assert [c["at"] for c in kept] == [1.0, 2.0, 3.001, 4.0, 5.0]
 
 
 def report(failed: int, figures: dict[str, Any] | None) -> dict[str, Any]:

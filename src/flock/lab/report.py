@@ -69,6 +69,28 @@ BEFORE = 0.02  # s: a route change stamped this much before the last answer may 
 AFTER = NEAR  # s: how late a route watch may stamp a change that broke a connection
 
 
+def reaching_changes(changes: Sequence[Mapping[str, Any]], tor_start: Mapping[str, Sequence[str]],
+                     tor_hops: Mapping[str, Mapping[str, str]]) -> list[Mapping[str, Any]]:
+    """The changes that can have moved a flow: every change at the ToR (``where`` "ToR"),
+    and a node's change only while the ToR routed that prefix to the node (``tor_hops``:
+    per node, per prefix, the ToR's next hop to it; ``tor_start``: the ToR's next hops per
+    prefix before its first change). A node the fabric no longer sends a prefix to — a
+    withdrawn node deleting its route, or adding its new pod just before the ToR comes
+    back to it — moves nothing. A node of unknown hops is kept."""
+    tor = sorted((c for c in changes if c["where"] == "ToR"), key=lambda c: c["at"])
+    kept = []
+    for change in sorted(changes, key=lambda c: c["at"]):
+        if change["where"] != "ToR":
+            prefix = change["prefix"]
+            before = [c for c in tor if c["prefix"] == prefix and c["at"] <= change["at"]]
+            routed = before[-1]["nexthops"] if before else tor_start.get(prefix, ())
+            hop = (tor_hops.get(change["where"]) or {}).get(prefix)
+            if hop is not None and not _has(routed, hop):
+                continue
+        kept.append(change)
+    return kept
+
+
 def long_lived_cause(life: Mapping[str, Any], pod: Mapping[str, Any] | None,
                      changes: Sequence[Mapping[str, Any]]) -> str:
     """Why a long-lived connection broke: "podGone", "fabric", "node" or "unexplained".

@@ -72,6 +72,7 @@ class RouteWatch:
         self._sock = route_socket(netns, links=True)  # bound first: no change after the reads below is missed
         self._names = link_names(netns)
         self.current = {p: nexthops(netns, p, protocol) for p in self.prefixes}
+        self.initial = dict(self.current)  # the next hops when the watch started
         self._thread = threading.Thread(target=self._run, name=f"routewatch-{netns}", daemon=True)
         self._thread.start()
 

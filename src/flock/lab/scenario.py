@@ -301,10 +301,14 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         {"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
         for where, watch in watches.items() for p in PREFIXES for c in watch.history(p)]
     # What moves flows: the ToR's next hops and each node's forwarding ones.
-    rehashes = [c for c in changes if c["where"] == "ToR"] + [
+    moves = [c for c in changes if c["where"] == "ToR"] + [
         {"at": c.at, "prefix": c.prefix, "where": where, "nexthops": sorted(c.nexthops)}
         for where, watch in (forwarding or {}).items() for p in PREFIXES for c in watch.history(p)]
-    rehashes.sort(key=lambda c: c["at"])
+    tor_start = {p: sorted(hops) for p, hops in watches["ToR"].initial.items()}
+    tor_hops = {node.spec.name: {p: tor_hop(node, p) for p in PREFIXES}
+                for node in {pod.node for pod in every_pod or []}}
+    # ... those that can have moved a flow (a node's only while the ToR sends it traffic).
+    rehashes = reports.reaching_changes(moves, tor_start, tor_hops)
     flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
     samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
                f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]
@@ -313,9 +317,12 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
         "anycast": list(ANYCAST), "requests": reports.request_figures(requests),
         "pods": pods, "latency": reports.latency_figures(pods), "shares": reports.share_figures(pods),
         "torRouteChanges": len([c for c in changes if c["where"] == "ToR"]),
-        "nodeRouteChanges": len([c for c in rehashes if c["where"] != "ToR"]) if forwarding else None,
+        "nodeRouteChanges": len([c for c in moves if c["where"] != "ToR"]) if forwarding else None,
         "routeChanges": sorted(changes, key=lambda c: c["at"]),
-        "forwardingChanges": [c for c in rehashes if c["where"] != "ToR"],
+        "routeStart": {where: {p: sorted(hops) for p, hops in watch.initial.items()}
+                       for where, watch in {**watches, **{f"{n} (forwarding)": w
+                                                          for n, w in (forwarding or {}).items()}}.items()},
+        "forwardingChanges": sorted((c for c in moves if c["where"] != "ToR"), key=lambda c: c["at"]),
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
         "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped),
         "longLived": None if long_lived is None else reports.long_lived_figures(
