@@ -352,7 +352,7 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
     width = max(len(r[0]) for r in rows) + 2
     column = max(22, *(len(title) + 2 for title, _ in runs))
     out = [f"{'':<{width}}" + "".join(f"{title:>{column}}" for title, _ in runs)]
-    out += [f"{r[0]:<{width}}" + "".join(f"{v:>{column}}" for v in r[1:]) for r in rows]
+    out += [(f"{r[0]:<{width}}" + "".join(f"{v:>{column}}" for v in r[1:])).rstrip() for r in rows]
     pods = sorted(((reports[0].get("longLived") or {}).get("spread") or {}).get("atStart") or {}) if reports else []
     if pods:
         out.append(f"\n(at the start, per pod: {' / '.join(pods)})")
