@@ -117,6 +117,9 @@ class Agent:
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()
         self.cni.pod_cidrs = self.pod_cidrs
+        # bird.conf depends on the peers, pools and pod CIDRs only: apply it now, not in the
+        # first pass (passes retry if BIRD refuses it).
+        await self.reconciler.configure_bird()
         # A new agent's pod cache is empty: a pass now would withdraw every anycast IP the
         # previous agent left routed and advertised, and put each back as the watch
         # delivers its pods. So nothing is routed or withdrawn before one full LIST.

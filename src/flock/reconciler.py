@@ -384,6 +384,12 @@ class Reconciler:
                                for edit in failed
                                if edit.address in self._kernel.advertised])
 
+    async def configure_bird(self) -> None:
+        """Make this agent's bird.conf BIRD's config now, at start-up (passes do it otherwise).
+
+        Not while a pass runs: call it before :meth:`run` starts passes that are not holding."""
+        await self._configure_bird()
+
     async def _configure_bird(self) -> None:
         """Make this agent's bird.conf BIRD's config: once, then only if BIRD refused it."""
         if self._bird_configured:
