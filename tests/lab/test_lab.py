@@ -37,7 +37,8 @@ def lab_id_of(run_dir: pathlib.Path) -> str:
     return lab_id
 
 
-def check_long_lived(run: dict[str, Any], slots: int) -> None:
+def check_long_lived(run: dict[str, Any], slots: int,
+                     pods: frozenset[str] = frozenset({"web-0-1", "web-1-1", "web-2-1"})) -> None:
     """The long-lived connections' counts add up, and every initial pod got some."""
     figures = run["longLived"]
     assert figures["slots"] == slots and figures["openedAtStart"] == slots, figures
@@ -46,7 +47,7 @@ def check_long_lived(run: dict[str, Any], slots: int) -> None:
     assert figures["brokenTotal"] == sum(c["notRestarting"] + c["restarting"] for c in broken.values())
     assert len(figures["brokenDetails"]) == figures["brokenTotal"]
     # The ECMP hash seeds differ per namespace: no pod is starved of the flows (polarisation).
-    assert set(figures["spread"]["atStart"]) == {"web-0-1", "web-1-1", "web-2-1"}, figures["spread"]
+    assert set(figures["spread"]["atStart"]) == pods, figures["spread"]
     # A pod that was not restarting never loses its connections to "pod gone"; few are unexplained.
     assert broken["podGone"]["notRestarting"] == 0, figures["brokenDetails"]
     unexplained = broken["unexplained"]["notRestarting"] + broken["unexplained"]["restarting"]
@@ -94,6 +95,40 @@ def test_rolling_restart_loses_almost_nothing_where_ready_only_loses_many(tmp_pa
     for run in runs.values():
         assert lab_leftovers(run_dir, run["labId"]) == []
     assert not run_dir.exists()
+
+
+@pytest.mark.timeout(400)
+def test_single_replica_last_resort_serves_until_its_server_stops_withdraw_fails_until_the_replacement(
+        tmp_path: pathlib.Path) -> None:
+    run_dir, figures = tmp_path / "lab", tmp_path / "lab.json"
+    done = subprocess.run([FLOCK, "lab", "run", "--scenario", "single-replica", "--compare", "--rate", "100",
+                           "--long-lived", "10", "--run-dir", str(run_dir), "--json", str(figures)],
+                          capture_output=True, text=True, timeout=360)
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0
+    runs = json.loads(figures.read_text())["runs"]
+    last_resort, withdraw = runs["last-resort"], runs["withdraw"]
+
+    def phase(run: dict[str, Any], label: str) -> dict[str, Any]:
+        found: list[dict[str, Any]] = [p for p in run["phases"] if p["phase"] == label]
+        assert len(found) == 1, run["phases"]
+        return found[0]
+
+    # The old pod serves as a last resort until its server stops; withdrawn, nothing serves.
+    serving = phase(last_resort, "deletion -> server stops")
+    assert serving["sent"] > 100 and serving["failed"] * 50 <= serving["sent"], serving
+    cut = phase(withdraw, "deletion -> server stops")
+    assert cut["failed"] * 10 >= cut["sent"] * 9, cut
+    for run in (last_resort, withdraw):  # nobody serves between the stop and the replacement's Ready
+        gap = phase(run, "server stops -> replacement Ready")
+        assert gap["failed"] * 10 >= gap["sent"] * 9, gap
+        assert phase(run, "before deletion")["failed"] == 0
+        check_long_lived(run, 10, pods=frozenset({"web-0-1"}))
+        unexplained = [a for a in run["attributed"] if "unexplained" in a["cause"]]
+        assert len(unexplained) * 100 <= max(run["requests"]["failed"], 100), unexplained
+    assert withdraw["requests"]["failed"] > last_resort["requests"]["failed"]
+    for run in runs.values():
+        assert lab_leftovers(run_dir, run["labId"]) == []
 
 
 def test_down_on_a_clean_machine_is_a_no_op(tmp_path: pathlib.Path) -> None:

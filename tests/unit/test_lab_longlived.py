@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flock.lab.report import (
+    attribute,
     long_lived_cause,
     long_lived_figures,
+    phase_figures,
     reaching_changes,
     render_compare,
     render_long_lived,
+    render_phases,
 )
 from flock.lab.scenario import PINNED, PLAIN, variants
 
@@ -44,7 +47,8 @@ CHANGES = [
 def life(served_by: str, last_ok: float, end: float, outcome: str = "reset", target: str = "198.51.100.10",
          initial: bool = True, slot: int = 0) -> dict[str, Any]:
     return {"slot": slot, "target": target, "localPort": 40000 + slot, "initial": initial, "opened": 1.0,
-            "servedBy": served_by, "lastOk": last_ok, "echoes": 10, "end": end, "outcome": outcome}
+            "servedBy": served_by, "lastOk": last_ok, "echoes": 10, "end": end, "outcome": outcome,
+            "maxGap": round(end - last_ok, 3) if outcome != "open" else 0.1}
 
 
 def cause(served_by: str, last_ok: float, end: float, target: str = "198.51.100.10") -> str:
@@ -101,6 +105,8 @@ def test_figures_add_up_and_split_restarting_pods_from_others() -> None:
     text = "\n".join(render_long_lived(figures))
     assert "at the start, per pod: web-0-1 2, web-1-1 3, web-2-1 1 (per node: node-a 5, node-b 1)" in text
     assert "closed cleanly by the server 1, broken 5" in text
+    assert figures["late"] == 1 and figures["longestWait"] == 2.1  # the stalled one: 20.0 -> 22.1
+    assert "waited over 0.5 s for an answer: 1 connections (longest 2.10 s)" in text
 
 
 def test_a_node_the_tor_does_not_route_to_moves_nothing() -> None:
@@ -146,3 +152,22 @@ def test_three_columns_only_when_the_agent_has_connection_pinning() -> None:
     assert [v.datapath for v in runs] == [{"connectionPinning": False}, {"connectionPinning": False}, PINNED]
     runs, _ = variants(True, known=set(PLAIN) | set(PINNED))
     assert runs[1].datapath == PLAIN
+    runs, note = variants(True, scenario="single-replica", known=set())
+    assert [(v.key, v.terminating) for v in runs] == [("last-resort", "last-resort"), ("withdraw", "withdraw")]
+
+
+def test_single_replica_requests_by_phase_and_a_route_less_tor() -> None:
+    def sent(at: float, outcome: str = "ok") -> dict[str, Any]:
+        return {"start": at, "end": at + 0.01, "target": "198.51.100.10", "outcome": outcome, "servedBy": ""}
+
+    requests = [sent(1.0), sent(10.5), sent(12.5, "refused"), sent(13.5, "timeout"), sent(14.5)]
+    phases = phase_figures(requests, [("deletion", 10.0), ("server stops", 12.0), ("replacement Ready", 14.0)])
+    assert [(p["phase"], p["sent"], p["failed"]) for p in phases] == [
+        ("before deletion", 1, 0), ("deletion -> server stops", 1, 0),
+        ("server stops -> replacement Ready", 2, 2), ("after replacement Ready", 1, 0)]
+    assert phases[2]["seconds"] == 2.0 and phases[2]["failures"] == {"refused": 1, "timeout": 1}
+    assert "(refused 1, timeout 1)" in "\n".join(render_phases(phases))
+    tor = [{"at": 13.0, "prefix": V4, "where": "ToR", "nexthops": []},
+           {"at": 14.01, "prefix": V4, "where": "ToR", "nexthops": [TOR_B]}]
+    [cause] = [a["cause"] for a in attribute([sent(13.5, "timeout")], tor, [], {V4: [TOR_A]})]
+    assert cause == "timeout: sent while the ToR had no route to 198.51.100.10/32 (no node advertised it)"

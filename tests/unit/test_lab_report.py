@@ -12,8 +12,8 @@ def request(start: float, outcome: str, target: str = "198.51.100.10", end: floa
             "servedBy": "" if outcome != "ok" else "web-0-1"}
 
 
-CHANGES = [{"at": 10.0, "prefix": "198.51.100.10/32", "where": "node-a"},
-           {"at": 20.0, "prefix": "2001:db8:100::10/128", "where": "ToR"}]
+CHANGES = [{"at": 10.0, "prefix": "198.51.100.10/32", "where": "node-a", "nexthops": ["via 203.0.113.3 dev x"]},
+           {"at": 20.0, "prefix": "2001:db8:100::10/128", "where": "ToR", "nexthops": ["via 192.0.2.2 dev fl0"]}]
 STOPPED = [{"pod": "web-0-1", "from": 30.0, "to": 33.0}, {"pod": "web-1-1", "from": 40.0, "to": None}]
 
 

@@ -14,12 +14,16 @@ from typing import Any
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 
 
-def _options(args: argparse.Namespace, eligibility: str, datapath: dict[str, Any] | None = None) -> object:
+def _options(args: argparse.Namespace, eligibility: str, datapath: dict[str, Any] | None = None,
+             terminating: str | None = None) -> object:
     from flock.lab.scenario import Options
 
-    return Options(run_dir=args.run_dir, nodes=args.nodes, replicas=args.replicas, rate=args.rate,
+    single = getattr(args, "scenario", "rolling") == "single-replica"
+    return Options(run_dir=args.run_dir, nodes=args.nodes, replicas=1 if single else args.replicas, rate=args.rate,
                    grace=args.grace, detection=args.detection, eligibility=eligibility,
-                   long_lived=getattr(args, "long_lived", 0), datapath=datapath)
+                   long_lived=getattr(args, "long_lived", 0), datapath=datapath,
+                   scenario="single-replica" if single else "rolling", startup=getattr(args, "startup", 4.0),
+                   terminating=terminating)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="without --compare: the agents' datapath (default: their own)")
     run.add_argument("--long-lived", type=int, default=60, metavar="M",
                      help="long-lived connections kept open through the restart, half IPv4, half IPv6 (0: none)")
+    run.add_argument("--scenario", choices=("rolling", "single-replica"), default="rolling",
+                     help="rolling: every replica restarted in turn; single-replica: a one-replica Deployment's "
+                          "pod deleted, its replacement Ready --startup s later on another node "
+                          "(--compare: last-resort vs withdraw)")
+    run.add_argument("--startup", type=float, default=4.0,
+                     help="single-replica: the replacement is Ready this long after the deletion, s")
+    run.add_argument("--terminating", choices=("last-resort", "withdraw"), default=None,
+                     help="the pods' flock.io/anycast-terminating (default: not set, the agent's default)")
     run.add_argument("--json", type=pathlib.Path, help="write the figures to this file")
     down = actions.add_parser("down", help="remove every namespace and process of the lab")
     down.add_argument("--run-dir", type=pathlib.Path, default=pathlib.Path("/run/flock-lab"))
@@ -89,15 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        runs, note = scenario.variants(args.compare, args.eligibility, args.datapath)
+        runs, note = scenario.variants(args.compare, args.eligibility, args.datapath, scenario=args.scenario,
+                                       terminating=args.terminating)
     except ValueError as exc:
         print(f"flock lab: {exc}", file=sys.stderr)
         return 2
     results = {}
     for variant in runs:
-        print(f"flock lab: running the rolling restart: {variant.title} ...", file=sys.stderr, flush=True)
+        print(f"flock lab: running {'the rolling restart' if args.scenario == 'rolling' else 'single-replica'}: "
+              f"{variant.title} ...", file=sys.stderr, flush=True)
         results[variant.key] = asyncio.run(scenario.rolling_restart(
-            _options(args, variant.eligibility, variant.datapath)))  # type: ignore[arg-type]
+            _options(args, variant.eligibility, variant.datapath, variant.terminating)))  # type: ignore[arg-type]
         results[variant.key]["title"] = variant.title
         print(report.render(results[variant.key]))
         print()

@@ -51,6 +51,7 @@ class LabPod:
     ips: list[str] = dataclasses.field(default_factory=list)
     server: subprocess.Popen[bytes] | None = None
     marked_for_deletion: float = 0.0  # time.monotonic() of the deletionTimestamp patch
+    ready_at: float | None = None  # time.monotonic() when the Ready patch was sent
     server_stopped: float | None = None  # time.monotonic() when its server was told to stop
     server_exited: float | None = None  # time.monotonic() when its server had exited
     not_ready_sent: float | None = None  # time.monotonic() when the NotReady patch was sent
@@ -97,12 +98,14 @@ class Kubelet:
             raise RuntimeError(f"flock-cni {command} for {pod.name} failed: {result}")
         return result
 
-    async def start_pod(self, name: str, node: Node) -> LabPod:
+    async def start_pod(self, name: str, node: Node, annotations: dict[str, str] | None = None) -> LabPod:
+        """Start a pod; ``annotations``: besides flock.io/anycast (e.g. flock.io/anycast-terminating)."""
         pod = LabPod(name, str(uuid.uuid4()), node, self.fabric.names.pod(name), uuid.uuid4().hex)
         await self._api("POST", "/api/v1/namespaces/default/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "uid": pod.uid, "finalizers": [FINALIZER],
-                         "labels": {"app": "web"}, "annotations": {"flock.io/anycast": self.anycast}},
+                         "labels": {"app": "web"},
+                         "annotations": {"flock.io/anycast": self.anycast, **(annotations or {})}},
             "spec": {"nodeName": node.spec.name, "containers": [{"name": "web", "image": "flock-lab/web"}]},
             "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
         })
@@ -115,6 +118,7 @@ class Kubelet:
              *[f"--listen={address}" for address in [*map(str, parse_anycast(self.anycast).addresses), *pod.ips]]],
             self.fabric.run_dir / "pods" / f"{name}.log", pod.netns)
         await self._until_answers(pod)
+        pod.ready_at = time.monotonic()
         await self._patch(pod, {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
         logger.info("pod %s ready on %s ips=%s", name, node.spec.name, ",".join(pod.ips))
         return pod

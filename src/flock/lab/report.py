@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,15 +28,24 @@ def request_figures(requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]],
-              stopped: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+              stopped: Sequence[Mapping[str, Any]],
+              tor_start: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """For each failed request, the cause the observations support, or "unexplained".
 
     ``changes``: route changes of the anycast prefixes (``at``, ``prefix``, ``where``).
     ``stopped``: per terminated pod, when its server stopped (``from``) and when traffic
     stopped being sent to it (``to``; None if never seen). A refused connection started
-    in such a window went to a pod with no server; a failure of another kind in flight
-    while the next hops of its own prefix changed was moved by an ECMP re-hash.
+    in such a window went to a pod with no server; a failure of another kind sent while
+    the ToR had no route to its prefix (``tor_start``: the ToR's next hops per prefix before
+    its first change in ``changes``) found no node advertising it; one in flight while the
+    next hops of its own prefix changed was moved by an ECMP re-hash.
     """
+    tor = sorted((c for c in changes if c["where"] == "ToR"), key=lambda c: c["at"])
+
+    def tor_routes(prefix: str, at: float) -> bool:
+        before = [c for c in tor if c["prefix"] == prefix and c["at"] <= at]
+        return bool(before[-1]["nexthops"] if before else (tor_start or {}).get(prefix, True))
+
     attributed = []
     for request in requests:
         if request["outcome"] == "ok":
@@ -46,6 +56,9 @@ def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[s
                         if s["from"] <= started + NEAR and (s["to"] is None or started <= s["to"] + NEAR)]
             cause = (f"refused: sent while {', '.join(culprits)} still attracted traffic with its server stopped"
                      if culprits else "refused: unexplained (no pod was stopped and still routed then)")
+        elif not tor_routes(_prefix(target), started):
+            cause = (f"{request['outcome']}: sent while the ToR had no route to {_prefix(target)} "
+                     "(no node advertised it)")
         else:
             near = sorted((c for c in changes if c["prefix"].split("/")[0] == target
                            and started - NEAR <= c["at"] <= ended + NEAR), key=lambda c: c["at"])
@@ -67,6 +80,7 @@ CAUSES = (("node", "node re-hash"), ("fabric", "fabric re-hash at the ToR"), ("p
           ("unexplained", "unexplained"))
 BEFORE = 0.02  # s: a route change stamped this much before the last answer may still have moved the flow
 AFTER = NEAR  # s: how late a route watch may stamp a change that broke a connection
+LATE = 0.5  # s: a connection that waited longer than this for an answer stalled (and maybe recovered)
 
 
 def reaching_changes(changes: Sequence[Mapping[str, Any]], tor_start: Mapping[str, Sequence[str]],
@@ -163,6 +177,7 @@ def long_lived_figures(connections: Sequence[Mapping[str, Any]], connect_failure
                         "restarting": restarting, "opened": life["opened"], "lastOk": life.get("lastOk"),
                         "end": end})
     initial = [c for c in connections if c.get("initial")]
+    gaps = [c.get("maxGap") or 0.0 for c in connections]
     node_of = {p["name"]: p["node"] for p in pods}
     return {
         "slots": slots,
@@ -173,12 +188,31 @@ def long_lived_figures(connections: Sequence[Mapping[str, Any]], connect_failure
         "brokenTotal": sum(endings.get(kind, 0) for kind in BROKEN),
         "brokenDetails": details,
         "connectFailures": dict(Counter(f["outcome"] for f in connect_failures)),
+        "late": sum(1 for gap in gaps if gap > LATE),
+        "longestWait": round(max(gaps), 3) if gaps else None,
         "spread": {
             "atStart": dict(sorted(Counter(c["servedBy"] or "-" for c in initial).items())),
             "atStartByNode": dict(sorted(Counter(node_of.get(c["servedBy"], "-") for c in initial).items())),
             "all": dict(sorted(Counter(c["servedBy"] or "-" for c in connections).items())),
         },
     }
+
+
+def phase_figures(requests: Sequence[Mapping[str, Any]], marks: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Requests by when they were sent, between ``marks`` ((event, time), in time order):
+    before the first, from each to the next, after the last."""
+    bounds = [("start", float("-inf")), *marks, ("end", float("inf"))]
+    figures = []
+    for (first, start), (second, end) in itertools.pairwise(bounds):
+        label = (f"before {second}" if first == "start" else f"after {first}" if second == "end"
+                 else f"{first} -> {second}")
+        sent = [r for r in requests if start <= r["start"] < end]
+        kinds = Counter(r["outcome"] for r in sent)
+        figures.append({"phase": label, "seconds": None if start == float("-inf") or end == float("inf")
+                        else round(end - start, 3), "sent": len(sent), "ok": kinds.get("ok", 0),
+                        "failed": len(sent) - kinds.get("ok", 0),
+                        "failures": {kind: kinds.get(kind, 0) for kind in FAILURE_KINDS if kinds.get(kind)}})
+    return figures
 
 
 def latency_figures(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -213,13 +247,17 @@ def _ms(seconds: float | None) -> str:
 
 def render(report: Mapping[str, Any]) -> str:
     r = report["requests"]
+    what = (f"rolling restart of {report['replicas']} replicas" if report.get("scenario") != "single-replica"
+            else "a single replica replaced (its replacement on another node)")
     lines = [
-        f"flock lab — rolling restart of {report['replicas']} replicas, eligibility rule: {report['eligibility']}, "
-        f"datapath: {_datapath(report.get('datapath'))}",
+        f"flock lab — {what}, eligibility rule: {report['eligibility']}, "
+        f"datapath: {_datapath(report.get('datapath'))}"
+        + (f", pods' {TERMINATING}: {report['terminating']}" if report.get("terminating") else ""),
         f"  load: {report['rate']:g} new TCP connections/s per address family to {', '.join(report['anycast'])}",
         "",
         f"  requests   {r['total']:>7}   ok {r['ok']}   failed {r['failed']} ({r['failedPercent']:.3f}%)",
         "  failures   " + "   ".join(f"{kind} {r['failures'][kind]}" for kind in FAILURE_KINDS),
+        *render_phases(report.get("phases")),
         "",
         "  withdrawal latency (deletionTimestamp -> traffic no longer sent to the pod)",
         "    pod            node     where                               latency      API  ->route    ->ToR",
@@ -252,6 +290,21 @@ def render(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TERMINATING = "flock.io/anycast-terminating"
+
+
+def render_phases(phases: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    if not phases:
+        return []
+    lines = ["", f"  requests by when they were sent{'':<27}{'lasting':>9}{'sent':>8}{'ok':>8}{'failed':>8}"]
+    for phase in phases:
+        lasting = "" if phase["seconds"] is None else f"{phase['seconds']:.2f} s"
+        kinds = ", ".join(f"{kind} {n}" for kind, n in phase["failures"].items())
+        lines.append(f"    {phase['phase']:<54}{lasting:>9}{phase['sent']:>8}{phase['ok']:>8}{phase['failed']:>8}"
+                     + (f"  ({kinds})" if kinds else ""))
+    return lines
+
+
 def _datapath(datapath: Mapping[str, Any] | None) -> str:
     if not datapath:
         return "the agent's default"
@@ -274,6 +327,8 @@ def render_long_lived(figures: Mapping[str, Any] | None) -> list[str]:
         f"connection attempts that failed: {failures}",
         f"    ended: closed cleanly by the server {endings['closed']}, broken {figures['brokenTotal']} ("
         + ", ".join(f"{kind} {endings[kind]}" for kind in BROKEN) + f"), still open at the end {endings['open']}",
+        f"    waited over {LATE:g} s for an answer: {figures.get('late', 0)} connections"
+        + (f" (longest {figures['longestWait']:.2f} s)" if figures.get("longestWait") else ""),
         f"    broken, by cause{'':<20}{'pod not restarting':>20}{'pod restarting':>18}",
     ]
     for key, label in CAUSES:
@@ -308,6 +363,18 @@ def _share(report: Mapping[str, Any], key: str) -> str:
     return f"{_ms(share.get('p50'))} / {_ms(share.get('max'))}"
 
 
+def _phase_labels(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    labels: list[str] = []
+    for report in reports:
+        labels += [p["phase"] for p in report.get("phases") or [] if p["phase"] not in labels]
+    return labels
+
+
+def _phase(report: Mapping[str, Any], label: str) -> str:
+    found = [p for p in report.get("phases") or [] if p["phase"] == label]
+    return f"{found[0]['failed']} of {found[0]['sent']}" if found else "-"
+
+
 def _spread(counts: Mapping[str, int]) -> str:
     return " / ".join(str(n) for _, n in sorted(counts.items())) or "-"
 
@@ -333,6 +400,9 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
         row("withdrawal max", lambda r: _ms(r["latency"]["max"])),
         *[row(f"  {label} p50 / max", lambda r, key=key: _share(r, key))
           for key, label in (("api", "API share"), ("node", "event->node route"), ("tor", "event->ToR route"))],
+        *([row("failed, by when sent:", lambda r: "")]
+          + [row(f"  {label}", lambda r, label=label: _phase(r, label)) for label in _phase_labels(reports)]
+          if _phase_labels(reports) else []),
         row("ToR route changes", lambda r: str(r["torRouteChanges"])),
         row("node forwarding changes", lambda r: str(r.get("nodeRouteChanges", "-"))),
         ("",) * (1 + len(reports)),
@@ -348,6 +418,7 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
         *[row(f"      {label}", lambda r, key=key: long_lived(r, "broken", key, "restarting"))
           for key, label in CAUSES],
         row("  open at the end", lambda r: long_lived(r, "endings", "open")),
+        row(f"  waited over {LATE:g} s for an answer", lambda r: long_lived(r, "late")),
     ]
     width = max(len(r[0]) for r in rows) + 2
     column = max(22, *(len(title) + 2 for title, _ in runs))

@@ -5,6 +5,12 @@ route) and one on node-b; HTTP load from the client netns through the ToR, a new
 connection per request, and long-lived connections (an echo every 100 ms) opened before
 the restart and kept through it; every replica restarted in turn (terminate, then its
 replacement on the same node).
+
+``single-replica``: one replica on node-a, deleted as a node drain or an eviction
+deletes it: its ReplicaSet creates the replacement at once (on node-b), which is Ready
+``startup`` seconds later, while the old pod goes through its grace. The pods'
+``flock.io/anycast-terminating`` policy (last-resort or withdraw) decides whether the old
+pod serves meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from flock.core.annotation import LAST_RESORT, TERMINATING_ANNOTATION, WITHDRAW
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 from flock.lab import report as reports
 from flock.lab.apiserver import WATCH_LOG
@@ -56,16 +63,24 @@ class Options:
     eligibility: str = READY_AND_NOT_TERMINATING
     long_lived: int = 60  # long-lived connections kept open, half IPv4, half IPv6
     datapath: dict[str, Any] | None = None  # the agents' `datapath` config key (None: their default)
+    scenario: str = "rolling"  # or "single-replica"
+    startup: float = 4.0  # single-replica: the replacement is Ready this long after the deletion
+    terminating: str | None = None  # the pods' flock.io/anycast-terminating (None: not set)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return {TERMINATING_ANNOTATION: self.terminating} if self.terminating else {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One column of a comparison: an eligibility rule and a datapath."""
 
-    key: str  # "ready-only", "flock-plain", "flock-pinned"
+    key: str  # "ready-only", "flock-plain", "flock-pinned"; "last-resort", "withdraw"
     title: str
     eligibility: str
     datapath: dict[str, Any] | None
+    terminating: str | None = None  # the pods' flock.io/anycast-terminating
 
 
 # The seed's datapath: plain multipath routes, no connection pinning. Each key is written
@@ -91,15 +106,20 @@ def datapath_keys() -> set[str]:
 
 
 def variants(compare: bool, eligibility: str = READY_AND_NOT_TERMINATING, datapath: str = "default",
-             known: set[str] | None = None) -> tuple[list[Variant], str]:
+             known: set[str] | None = None, scenario: str = "rolling",
+             terminating: str | None = None) -> tuple[list[Variant], str]:
     """The runs to make, and a note on any the agent cannot do yet.
 
     ``compare``: ready-only (plain multipath), flock's rule with plain multipath and no
     pinning (the seed's datapath), flock's rule with pinning (flock's datapath). Without
     the agent's ``datapath.connectionPinning`` key the last is left out (and said so).
-    Otherwise one run: ``eligibility`` with ``datapath`` "default" (the agent's own),
-    "plain" or "pinned".
+    In the single-replica scenario: flock's rule with the pods' terminating policy
+    last-resort, then withdraw. Otherwise one run: ``eligibility`` with ``datapath``
+    "default" (the agent's own), "plain" or "pinned", and ``terminating``.
     """
+    if scenario == "single-replica" and compare:
+        return [Variant(policy, f"flock, {policy}", READY_AND_NOT_TERMINATING, None, policy)
+                for policy in (LAST_RESORT, WITHDRAW)], ""
     known = datapath_keys() if known is None else known
     plain = {k: v for k, v in PLAIN.items() if k in known} or None
     pinned = {k: v for k, v in PINNED.items() if k in known} or None
@@ -116,8 +136,8 @@ def variants(compare: bool, eligibility: str = READY_AND_NOT_TERMINATING, datapa
     if datapath == "pinned" and pinned is None:
         raise ValueError(f"--datapath pinned: {missing}")
     title = ("ready-only" if eligibility == READY_ONLY else "flock") + (
-        "" if datapath == "default" else f", {datapath}")
-    return [Variant(f"{eligibility}-{datapath}", title, eligibility, chosen)], ""
+        "" if datapath == "default" else f", {datapath}") + (f", {terminating}" if terminating else "")
+    return [Variant(f"{eligibility}-{datapath}", title, eligibility, chosen, terminating)], ""
 
 
 def placement(options: Options) -> list[int]:
@@ -151,7 +171,7 @@ async def up(options: Options) -> tuple[Fabric, Kubelet, aiohttp.ClientSession, 
         kubelet = Kubelet(fabric, session, ", ".join(ANYCAST), grace=options.grace, detection=options.detection)
         pods: dict[int, LabPod] = {}
         for slot, node_index in enumerate(placement(options)):
-            pods[slot] = await kubelet.start_pod(f"web-{slot}-1", fabric.nodes[node_index])
+            pods[slot] = await kubelet.start_pod(f"web-{slot}-1", fabric.nodes[node_index], options.annotations)
         used_nodes = {fabric.nodes[i] for i in set(placement(options))}
         await asyncio.to_thread(wait_for, lambda: _tor_routes_to(fabric, used_nodes), 60,
                                 "the ToR routing to every node")
@@ -204,13 +224,15 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
     every_pod = list(pods.values())
     try:
         await asyncio.sleep(options.warmup)
-        for slot in sorted(pods):
+        if options.scenario == "single-replica":
+            await _replace(options, fabric, kubelet, pods, terminated, every_pod)
+        for slot in sorted(pods) if options.scenario == "rolling" else []:
             old = pods[slot]
             others_on_node = [p for s, p in pods.items() if s != slot and p.node is old.node]
             await kubelet.terminate_pod(old)
             terminated.append({"pod": old, "lastOnNode": not others_on_node})
             generation = int(old.name.rsplit("-", 1)[1]) + 1
-            pods[slot] = await kubelet.start_pod(f"web-{slot}-{generation}", old.node)
+            pods[slot] = await kubelet.start_pod(f"web-{slot}-{generation}", old.node, options.annotations)
             every_pod.append(pods[slot])
             back = {old.node}
             await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, fabric, back), 30,
@@ -230,6 +252,36 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
     return {"labId": fabric.names.lab_id, "datapath": options.datapath, "hashSeeds": fabric.hash_seeds,
             **build_report(options, requests, terminated, watches, events, deliveries,
                            forwarding=forwarding, long_lived=long_lived, every_pod=every_pod)}
+
+
+async def _replace(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[int, LabPod],
+                   terminated: list[dict[str, Any]], every_pod: list[LabPod]) -> None:
+    """The single replica deleted; its replacement created at once on the next node,
+    Ready ``options.startup`` seconds later (its start-up), while the old pod terminates."""
+    old = pods[0]
+    node = fabric.nodes[(fabric.nodes.index(old.node) + 1) % len(fabric.nodes)]
+
+    async def replacement() -> LabPod:
+        await asyncio.sleep(options.startup)
+        return await kubelet.start_pod("web-0-2", node, options.annotations)
+
+    started = asyncio.create_task(replacement())
+    await kubelet.terminate_pod(old)
+    terminated.append({"pod": old, "lastOnNode": True})
+    pods[0] = await started
+    every_pod.append(pods[0])
+    await asyncio.to_thread(wait_for, functools.partial(_tor_routes_to, fabric, {node}), 30,
+                            f"the ToR routing to {node.spec.name}")
+    await asyncio.sleep(options.settle)
+
+
+def phases(every_pod: list[LabPod]) -> list[tuple[str, float]]:
+    """Single replica: the moments that split the run — the old pod's deletion, its
+    server's stop, the replacement's Ready — in time order."""
+    old, new = every_pod[0], every_pod[-1]
+    marks = [("deletion", old.marked_for_deletion or None), ("server stops", old.server_stopped),
+             ("replacement Ready", new.ready_at if new is not old else None)]
+    return sorted(((label, at) for label, at in marks if at is not None), key=lambda m: m[1])
 
 
 def pod_timeline(pod: LabPod) -> dict[str, Any]:
@@ -313,6 +365,7 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
     samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
                f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]
     return {
+        "scenario": options.scenario, "terminating": options.terminating,
         "eligibility": options.eligibility, "replicas": options.replicas, "rate": options.rate,
         "anycast": list(ANYCAST), "requests": reports.request_figures(requests),
         "pods": pods, "latency": reports.latency_figures(pods), "shares": reports.share_figures(pods),
@@ -324,7 +377,9 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
                                                           for n, w in (forwarding or {}).items()}}.items()},
         "forwardingChanges": sorted((c for c in moves if c["where"] != "ToR"), key=lambda c: c["at"]),
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
-        "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped),
+        "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped, tor_start),
+        "phases": (reports.phase_figures(requests, phases(every_pod))
+                   if options.scenario == "single-replica" and every_pod else None),
         "longLived": None if long_lived is None else reports.long_lived_figures(
             long_lived["connections"], long_lived["connectFailures"], [pod_timeline(p) for p in every_pod or []],
             rehashes, options.long_lived),

@@ -5,7 +5,8 @@ Run inside the client netns: ``python -m flock.lab.streams --target 198.51.100.1
 --target 2001:db8:100::10 --count 60 --out streams.json``. Slot i connects to target
 ``i mod len(targets)`` (60 and two targets: 30 IPv4, 30 IPv6) on the pods' echo port and
 sends ``<seq>\\n`` every ``--interval``; the pod answers ``<pod name> <seq>``, so every
-connection knows which pod serves it. When a connection ends — reset by a peer, closed
+connection knows which pod serves it, and the longest wait between two answers
+(``maxGap``) shows a connection that stalled and recovered. When a connection ends — reset by a peer, closed
 by the server (its FIN), no answer for ``STALL_SECONDS``, unreachable — its slot
 connects again after ``--interval``, as a long-lived client (a gRPC channel, a database
 pool) does. Until SIGTERM (or ``--duration``); then every open connection is closed by
@@ -28,7 +29,8 @@ from typing import Any
 from flock.lab.podserver import ECHO_PORT
 
 CONNECT_TIMEOUT = 1.0
-STALL_SECONDS = 2.0  # no answer for this long: the connection is given up as stalled
+STALL_SECONDS = 5.0  # no answer for this long: the connection is given up as stalled (longer than
+# the lab's grace: a client does not give up on a connection that pauses for a few seconds)
 
 
 def _ending(exc: BaseException) -> str:
@@ -50,7 +52,8 @@ async def connection(slot: int, target: str, port: int, interval: float, stop: a
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            outcome = "refused" if isinstance(exc, ConnectionRefusedError) else _ending(exc)
+            outcome = ("refused" if isinstance(exc, ConnectionRefusedError) else
+                       "timeout" if isinstance(exc, TimeoutError) else _ending(exc))
             failures.append({"slot": slot, "target": target, "at": attempted, "outcome": outcome})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -60,7 +63,7 @@ async def connection(slot: int, target: str, port: int, interval: float, stop: a
         local = sock.getsockname() if sock is not None else ("", 0)
         life: dict[str, Any] = {"slot": slot, "target": target, "localPort": local[1], "initial": initial,
                                 "opened": opened, "servedBy": "", "lastOk": None, "echoes": 0,
-                                "end": None, "outcome": "open"}
+                                "maxGap": 0.0, "end": None, "outcome": "open"}
         lives.append(life)
         initial = False
         if sock is not None:
@@ -81,7 +84,9 @@ async def connection(slot: int, target: str, port: int, interval: float, stop: a
                     life["outcome"] = "error"
                     break
                 life["servedBy"] = life["servedBy"] or name
-                life["lastOk"] = time.monotonic()
+                now = time.monotonic()
+                life["maxGap"] = max(life["maxGap"], now - (life["lastOk"] or opened))
+                life["lastOk"] = now
                 life["echoes"] += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval)
@@ -89,6 +94,8 @@ async def connection(slot: int, target: str, port: int, interval: float, stop: a
             life["outcome"] = _ending(exc)
         finally:
             life["end"] = time.monotonic()
+            if life["outcome"] != "open":  # waiting for an answer that never came counts too
+                life["maxGap"] = max(life["maxGap"], life["end"] - (life["lastOk"] or opened))
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
