@@ -13,7 +13,8 @@ fi
 had_bird=0; command -v bird >/dev/null 2>&1 && had_bird=1
 had_containerd=0; command -v containerd >/dev/null 2>&1 && had_containerd=1
 need_apt=0
-for bin in bird birdc ip ping sysctl python3 containerd ctr runc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
+# nft brings libnftables, which flock-agent's connection pinning calls; conntrack shows the pins.
+for bin in bird birdc ip ping sysctl python3 containerd ctr runc nft conntrack; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; done
 [ -x /usr/lib/cni/tuning ] || need_apt=1  # reference CNI plugins: real peers in the CNI tests
 # containerd as a real runtime in the CNI tests; its sandbox image is a static busybox.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_apt=1
@@ -23,7 +24,7 @@ for bin in make musl-gcc; do command -v "$bin" >/dev/null 2>&1 || need_apt=1; do
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  packages="bird2 iproute2 iputils-ping procps containernetworking-plugins busybox-static make gcc musl-tools"
+  packages="bird2 iproute2 iputils-ping procps nftables conntrack containernetworking-plugins busybox-static make gcc musl-tools"
   # Docker's containerd.io brings containerd and runc and conflicts with Debian's packages.
   dpkg-query -W -f='${Status}' containerd.io 2>/dev/null | grep -q 'ok installed' \
     || packages="$packages containerd runc"

@@ -21,6 +21,7 @@ from flock.adapters.cnisocket import CniSocket
 from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.orphans import recover_orphans
+from flock.adapters.pinning import PinningTable
 from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
@@ -61,8 +62,14 @@ class Agent:
         self.reconciler = Reconciler(
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
             render_bird=self.render_bird, events=self.events, metrics=self.metrics)
+        self.pinning = PinningTable(enabled=config.datapath.connection_pinning, mask=config.datapath.mark_mask,
+                                    pools=[pool.cidr for pool in config.anycast_pools],
+                                    protocol=config.route_protocol, host_netns=config.host_netns,
+                                    proc=config.proc_path)
         self.cni = CniServer(config=config, store=self.store, network=self.network,
-                             lookup_pod=self.lookup_pod, nexthops=self.reconciler)
+                             lookup_pod=self.lookup_pod, nexthops=self.reconciler, pinning=self.pinning)
+        self.metrics.pinned_pods.set_function(self.cni.pinned_pods)
+        self.metrics.pinning_slots.set(self.pinning.slots)
         self.cni_socket = CniSocket(config.cni_socket, self.cni.handle)
         self.store.add_listener(lambda: self.reconciler.wake("allocation"))
         self._tasks: list[asyncio.Task[None]] = []
@@ -95,6 +102,8 @@ class Agent:
         # Veths no record owns (a quarantined record's pod): records rebuilt from the kernel.
         for event in await recover_orphans(self.store, self.config):
             self.events.post(event)
+        # Connection pinning as the previous agent left it (or removed, if it is off now).
+        await self.cni.adopt_pins()
         await self.routes.start()
         # What the previous agent left routed: a DEL then knows which veths share a route.
         await self.reconciler.adopt()

@@ -27,6 +27,13 @@ agent, the agent's start counts as their ADD). It keeps the placeholders of reco
 rebuilt without their container id (flock.core.recovery), whose container it cannot
 tell, and it runs under the same lock as ADD and DEL, after the agent's start-up.
 
+Connection pinning (flock.core.pinning): an ADD of a pod with anycast IPs gives it a free
+slot, kept in its record from the start (the pending record), and pins it after the
+plumbing and before the commit, so the pod's first routed connection is already
+pinned. Its DEL unpins it once the veth is gone: its pinned connections end with its
+network, not before. A pin that fails leaves the pod working, unpinned (logged); the
+agent's next start (:meth:`CniServer.adopt_pins`) writes what is missing.
+
 STATUS (spec 1.1.0): 0 once the agent can serve ADDs by itself: it knows the node's pod
 CIDRs, has listed the node's pods once and finished its start-up, and has a free
 address of each family; else error 50 saying which. An API server outage after that is
@@ -72,11 +79,12 @@ from flock.core.model import (
     PodRef,
     host_ifname,
 )
+from flock.core.pinning import PodPin, choose_slot, plan_slots, slot_mark, slot_table
 from flock.core.pools import pool_rejection
-from flock.core.ports import Allocations, NexthopRelease, PodLookup, PodNetworks
+from flock.core.ports import Allocations, NexthopRelease, Pinning, PodLookup, PodNetworks
 from flock.core.recovery import PLACEHOLDER_PREFIX
 from flock.core.settings import AgentConfig
-from flock.errors import AddressesExhausted, CniError, PlumbingError
+from flock.errors import AddressesExhausted, CniError, PinningError, PlumbingError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,8 @@ class CniServer:
     lookup_pod: PodLookup
     nexthops: NexthopRelease
     """Whether a pod's veth may go now: the reconciler takes it out of shared routes first."""
+    pinning: Pinning
+    """Connection pinning in the kernel (its ``slots`` is 0 when pinning is off)."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
     add_seconds: float = 30.0
     """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
@@ -105,6 +115,9 @@ class CniServer:
         self._started = self.clock()
         self._added_at: dict[ContainerID, float] = {}  # when each recent ADD arrived, oldest first
         self._recovered = False  # the agent's start-up is over (recover() ran)
+        self._last_slot = 0  # the pinning slot given last (round robin)
+        self._pinning_works = True  # False once adopting the kernel's pinning failed: ADDs pin nothing
+        self._unpinned: set[ContainerID] = set()  # records with a slot whose pin failed
 
     # --- requests ------------------------------------------------------------------------
 
@@ -159,7 +172,8 @@ class CniServer:
 
         pod = PodRef(request.pod_namespace, request.pod_name, request.pod_uid)
         pod_ips = self._choose_addresses()
-        allocation = Allocation(container, pod, self._free_ifname(container), pod_ips, (), AllocationState.PENDING)
+        allocation = Allocation(container, pod, self._free_ifname(container), pod_ips, (), AllocationState.PENDING,
+                                pin_slot=self._choose_slot(pod, anycast))
         await self.store.put(allocation)  # durable before any plumbing: a crash leaves a record
         try:
             async with asyncio.timeout(self.add_seconds):
@@ -169,6 +183,7 @@ class CniServer:
             await self._release(allocation)
             raise CniError(IO_FAILURE, str(exc) or f"setting up the pod's network took over {self.add_seconds:.0f}s"
                            ) from exc
+        await self._pin(allocation)  # before the commit: the reconciler routes the pod from then on
         committed = await self.store.commit(container, anycast)
         logger.info("pod plumbed pod=%s container=%s dev=%s ips=%s anycast=%s", pod, container[:12],
                     allocation.host_ifname, ",".join(map(str, pod_ips)), ",".join(map(str, anycast)) or "-")
@@ -219,6 +234,87 @@ class CniServer:
             logger.warning("anycast left out pod=%s count=%d configured=%d: see the pod's AnycastRejected Event",
                            pod, left_out, len(allowed))
         return allowed
+
+    def _choose_slot(self, pod: PodRef, anycast: tuple[IPAddress, ...]) -> int | None:
+        """A free pinning slot for a pod with anycast IPs; None when it has none, pinning is
+        off or broken, or every slot is taken (then its connections are not pinned)."""
+        if not anycast or not self.pinning.slots or not self._pinning_works:
+            return None
+        used = {a.pin_slot for a in self.store.all() if a.pin_slot is not None}
+        slot = choose_slot(used, self.pinning.slots, self._last_slot)
+        if slot is None:
+            logger.warning("connection pinning: every slot is taken, this pod's connections are not pinned "
+                           "pod=%s slots=%d (datapath.markMask)", pod, self.pinning.slots)
+            return None
+        self._last_slot = slot
+        return slot
+
+    async def _pin(self, allocation: Allocation) -> None:
+        pin = PodPin.of(allocation)
+        if pin is None:
+            return
+        try:
+            await self.pinning.pin(pin)
+        except PinningError as exc:
+            self._unpinned.add(allocation.container_id)
+            logger.error("connection pinning failed, this pod's connections are not pinned (the agent's next "
+                         "start retries) pod=%s dev=%s slot=%d: %s", allocation.pod, pin.host_ifname, pin.slot, exc)
+            return
+        logger.info("pod pinned pod=%s dev=%s slot=%d mark=0x%08x table=%d", allocation.pod, pin.host_ifname,
+                    pin.slot, slot_mark(pin.slot, self.config.datapath.mark_mask), slot_table(pin.slot))
+
+    async def _unpin(self, allocation: Allocation) -> None:
+        pin = PodPin.of(allocation)
+        self._unpinned.discard(allocation.container_id)
+        if pin is None:
+            return
+        try:
+            await self.pinning.unpin(pin)
+        except PinningError as exc:  # the DEL goes on: the agent's next start removes what is left
+            logger.warning("connection pinning: could not remove a pod's pin pod=%s dev=%s slot=%d: %s",
+                           allocation.pod, pin.host_ifname, pin.slot, exc)
+            return
+        logger.info("pod unpinned pod=%s dev=%s slot=%d", allocation.pod, pin.host_ifname, pin.slot)
+
+    def pinned_pods(self) -> int:
+        """How many pods are pinned now (the ``flock_pinned_pods`` gauge)."""
+        return sum(1 for a in self.store.all()
+                   if a.pin_slot is not None and a.state is AllocationState.COMMITTED
+                   and a.container_id not in self._unpinned)
+
+    async def adopt_pins(self) -> None:
+        """Start-up, before any request: give every pinned pod's record its slot (kept, taken
+        from the kernel's map, or new) and make the kernel hold exactly those pins (nothing
+        when pinning is off). Writes nothing when the kernel already holds them. A failure is
+        logged, and the agent then runs without pinning."""
+        async with self._lock:
+            try:
+                kernel = await self.pinning.kernel_slots()
+                plan = plan_slots(self.store.all(), kernel, enabled=self.pinning.slots > 0,
+                                  count=self.pinning.slots)
+                for container in plan.changed:
+                    record = self.store.get(container)
+                    if record is not None:
+                        await self.store.put(dataclasses.replace(record, pin_slot=plan.slots[container]))
+                pins = [pin for a in self.store.all() if (pin := PodPin.of(a)) is not None]
+                done = await self.pinning.adopt(pins)
+            except PinningError as exc:
+                self._pinning_works = False
+                logger.error("connection pinning is not working; pods run unpinned (their connections may be "
+                             "reset when next hops change): %s", exc)
+                return
+            for container in plan.exhausted:
+                logger.warning("connection pinning: every slot is taken, a pod's connections are not pinned "
+                               "container=%s slots=%d", container[:12], self.pinning.slots)
+            for problem in done.problems:
+                logger.warning("connection pinning: %s", problem)
+            used = [a.pin_slot for a in self.store.all() if a.pin_slot is not None]
+            self._last_slot = max(used, default=0)
+            if self.pinning.slots:
+                logger.info("connection pinning adopted pods=%d adopted_from_kernel=%d writes=%d: %s", len(pins),
+                            len(plan.adopted), done.writes, done)
+            elif done.writes:
+                logger.info("connection pinning is off: removed what a previous agent left: %s", done)
 
     def _free_ifname(self, container: ContainerID) -> str:
         """The container's veth name, skipping names another container's record owns."""
@@ -338,6 +434,8 @@ class CniServer:
                 raise CniError(TRY_AGAIN_LATER, f"flock-agent is starting or stopping: pod {allocation.pod} "
                                "must leave its anycast route before its network goes; try again")
         await self._remove_veth(allocation.host_ifname)
+        # After the veth: the pod's pinned connections keep reaching it until its network goes.
+        await self._unpin(allocation)
         await self.store.remove(allocation.container_id)
 
     async def _remove_veth(self, ifname: str) -> None:

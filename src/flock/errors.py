@@ -6,6 +6,7 @@ FlockError
 ├── StateError           a durable allocation record cannot be read or written
 ├── RouteError           a netlink route edit or dump failed (.edit, .errno)
 ├── PlumbingError        a pod's network could not be set up, checked or torn down
+├── PinningError         connection pinning (nftables, rules, per-pod tables) could not be set
 ├── AddressesExhausted   no free address is left in a pod CIDR (.network)
 ├── CniError             a CNI error result for the runtime (.code, .msg, .details)
 └── BirdError            BIRD could not be driven
@@ -53,6 +54,10 @@ class RouteError(FlockError):
 
 class PlumbingError(FlockError):
     """A pod's network could not be set up, checked or torn down."""
+
+
+class PinningError(FlockError):
+    """Connection pinning's nftables table, rules or per-pod routes could not be read or written."""
 
 
 class AddressesExhausted(FlockError):

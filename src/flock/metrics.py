@@ -30,6 +30,11 @@ class Metrics:
         self.drift_repairs = Counter("flock_drift_repairs", "Routes repaired after a full kernel view",
                                      registry=self.registry)
 
+        self.pinned_pods = Gauge("flock_pinned_pods", "Pods whose connections are pinned to them "
+                                 "(connection pinning: conntrack mark -> per-pod table)", registry=self.registry)
+        self.pinning_slots = Gauge("flock_pinning_slots", "Pods that can be pinned at once (datapath.markMask); "
+                                   "0 when connection pinning is off", registry=self.registry)
+
         self.events_dropped = Counter("flock_events_dropped", "Events not posted: over an object's rate, "
                                       "or the queue was full", ["why"], registry=self.registry)
         self.api_up = Gauge("flock_apiserver_up", "1 while the API server answers the agent's pod LIST, else 0",

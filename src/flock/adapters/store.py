@@ -44,6 +44,7 @@ def encode_allocation(allocation: Allocation) -> str:
         "podIPs": [str(ip) for ip in allocation.pod_ips],
         "anycast": [str(ip) for ip in allocation.anycast],
         "state": allocation.state.value,
+        **({"pinSlot": allocation.pin_slot} if allocation.pin_slot is not None else {}),
     }, indent=2) + "\n"
 
 
@@ -61,9 +62,19 @@ def decode_allocation(text: str) -> Allocation:
             pod_ips=_addresses(data["podIPs"]),
             anycast=_addresses(data["anycast"]),
             state=AllocationState(data["state"]),
+            pin_slot=_slot(data.get("pinSlot")),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed record: {exc!r}") from exc
+
+
+def _slot(value: Any) -> int | None:
+    """``pinSlot``: absent in records written before connection pinning (and when unpinned)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"pinSlot {value!r} is not a positive integer")
+    return value
 
 
 def _addresses(items: Any) -> tuple[IPAddress, ...]:

@@ -88,6 +88,9 @@ class Allocation:
     pod_ips: tuple[IPAddress, ...]  # the pod's eth0 unicast addresses (one per family)
     anycast: tuple[IPAddress, ...]  # anycast addresses configured on the pod's lo
     state: AllocationState = AllocationState.PENDING
+    pin_slot: int | None = None
+    """Connection pinning slot (flock.core.pinning): its mark, routing table and rule. None:
+    not pinned (no anycast IPs, pinning off, or every slot taken)."""
 
     def pod_ip(self, version: int) -> IPAddress | None:
         """The pod's unicast address of one IP family, if it has one."""

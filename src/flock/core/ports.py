@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from flock.core.model import Allocation, ContainerID, Event, IPAddress
+from flock.core.pinning import PinAdoption, PodPin
 from flock.core.routediff import KernelRoutes, RouteEdit
 from flock.errors import RouteError
 
@@ -90,6 +91,30 @@ class PodNetworks(Protocol):
     async def check(self, *, host_ifname: str, ifname: str, pod_netns: str, pod_ips: Sequence[IPAddress],
                     anycast: Sequence[IPAddress]) -> list[str]:
         """What differs from what ADD set up (empty: nothing). Raises PlumbingError."""
+
+
+class Pinning(Protocol):
+    """Connection pinning in the node's kernel (flock.adapters.pinning.PinningTable):
+    flock's nftables table, its rules and per-pod routing tables."""
+
+    @property
+    def slots(self) -> int:
+        """How many pods can be pinned at once; 0 when pinning is off."""
+
+    async def kernel_slots(self) -> dict[str, int]:
+        """veth -> slot, as the kernel's nftables map holds them now. Raises PinningError."""
+
+    async def adopt(self, pins: Sequence[PodPin]) -> PinAdoption:
+        """Make the kernel hold exactly ``pins`` (the table too); write only what differs,
+        remove what no pin needs. Raises PinningError."""
+
+    async def pin(self, pin: PodPin) -> None:
+        """Steer the pod's connections to it (routes, rules, then the map element);
+        idempotent. Raises PinningError."""
+
+    async def unpin(self, pin: PodPin) -> None:
+        """Remove the pod's element, rules and routes (what is gone already is fine).
+        Raises PinningError."""
 
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]

@@ -16,6 +16,7 @@ from typing import Any
 from flock.core.annotation import MAX_ANYCAST_PER_POD_LIMIT
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, RULES
 from flock.core.model import IPAddress, IPNetwork, NodeName
+from flock.core.pinning import DEFAULT_MARK_MASK, mask_problem
 from flock.errors import ConfigError
 
 
@@ -57,6 +58,18 @@ class BirdConfig:
     """A replacement top-level jinja2 template. Default: flock's own ``bird/bird.conf.j2``."""
     timeout_seconds: float = 10.0
     """Limit for one ``birdc`` or ``bird -p`` call, seconds. Default 10."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatapathConfig:
+    """How the node forwards to its pods (the ``datapath`` key)."""
+
+    connection_pinning: bool = True
+    """Keep each connection on the pod it started on, through next-hop changes (conntrack
+    mark, per-pod table: README "Connection pinning"). Default true."""
+    mark_mask: int = DEFAULT_MARK_MASK
+    """Packet and conntrack mark bits flock may use for pinning: 4-12 contiguous bits, clear
+    of kube-proxy's 0xc000. Default 0x0ff00000 (255 pinned pods per node)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +120,8 @@ class AgentConfig:
     max_anycast_per_pod: int = 32
     """Most anycast IPs one pod may have (1-64); the rest of its annotation is ignored and
     reported. Default 32."""
+    datapath: DatapathConfig = DatapathConfig()
+    """Forwarding features (connection pinning). Default: :class:`DatapathConfig`'s defaults."""
     eligibility: str = READY_AND_NOT_TERMINATING
     """Which pods attract traffic: "ready-and-not-terminating" (default). "ready-only" is the
     old rule, kept only for the lab's comparison run; never use it in production."""
@@ -270,12 +285,32 @@ def _parse_bird(value: Any) -> BirdConfig:
     )
 
 
+def _parse_datapath(value: Any) -> DatapathConfig:
+    data = _mapping(value if value is not None else {}, "datapath")
+    _reject_unknown(data, {"connectionPinning", "markMask"}, "datapath")
+    pinning = data.get("connectionPinning", _default(DatapathConfig, "connection_pinning"))
+    if not isinstance(pinning, bool):
+        raise ConfigError(f"datapath.connectionPinning: {pinning!r} must be true or false")
+    mask = data.get("markMask", _default(DatapathConfig, "mark_mask"))
+    if isinstance(mask, str):  # YAML reads 0x0ff00000 as an int; a quoted "0x0ff00000" is fine too
+        try:
+            mask = int(mask, 0)
+        except ValueError:
+            raise ConfigError(f"datapath.markMask: {mask!r} is not an integer") from None
+    if isinstance(mask, bool) or not isinstance(mask, int):
+        raise ConfigError(f"datapath.markMask: {mask!r} is not an integer")
+    problem = mask_problem(mask)
+    if problem is not None:
+        raise ConfigError(f"datapath.markMask: {problem}")
+    return DatapathConfig(connection_pinning=pinning, mark_mask=mask)
+
+
 _TOP_KEYS = {
     "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
     "routeProtocol", "withdrawnRouteProtocol", "withdrawnLingerSeconds", "lastResortRouteProtocol",
     "lastResortPrepend", "tickSeconds", "resyncSeconds",
     "bird", "listen", "eligibility",
-    "procPath", "maxAnycastPerPod",
+    "procPath", "maxAnycastPerPod", "datapath",
 }
 
 
@@ -357,5 +392,6 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
         listen=listen,
         eligibility=eligibility,
         max_anycast_per_pod=max_anycast,
+        datapath=_parse_datapath(data.get("datapath")),
         proc_path=_string(data.get("procPath", _default(AgentConfig, "proc_path")), "procPath"),
     )
