@@ -45,6 +45,7 @@ def test_default_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> None
     assert config.max_anycast_per_pod == 32
     assert config.listen == "0.0.0.0:9964"
     assert config.host_netns is None
+    assert config.datapath.connection_pinning is True and config.datapath.mark_mask == 0x0FF00000
 
 
 def test_dualstack_config_is_accepted_by_the_agent(tmp_path: pathlib.Path) -> None:
@@ -126,6 +127,9 @@ BAD_VALUES = [
     pytest.param({"tickSeconds": 0}, "/tickSeconds", id="tick-zero"),
     pytest.param({"maxAnycastPerPod": 65}, "/maxAnycastPerPod", id="max-anycast-over-64"),
     pytest.param({"listen": "9964"}, "/listen", id="listen-without-host"),
+    pytest.param({"datapath": {"connectionPinning": "yes"}}, "/datapath/connectionPinning", id="pinning-not-bool"),
+    pytest.param({"datapath": {"markMask": "ff00"}}, "/datapath/markMask", id="mark-mask-not-hex"),
+    pytest.param({"datapath": {"pinning": True}}, "pinning", id="datapath-misspelt-key"),
     pytest.param({"anycastPool": []}, "anycastPool", id="misspelt-key"),
 ]
 
@@ -146,6 +150,14 @@ def test_peer_without_address_is_reported_as_a_missing_property() -> None:
 def test_lint_reports_schema_violations_as_errors() -> None:
     report = helm_python.lint(CHART, {"bird": {"asn": 0}})
     assert any("/bird/asn" in error for error in report["errors"]), report
+
+
+def test_pinning_values_reach_the_agent(tmp_path: pathlib.Path) -> None:
+    values = {"datapath": {"connectionPinning": False, "markMask": 0x00F00000}}
+    done, path = run_render_config(render(values), tmp_path, host_ips="192.0.2.7", host_ip="192.0.2.7")
+    assert done.returncode == 0, done.stderr
+    config = load_config(path, environ=NODE_ENV)
+    assert config.datapath.connection_pinning is False and config.datapath.mark_mask == 0x00F00000
 
 
 def test_good_values_of_every_shape_pass_the_schema() -> None:

@@ -69,6 +69,7 @@ agent's loader needs a concrete address and does not expand variables).
     "tickSeconds" .Values.tickSeconds
     "resyncSeconds" .Values.resyncSeconds
     "maxAnycastPerPod" .Values.maxAnycastPerPod
+    "datapath" .Values.datapath
     "listen" .Values.listen
     "procPath" (ternary "/proc" "/host/proc" .Values.agent.privileged)
     "bird" $bird -}}

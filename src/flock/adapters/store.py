@@ -5,7 +5,9 @@ Writes are atomic (temp file, fsync, rename, fsync of the directory:
 never half of one. On start the store reloads
 every record; a record that cannot be parsed is moved to ``<stateDir>/quarantine`` and
 reported, never silently dropped and never fatal; flock.core.recovery then rebuilds what it
-described from the kernel. Listeners registered with
+described from the kernel. ``pinSlot`` (connection pinning, flock.core.pinning) is
+written only for a pinned pod: records written before it existed load as unpinned, and
+an older agent ignores it. Listeners registered with
 :meth:`AllocationStore.add_listener` run after every commit and removal (they wake the
 reconciler).
 """
