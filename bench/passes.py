@@ -598,9 +598,10 @@ def old_design_conf(current: str, advertised: Sequence[IPAddress]) -> str:
         routes = "".join(f"\troute {prefix} blackhole;\t# anycast\n" for prefix in prefixes)
         assert static in text, f"flock_originate_{family} in flock's bird.conf"
         text = text.replace(static, define + "\n" + static + routes)
-        text, count = re.subn(rf'if proto = "flock_kernel_{family}".*?then accept;',
+        # The learned routes' branch, up to the end of its block (the last-resort prepends inside).
+        text, count = re.subn(rf'if proto = "flock_kernel_{family}".*?\taccept;\n\t\}}\n',
                               f'if proto = "flock_originate_{family}" && net ~ flock_anycast_{family}\n'
-                              f'\t\t&& net ~ flock_pools_{family} then accept;', text, flags=re.S)
+                              f'\t\t&& net ~ flock_pools_{family} then accept;\n', text, flags=re.S)
         assert count == 1, f"flock_export_{family} takes flock_kernel_{family}"
     return text
 

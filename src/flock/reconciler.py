@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from flock.core.annotation import ANNOTATION
 from flock.core.model import (
@@ -69,6 +70,8 @@ from flock.errors import BirdConfigRejected, BirdError
 from flock.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Reconciler:
@@ -278,7 +281,6 @@ class Reconciler:
         it touches are combined again. Also returns the addresses whose desired route changed."""
         fresh: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
         changed_pods: set[PodRef] = set()
-        changed: set[IPAddress] = set()
         for allocation in self.store.all():
             status = matching_status(allocation, pods)
             known = self._contributions.get(allocation.container_id)
@@ -288,11 +290,12 @@ class Reconciler:
             part = contribution(allocation, status, self.config.anycast_pools)
             fresh[allocation.container_id] = (allocation, status, part)
             changed_pods.add(allocation.pod)
-            changed |= self._desired.replace(known[2] if known is not None else None, part)
+            self._desired.update(known[2] if known is not None else None, part)
         for cid, known in self._contributions.items():
             if cid not in fresh:
                 changed_pods.add(known[0].pod)
-                changed |= self._desired.replace(known[2], None)
+                self._desired.update(known[2], None)
+        changed = self._desired.settle()
         self._contributions, self._changed_pods = fresh, changed_pods
         parts = [part for _, _, part in fresh.values() if part is not None]
         if changed_pods:  # who serves what: again for the pods that changed
@@ -463,12 +466,12 @@ class Reconciler:
             ref = ObjectRef(kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid)
             added = sorted(((after - before) | (before_last & after)) - after_last, key=address_sort_key)
             if added:
-                logger.info("anycast advertised pod=%s ips=%s", pod, _listed(map(str, added)))
+                logger.info("anycast advertised pod=%s ips=%s", pod, _listed(added))
                 self.events.post(Event(ref, "Normal", "AnycastAdvertised", self._change_message(
                     added, "advertised from", "pod ready", lambda hops: f"{_hops(hops)} on this node")))
             kept = sorted(after_last - before_last, key=address_sort_key)
             if kept:
-                logger.info("anycast kept as a last resort pod=%s ips=%s", pod, _listed(map(str, kept)))
+                logger.info("anycast kept as a last resort pod=%s ips=%s", pod, _listed(kept))
                 self.events.post(Event(ref, "Normal", "AnycastLastResort", self._change_message(
                     kept, "kept as a last resort on", f"pod terminating and no ready replica left on {node}",
                     last_resort_tail)))
@@ -476,7 +479,7 @@ class Reconciler:
             for address in sorted(before - after, key=address_sort_key):
                 removed.setdefault(withdrawal_reason(pods.get((pod.namespace, pod.name)), address), []).append(address)
             for why, addresses in removed.items():
-                logger.info("anycast withdrawn pod=%s ips=%s why=%s", pod, _listed(map(str, addresses)), why)
+                logger.info("anycast withdrawn pod=%s ips=%s why=%s", pod, _listed(addresses), why)
                 self.events.post(Event(ref, "Normal", "AnycastWithdrawn", self._change_message(
                     addresses, "withdrawn from", f"pod {why}", left)))
         self._serving = {pod: frozenset(addresses) for pod, addresses in actual.items() if addresses}
@@ -498,8 +501,8 @@ class Reconciler:
         if len(addresses) == 1:
             address = addresses[0]
             return f"{host_prefix(address)} {verb} {node}: {why}; {tail(len(advertised.get(address, ())))}"
-        each = [f"{host_prefix(a)} ({tail(len(advertised.get(a, ())))})" for a in addresses]
-        return f"{len(addresses)} anycast IPs {verb} {node}: {why}; {_listed(each)}"
+        return (f"{len(addresses)} anycast IPs {verb} {node}: {why}; "
+                + _listed(addresses, lambda a: f"{host_prefix(a)} ({tail(len(advertised.get(a, ())))})"))
 
 
 _OPS = {ReplaceRoute: "replace", WithdrawRoute: "withdraw", DeleteRoute: "delete"}
@@ -544,11 +547,11 @@ def _hops(count: int) -> str:
     return f"{count} next hop{'s' if count != 1 else ''}"
 
 
-def _listed(items: Iterable[str], most: int = 8) -> str:
-    """The first ``most`` items, comma-separated, and how many more."""
-    items = list(items)
+def _listed(items: Sequence[T], show: Callable[[T], str] = str, most: int = 8) -> str:
+    """The first ``most`` items, comma-separated, and how many more (only those are formatted:
+    a pass may list thousands of addresses, and str() of an IPv6 address is slow)."""
     more = f" and {len(items) - most} more" if len(items) > most else ""
-    return ", ".join(items[:most]) + more
+    return ", ".join(show(item) for item in items[:most]) + more
 
 
 def withdrawal_reason(status: PodStatus | None, address: IPAddress) -> str:

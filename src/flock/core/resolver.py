@@ -158,16 +158,27 @@ class DesiredRoutes:
         # may give the same next hop, and removing one must keep it); eligible and last-resort
         self._hops: dict[IPAddress, dict[Nexthop, int]] = {}
         self._fallback: dict[IPAddress, dict[Nexthop, int]] = {}
+        self._touched: set[IPAddress] = set()  # by updates not yet settled
 
     def replace(self, old: Contribution | None, new: Contribution | None) -> set[IPAddress]:
         """Take ``old`` out and put ``new`` in; return the addresses whose route changed
         (next hops, or whether it is a last resort)."""
-        touched: set[IPAddress] = set()
+        self.update(old, new)
+        return self.settle()
+
+    def update(self, old: Contribution | None, new: Contribution | None) -> None:
+        """:meth:`replace` without working out the routes yet: many updates, then one
+        :meth:`settle` (an address two pods serve is sorted once, not twice)."""
         for layer, before, after in (
                 (self._hops, old.hops if old is not None else (), new.hops if new is not None else ()),
                 (self._fallback, old.fallback if old is not None else (), new.fallback if new is not None else ())):
             if before != after:
-                _count(layer, before, after, touched)
+                _count(layer, before, after, self._touched)
+
+    def settle(self) -> set[IPAddress]:
+        """Work out the routes the updates since the last call touched; return the addresses
+        whose route changed."""
+        touched, self._touched = self._touched, set()
         changed = set()
         for address in touched:
             hops = self._hops.get(address) or self._fallback.get(address)
@@ -220,8 +231,9 @@ def combine(contributions: Iterable[Contribution]) -> Resolution:
     desired = DesiredRoutes()
     serving: dict[PodRef, set[IPAddress]] = defaultdict(set)
     for part in parts:
-        desired.replace(None, part)
+        desired.update(None, part)
         serving[part.pod].update(address for address, _ in part.hops + part.fallback)
+    desired.settle()
     return Resolution(
         routes=desired.routes,
         serving={pod: frozenset(addresses) for pod, addresses in serving.items() if addresses},
