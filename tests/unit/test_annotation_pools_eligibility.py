@@ -169,3 +169,10 @@ def test_the_old_ready_only_rule_keeps_a_terminating_pod_eligible() -> None:
     # Only for the lab's comparison: this is the behaviour flock exists to fix.
     assert ineligibility_reason(pod_body("p", ready=True, terminating=True), READY_ONLY) is None
     assert ineligibility_reason(pod_body("p", ready=False, terminating=True), READY_ONLY) == "not ready"
+
+
+@pytest.mark.parametrize("junk", ["\x00" * 100, "\U0001f600\u200b" * 60, "'" * 300])
+def test_quoted_values_stay_short_whatever_their_escapes(junk: str) -> None:
+    # Found by the hypothesis test above: a cut of 64 characters of \x00 printed as 256.
+    [error] = parse_anycast(junk, limit=8).errors
+    assert len(error) < 200, error

@@ -45,10 +45,15 @@ _SEPARATORS = re.compile(r"[,\s]+")
 
 
 def quoted(value: str) -> str:
-    """``repr`` of a pod-written value, cut to :data:`MAX_QUOTED` characters."""
-    if len(value) <= MAX_QUOTED:
-        return repr(value)
-    return repr(value[:MAX_QUOTED]) + f"… ({len(value)} chars)"
+    """``repr`` of a pod-written value, its quoted text cut to :data:`MAX_QUOTED` characters
+    (escapes count: ``\\x00`` is four, so a value of control characters is cut sooner)."""
+    shown = repr(value)
+    if len(shown) <= MAX_QUOTED + 2:
+        return shown
+    cut = value[:MAX_QUOTED]
+    while len(repr(cut)) > MAX_QUOTED + 2:
+        cut = cut[:-1]
+    return repr(cut) + f"… ({len(value)} chars)"
 
 
 @dataclasses.dataclass(frozen=True)
