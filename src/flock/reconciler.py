@@ -115,6 +115,7 @@ class Reconciler:
         cache must not withdraw what the previous agent routed."""
         self._held: dict[IPAddress, Nexthops] = {}
         self._running = False
+        self._burst_until = 0.0  # monotonic time until which wake-ups are gathered (see _pass_forever)
         self._contributions: dict[ContainerID, tuple[Allocation, PodStatus | None, Contribution | None]] = {}
         self._desired = DesiredRoutes()  # the routes of the contributions above
         self._serving_of: dict[PodRef, frozenset[IPAddress]] = {}  # what the contributions route to each pod
@@ -194,6 +195,14 @@ class Reconciler:
                     await self._wakeup.wait()
             except TimeoutError:
                 self._triggers.add("linger" if self._linger_over() else "tick")
+            else:
+                # A wake-up right after a pass that did work belongs to a burst (many pods
+                # changing at once): gather it until BURST_SECONDS after that pass instead
+                # of running a pass per event. A lone event, the usual withdrawal, waits
+                # for nothing.
+                gather = self._burst_until - time.monotonic()
+                if gather > 0:
+                    await asyncio.sleep(gather)
             self._wakeup.clear()
             triggers, self._triggers = self._triggers, set()
             waiting, self._waiting = self._waiting, []
@@ -272,6 +281,8 @@ class Reconciler:
         if self._errors_this_pass == 0:
             self._route_failures = set()
         self._settled = self._errors_this_pass == 0 and self._bird_failure.current is None
+        if trigger != "tick":
+            self._burst_until = time.monotonic() + BURST_SECONDS
         self._passed(started, trigger)
 
     def _resolve(self, pods: Mapping[tuple[str, str], PodStatus]) -> tuple[Resolution, set[IPAddress]]:
@@ -504,6 +515,10 @@ class Reconciler:
         return (f"{len(addresses)} anycast IPs {verb} {node}: {why}; "
                 + _listed(addresses, lambda a: f"{host_prefix(a)} ({tail(len(advertised.get(a, ())))})"))
 
+
+BURST_SECONDS = 0.025
+"""How long after an event's pass further wake-ups are gathered into one pass: a burst
+of 250 pods turning Ready within 100 ms then takes ~5 passes, not one per pod."""
 
 _OPS = {ReplaceRoute: "replace", WithdrawRoute: "withdraw", DeleteRoute: "delete"}
 """The ``op`` label of flock_route_edits_total for each kind of edit."""

@@ -407,3 +407,30 @@ async def test_a_bad_terminating_policy_is_reported_and_the_default_applies(node
                                            when_terminating="sometimes"))
     await node.reconciler.reconcile()
     assert A4 in node.recorder.routes.last_resort
+
+
+async def test_events_spread_over_100_ms_take_a_few_passes_not_one_each(node: Node) -> None:
+    for n in range(1, 9):
+        await node.add_pod(f"web-{n}", f"192.0.2.{10 + n}", f"2001:db8::{10 + n}", ready=False,
+                           anycast=(f"198.51.100.{10 + n}",))
+    reconciler = node.reconciler
+    task = asyncio.create_task(reconciler.run())
+    try:
+        await asyncio.wait_for(reconciler.next_pass("test"), timeout=10)
+        await asyncio.sleep(0.1)  # quiet: the next event is served at once
+        start = reconciler.passes
+        for step in range(50):  # 50 events, 2 ms apart
+            n = 1 + step % 8
+            node.pods.observe("MODIFIED", pod_body(f"web-{n}", ready=step % 2 == 0, anycast=f"198.51.100.{10 + n}"))
+            reconciler.wake("pod")
+            await asyncio.sleep(0.002)
+        await asyncio.wait_for(reconciler.next_pass("test"), timeout=10)
+        assert reconciler.passes - start <= 12, "gathered into a few passes (about one per 25 ms)"
+        # Every event was served: the last state of each pod is what the kernel routes.
+        expected = {ipaddress.ip_address(f"198.51.100.{10 + n}") for n in range(1, 9)
+                    if (max(step for step in range(50) if 1 + step % 8 == n) % 2 == 0)}
+        assert set(node.recorder.routes.table) == expected
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
