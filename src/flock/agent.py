@@ -25,8 +25,9 @@ from flock.adapters.pinning import PinningTable
 from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
-from flock.core.birdview import bird_view
-from flock.core.model import Event, IPNetwork, ObjectRef
+from flock.core.birdview import bird_view, peers_for_node
+from flock.core.fabric import FROM_NODE_IP
+from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
 from flock.core.podcache import PodCache
 from flock.core.settings import AgentConfig, listen_address
 from flock.metrics import Metrics
@@ -59,6 +60,8 @@ class Agent:
         self.network = PodNetwork(host_netns=config.host_netns, protocol=config.route_protocol,
                                   proc=config.proc_path)
         self.pod_cidrs: tuple[IPNetwork, ...] = ()
+        self.node_labels: Mapping[str, str] = {}  # the Node's, read at start when a peer has a nodeSelector
+        self.node_addresses: tuple[IPAddress, ...] = ()  # its InternalIPs, for sourceAddress: fromNodeIP
         self.reconciler = Reconciler(
             config=config, store=self.store, pods=self.pods, routes=self.routes, bird=self.bird,
             render_bird=self.render_bird, events=self.events, metrics=self.metrics)
@@ -80,7 +83,8 @@ class Agent:
         self._web: web.AppRunner | None = None
 
     def render_bird(self) -> str:
-        view = bird_view(config=self.config, pod_cidrs=self.pod_cidrs)
+        view = bird_view(config=self.config, pod_cidrs=self.pod_cidrs, node_labels=self.node_labels,
+                         node_addresses=self.node_addresses)
         return render_bird_conf(view, self.config.bird.template)
 
     def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -126,6 +130,7 @@ class Agent:
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()
         self.cni.pod_cidrs = self.pod_cidrs
+        self._log_peers()
         # bird.conf depends on the peers, pools and pod CIDRs only: apply it now, not in the
         # first pass (passes retry if BIRD refuses it).
         await self.reconciler.configure_bird()
@@ -221,15 +226,41 @@ class Agent:
                     await asyncio.sleep(RELIST_PAUSE)
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
-        """podCIDRs from the config, else from the Node (retried until the API answers)."""
-        if self.config.pod_cidrs is not None:
-            return self.config.pod_cidrs
+        """podCIDRs from the config, else from the Node (retried until the API answers).
+
+        The Node is read (once) also when a peer has a nodeSelector (its labels) or
+        ``sourceAddress: fromNodeIP`` (its InternalIPs).
+        """
+        peers = self.config.bird.peers
+        needs_node = (self.config.pod_cidrs is None
+                      or any(p.node_selector is not None or p.source_address == FROM_NODE_IP for p in peers))
+        if not needs_node:
+            return self.config.pod_cidrs or ()
 
         async def read_node() -> tuple[IPNetwork, ...]:
             node = await self.api.node(self.config.node_name)
+            self.node_labels = dict((node.get("metadata") or {}).get("labels") or {})
+            self.node_addresses = tuple(
+                ipaddress.ip_address(a["address"]) for a in (node.get("status") or {}).get("addresses") or []
+                if a.get("type") == "InternalIP")
+            if self.config.pod_cidrs is not None:
+                return self.config.pod_cidrs
             return tuple(ipaddress.ip_network(c) for c in (node.get("spec") or {}).get("podCIDRs") or [])
 
-        return await _until_it_works(read_node, f"cannot read Node {self.config.node_name} for its podCIDRs")
+        return await _until_it_works(read_node, f"cannot read Node {self.config.node_name} for its podCIDRs, "
+                                                f"labels and addresses")
+
+    def _log_peers(self) -> None:
+        """One line per configured peer: whether this node has it, and how (no password, ever)."""
+        chosen = set(peers_for_node(self.config.bird.peers, self.node_labels))
+        for peer in self.config.bird.peers:
+            if peer not in chosen:
+                logger.info("BGP peer not for this node peer=%s asn=%d nodeSelector=%s", peer.address, peer.asn,
+                            peer.node_selector)
+                continue
+            bfd = (f"{peer.bfd.interval_ms}ms x{peer.bfd.multiplier}" if peer.bfd.enabled else "off")
+            logger.info("BGP peer peer=%s asn=%d bfd=%s password=%s multihop=%s port=%d", peer.address, peer.asn,
+                        bfd, "yes" if peer.password_file is not None else "no", peer.multihop or "no", peer.port)
 
     async def _serve_http(self) -> None:
         app = web.Application()

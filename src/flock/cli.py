@@ -1,10 +1,10 @@
 """``flock-agent``: check the config once, then run the agent's kopf operator on uvloop.
 
-``flock-agent --config FILE`` validates the config and the host (one error line and exit
-2 if bad) and hands the config to the operator through kopf's memo; ``--check-config``
-checks the file only; ``--version`` prints the installed package's version. The same
-handlers also run as ``kopf run --standalone
-handlers/agent.py`` with ``FLOCK_CONFIG=FILE`` (:mod:`flock.operator`).
+``flock-agent --config FILE`` validates the config and the host, reads the BGP password
+files (one error line and exit 2 if bad) and hands the config to the operator through
+kopf's memo; ``--check-config`` checks the file only (not the password files);
+``--version`` prints the installed package's version. The same handlers also run as
+``kopf run --standalone handlers/agent.py`` with ``FLOCK_CONFIG=FILE`` (:mod:`flock.operator`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import kopf
 
-from flock.adapters.configfile import check_host, load_config
+from flock.adapters.configfile import check_host, load_config, read_passwords
 from flock.errors import FlockError
 
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flock-agent: {args.config}: config ok (node {config.node_name})")
             return 0
         check_host(config)  # fail fast, with one line, before kopf starts
+        config = read_passwords(config)  # BGP passwords: read once, here (not by --check-config)
     except FlockError as exc:
         print(f"flock-agent: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from flock.adapters.configfile import check_host, load_config
+from flock.adapters.configfile import check_host, load_config, read_passwords
 from flock.adapters.kube import KubeApi
 from flock.agent import Agent
 from flock.core.settings import AgentConfig
@@ -62,10 +62,11 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 
 def _config_from_environment() -> AgentConfig:
-    """``kopf run``: the config file named by $FLOCK_CONFIG, checked against this host."""
+    """``kopf run``: the config file named by $FLOCK_CONFIG, checked against this host,
+    with the BGP passwords read."""
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise ConfigError(f"set {CONFIG_ENV} to the agent's config file")
     config = load_config(path)
     check_host(config)
-    return config
+    return read_passwords(config)

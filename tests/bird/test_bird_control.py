@@ -161,7 +161,7 @@ async def test_an_absent_socket_raises_bird_unavailable_promptly(tmp_path: pathl
     # Written anyway: BIRD reads it when it starts. And the same text is configured
     # again on the next apply, since no BIRD confirmed it yet.
     assert config_path.read_text() == ACTIVE
-    assert oct(config_path.stat().st_mode & 0o777) == oct(0o644)
+    assert oct(config_path.stat().st_mode & 0o777) == oct(0o600)  # it may hold passwords
     with pytest.raises(BirdUnavailable):
         await control.apply(ACTIVE)
 
@@ -197,6 +197,35 @@ async def test_a_hung_birdc_is_killed_at_the_timeout(tmp_path: pathlib.Path) -> 
     assert time.monotonic() - started < 5
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
+
+
+def fake_bird_pair(tmp_path: pathlib.Path) -> tuple[str, str]:
+    """A ``bird`` that records the mode of the file it checks, a ``birdc`` that says Reconfigured."""
+    bird, birdc = tmp_path / "fake-bird", tmp_path / "fake-birdc"
+    bird.write_text(f'#!/bin/sh\nstat -c %a "$3" >> {tmp_path / "checked-modes"}\n')
+    birdc.write_text("#!/bin/sh\nprintf '0001 BIRD ready.\\n0002-Reading configuration\\n0003 Reconfigured\\n'\n")
+    for tool in (bird, birdc):
+        tool.chmod(0o755)
+    return str(bird), str(birdc)
+
+
+async def test_bird_conf_and_its_candidate_are_readable_by_their_owner_only(tmp_path: pathlib.Path) -> None:
+    bird, birdc = fake_bird_pair(tmp_path)
+    config_path = tmp_path / "etc" / "bird.conf"
+    config_path.parent.mkdir()
+    control = BirdControl(config_path=config_path, socket=tmp_path / "bird.ctl", timeout=5, bird=bird, birdc=birdc)
+    text = render_bird_conf(SCENARIOS["password"])
+    assert await control.apply(text) is True
+    assert (tmp_path / "checked-modes").read_text().split() == ["600"]  # the candidate bird -p read
+    assert config_path.stat().st_mode & 0o777 == 0o600 and config_path.read_text() == text
+    assert leftovers(config_path.parent) == []
+
+    # A file someone made world-readable (an older flock wrote 0644) loses the others' bits;
+    # its owner and group keep theirs (BIRD may run as its group: Debian's root:bird 0640).
+    config_path.chmod(0o664)
+    assert await control.apply(MINIMAL) is True
+    assert config_path.stat().st_mode & 0o777 == 0o660
+    assert (tmp_path / "checked-modes").read_text().split() == ["600", "660"]
 
 
 async def test_a_missing_bird_executable_is_a_bird_error(tmp_path: pathlib.Path) -> None:

@@ -10,11 +10,12 @@ exactly what the fabric will see. Regenerate them after an intended template cha
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -29,13 +30,23 @@ GOLDEN = pathlib.Path(__file__).parent / "golden"
 UPDATE = os.environ.get("FLOCK_UPDATE_GOLDEN") == "1"
 
 
-def agent_config(pools: Sequence[dict[str, Any]] = (),
-                 peers: Sequence[dict[str, Any]] = ()) -> AgentConfig:
-    return parse_config({
-        "nodeName": "node-a",
-        "anycastPools": list(pools),
-        "bird": {"routerId": "192.0.2.2", "asn": 65101, "peers": list(peers)},
-    }, environ={})
+def agent_config(pools: Sequence[dict[str, Any]] = (), peers: Sequence[dict[str, Any]] = (),
+                 bird_bfd: dict[str, Any] | None = None, **top: Any) -> AgentConfig:
+    bird: dict[str, Any] = {"routerId": "192.0.2.2", "asn": 65101, "peers": list(peers)}
+    if bird_bfd is not None:
+        bird["bfd"] = bird_bfd
+    return parse_config({"nodeName": "node-a", "anycastPools": list(pools), "bird": bird, **top}, environ={})
+
+
+def with_passwords(config: AgentConfig, passwords: Mapping[str, str]) -> AgentConfig:
+    """``config`` as flock.adapters.configfile.read_passwords leaves it (by peer address)."""
+    peers = tuple(dataclasses.replace(p, password=passwords[str(p.address)]) if str(p.address) in passwords else p
+                  for p in config.bird.peers)
+    return dataclasses.replace(config, bird=dataclasses.replace(config.bird, peers=peers))
+
+
+GOLDEN_PASSWORD = "golden test password: not a secret \\ #;{}'$"
+"""Every character class BIRD takes inside its double quotes (no escapes in BIRD 2.0.12)."""
 
 
 def addresses(*texts: str) -> list[IPAddress]:
@@ -69,6 +80,64 @@ SCENARIOS: dict[str, BirdView] = {
                    {"address": "192.0.2.5", "asn": 65001}],
         ),
         pod_cidrs=networks("203.0.113.64/26"),
+    ),
+    # BFD: the defaults changed under bird.bfd, one peer with its own multiplier, one without BFD.
+    "bfd": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/24"}],
+            peers=[{"address": "192.0.2.1", "asn": 65000},
+                   {"address": "192.0.2.5", "asn": 65001, "bfd": {"multiplier": 5}},
+                   {"address": "192.0.2.9", "asn": 65009, "bfd": {"enabled": False}}],
+            bird_bfd={"intervalMs": 200},
+        ),
+        pod_cidrs=networks("203.0.113.0/26"),
+    ),
+    # TCP-MD5 passwords on both sessions of a dual-stack ToR, as read from their files.
+    "password": bird_view(
+        config=with_passwords(agent_config(
+            pools=[{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
+            peers=[{"address": "192.0.2.1", "asn": 65000, "passwordFile": "/etc/flock-bgp-passwords/peer-0"},
+                   {"address": "2001:db8:ffff::1", "asn": 65000, "passwordFile": "/etc/flock-bgp-passwords/peer-1"}],
+        ), {"192.0.2.1": GOLDEN_PASSWORD, "2001:db8:ffff::1": "another-one"}),
+        pod_cidrs=networks("203.0.113.0/26", "2001:db8:200::/64"),
+    ),
+    # Multihop eBGP to route servers: a TTL, a source address (fixed, or the Node's InternalIP
+    # of the peer's family), a port; BFD on them is multihop BFD.
+    "multihop": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}],
+            peers=[{"address": "203.0.113.250", "asn": 65500, "multihop": 4, "sourceAddress": "192.0.2.2",
+                    "port": 1179},
+                   {"address": "2001:db8:fffe::250", "asn": 65500, "multihop": True, "sourceAddress": "fromNodeIP"},
+                   {"address": "192.0.2.1", "asn": 65000}],
+        ),
+        pod_cidrs=networks("203.0.113.0/26"),
+        node_addresses=addresses("192.0.2.2", "2001:db8:ffff::2"),
+    ),
+    # Communities: per pool (two pools, one in each family, one with none) and on the pod CIDRs.
+    "communities": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/25", "communities": ["65000:100", "65000:1:2"]},
+                   {"cidr": "198.51.100.128/25"},
+                   {"cidr": "2001:db8:100::/64", "communities": ["65000:106"]}],
+            peers=[{"address": "192.0.2.1", "asn": 65000}, {"address": "2001:db8:ffff::1", "asn": 65000}],
+            podCIDRCommunities=["65000:200", "4200000000:0:1"],
+        ),
+        pod_cidrs=networks("203.0.113.0/26", "2001:db8:200::/64"),
+    ),
+    # Peers per node: this node (rack-a) has the ToR of its rack and the spine-facing peer
+    # every node has; the other racks' peers are absent.
+    "node_selected": bird_view(
+        config=agent_config(
+            pools=[{"cidr": "198.51.100.0/24"}],
+            peers=[{"address": "192.0.2.1", "asn": 65001, "nodeSelector": {"matchLabels": {"rack": "rack-a"}}},
+                   {"address": "192.0.2.1", "asn": 65002, "nodeSelector": {"matchLabels": {"rack": "rack-b"}}},
+                   {"address": "192.0.2.9", "asn": 65009,
+                    "nodeSelector": {"matchExpressions": [{"key": "rack", "operator": "NotIn", "values": ["rack-a"]}]}},
+                   {"address": "192.0.2.5", "asn": 65000}],
+        ),
+        pod_cidrs=networks("203.0.113.0/26"),
+        node_labels={"rack": "rack-a", "kubernetes.io/hostname": "node-a"},
     ),
 }
 
@@ -165,8 +234,8 @@ def test_a_template_naming_a_missing_field_is_rejected(tmp_path: pathlib.Path) -
 
 def test_a_missing_peer_attribute_is_rejected_too(tmp_path: pathlib.Path) -> None:
     template = tmp_path / "bird.conf.j2"
-    template.write_text("{% for p in peers %}{{ p.password }}{% endfor %}\n")
-    with pytest.raises(BirdConfigRejected, match="password"):
+    template.write_text("{% for p in peers %}{{ p.local_pref }}{% endfor %}\n")
+    with pytest.raises(BirdConfigRejected, match="local_pref"):
         render_bird_conf(SCENARIOS["dual_stack_two_peers"], template)
 
 
@@ -181,3 +250,68 @@ def test_a_user_template_can_include_flocks_own_parts(tmp_path: pathlib.Path) ->
 def test_a_missing_template_is_rejected(tmp_path: pathlib.Path) -> None:
     with pytest.raises(BirdConfigRejected, match=r"nope\.j2"):
         render_bird_conf(SCENARIOS["minimal"], tmp_path / "nope.j2")
+
+
+# ---------------------------------------------------------------------------
+# Fabric: peers per node, passwords, source addresses
+# ---------------------------------------------------------------------------
+
+
+def test_a_peer_whose_selector_does_not_match_the_node_is_absent_from_its_bird_conf() -> None:
+    text = render_bird_conf(SCENARIOS["node_selected"])
+    assert "neighbor 192.0.2.1 as 65001;" in text and "neighbor 192.0.2.5 as 65000;" in text
+    assert "65002" not in text, "rack-b's router"
+    assert "192.0.2.9" not in text, "NotIn rack-a"
+    assert "# this node matches the peer's nodeSelector: rack=rack-a" in text
+    # The same config on a rack-b node: its own router at the same address, and 192.0.2.9.
+    config = agent_config(peers=[
+        {"address": "192.0.2.1", "asn": 65001, "nodeSelector": {"matchLabels": {"rack": "rack-a"}}},
+        {"address": "192.0.2.1", "asn": 65002, "nodeSelector": {"matchLabels": {"rack": "rack-b"}}},
+        {"address": "192.0.2.9", "asn": 65009,
+         "nodeSelector": {"matchExpressions": [{"key": "rack", "operator": "NotIn", "values": ["rack-a"]}]}}])
+    rack_b = render_bird_conf(bird_view(config=config, pod_cidrs=[], node_labels={"rack": "rack-b"}))
+    assert "neighbor 192.0.2.1 as 65002;" in rack_b and "neighbor 192.0.2.9 as 65009;" in rack_b
+    assert "65001" not in rack_b
+    # A node without a rack label: NotIn matches it (as in Kubernetes), matchLabels does not.
+    unlabelled = render_bird_conf(bird_view(config=config, pod_cidrs=[]))
+    assert re.findall(r"^\tneighbor (.*);$", unlabelled, flags=re.MULTILINE) == ["192.0.2.9 as 65009"]
+
+
+def test_two_peers_for_one_address_on_one_node_are_refused() -> None:
+    config = agent_config(peers=[
+        {"address": "192.0.2.1", "asn": 65001, "nodeSelector": {"matchLabels": {"rack": "a"}}},
+        {"address": "192.0.2.1", "asn": 65002,
+         "nodeSelector": {"matchExpressions": [{"key": "rack", "operator": "Exists"}]}}])
+    with pytest.raises(BirdConfigRejected, match=r"two peers with address 192\.0\.2\.1 select this node"):
+        bird_view(config=config, pod_cidrs=[], node_labels={"rack": "a"})
+
+
+def test_from_node_ip_takes_the_nodes_address_of_the_peers_family() -> None:
+    config = agent_config(peers=[{"address": "2001:db8:ffff::1", "asn": 65000, "multihop": 2,
+                                  "sourceAddress": "fromNodeIP"}])
+    view = bird_view(config=config, pod_cidrs=[], node_addresses=addresses("192.0.2.2", "2001:db8:ffff::2"))
+    assert view.peers[0].source_address == "2001:db8:ffff::2"
+    with pytest.raises(BirdConfigRejected, match=r"the Node has no IPv6 InternalIP in status\.addresses"):
+        bird_view(config=config, pod_cidrs=[], node_addresses=addresses("192.0.2.2"))
+
+
+def test_a_password_is_rendered_into_bird_conf_only() -> None:
+    view = SCENARIOS["password"]
+    assert f'password "{GOLDEN_PASSWORD}";' in render_bird_conf(view)
+    assert GOLDEN_PASSWORD not in repr(view) and "another-one" not in repr(view)
+
+
+def test_a_password_file_that_was_not_read_renders_nothing() -> None:
+    config = agent_config(peers=[{"address": "192.0.2.1", "asn": 65000, "passwordFile": "/run/pw"}])
+    with pytest.raises(BirdConfigRejected, match="the password of /run/pw was not read"):
+        bird_view(config=config, pod_cidrs=[])
+
+
+def test_a_prefix_in_nested_pools_gets_the_communities_of_both() -> None:
+    config = agent_config(pools=[{"cidr": "198.51.100.0/24", "communities": ["65000:1"]},
+                                 {"cidr": "198.51.100.0/28", "namespaces": ["web"], "communities": ["65000:2"]},
+                                 {"cidr": "198.51.100.0/28", "communities": ["65000:3"]}])
+    view = bird_view(config=config, pod_cidrs=[])
+    assert [(p.pool, p.communities.standard) for p in view.pool_communities_v4] == [
+        ("198.51.100.0/24", ("(65000, 1)",)), ("198.51.100.0/28", ("(65000, 2)", "(65000, 3)"))]
+    assert view.pool_communities_v6 == () and not view.pod_cidr_communities

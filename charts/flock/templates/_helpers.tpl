@@ -46,18 +46,55 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "flock.birdConfigPath" -}}/etc/bird/bird.conf{{- end -}}
 {{- define "flock.birdSocket" -}}/run/bird/bird.ctl{{- end -}}
 
+{{/* Where the agent container finds the peers' BGP passwords (one projected Secret volume). */}}
+{{- define "flock.bgpPasswordDir" -}}/etc/flock-bgp-passwords{{- end -}}
+
+{{/* "true" when some peer has a passwordSecret (the DaemonSet then mounts them). */}}
+{{- define "flock.bgpPasswords" -}}
+{{- range (.Values.bird.peers | default list) -}}
+{{- if .passwordSecret -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when some peer runs BFD (bird.bfd.enabled, or the peer's own bfd.enabled over it):
+BIRD's BFD sockets then need a capability (see the DaemonSet's bird container).
+*/}}
+{{- define "flock.bfdInUse" -}}
+{{- $default := .Values.bird.bfd.enabled -}}
+{{- range (.Values.bird.peers | default list) -}}
+{{- $on := $default -}}
+{{- if and .bfd (hasKey .bfd "enabled") -}}
+{{- $on = .bfd.enabled -}}
+{{- end -}}
+{{- if $on -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 flock-agent's config, from the values. routerId may be the placeholder `fromNodeIP`,
 which the render-config init container replaces with the node's IPv4 address (the
 agent's loader needs a concrete address and does not expand variables).
 */}}
 {{- define "flock.agentConfig" -}}
+{{- /* A peer's passwordSecret {name, key} becomes passwordFile: the file the kubelet
+       mounts from that Secret key (peer-<index> in flock.bgpPasswordDir). The password
+       itself never reaches the ConfigMap. */ -}}
+{{- $peers := list -}}
+{{- range $index, $peer := (.Values.bird.peers | default list) -}}
+{{- $agentPeer := omit $peer "passwordSecret" -}}
+{{- if $peer.passwordSecret -}}
+{{- $_ := set $agentPeer "passwordFile" (printf "%s/peer-%d" (include "flock.bgpPasswordDir" $) $index) -}}
+{{- end -}}
+{{- $peers = append $peers $agentPeer -}}
+{{- end -}}
 {{- $bird := dict
     "configPath" (include "flock.birdConfigPath" .)
     "socket" (include "flock.birdSocket" .)
     "asn" .Values.bird.asn
     "routerId" .Values.bird.routerId
-    "peers" (.Values.bird.peers | default list)
+    "peers" $peers
+    "bfd" .Values.bird.bfd
     "timeoutSeconds" .Values.bird.timeoutSeconds -}}
 {{- $config := dict
     "stateDir" .Values.stateDir
@@ -81,6 +118,9 @@ agent's loader needs a concrete address and does not expand variables).
 {{- end -}}
 {{- if .Values.podCIDRs -}}
 {{- $_ := set $config "podCIDRs" .Values.podCIDRs -}}
+{{- end -}}
+{{- if .Values.podCIDRCommunities -}}
+{{- $_ := set $config "podCIDRCommunities" .Values.podCIDRCommunities -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}

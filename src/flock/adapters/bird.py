@@ -5,8 +5,9 @@ jinja2 templates in ``bird/``. :class:`BirdControl` makes the running BIRD use t
 
 1. text equal to the last applied one (or, before the first apply, to the file already
    on disk, so a restarted agent adopts a running BIRD): nothing happens;
-2. ``bird -p -c <candidate>`` checks a candidate file written next to ``config_path``;
-   a rejection leaves ``config_path`` and BIRD untouched;
+2. ``bird -p -c <candidate>`` checks a candidate file written next to ``config_path``
+   (mode 0600, or the live file's owner and group bits: bird.conf may hold TCP-MD5
+   passwords); a rejection leaves ``config_path`` and BIRD untouched;
 3. the candidate replaces ``config_path`` atomically (fsync, rename, fsync of the dir:
    :mod:`flock.adapters.files`);
 4. ``birdc -v -s <socket> configure "<config_path>"``; the reply codes decide (birdc's
@@ -60,6 +61,11 @@ def _template_dir() -> pathlib.Path:
 TEMPLATE_DIR = _template_dir()
 """flock's own templates (the repository's top-level ``bird/``)."""
 DEFAULT_TEMPLATE = TEMPLATE_DIR / "bird.conf.j2"
+
+NEW_CONFIG_MODE = 0o600
+"""Mode of a new bird.conf (and of every candidate before it exists): it may hold passwords."""
+CONFIG_MODE_MASK = 0o660
+"""What a rewrite keeps of a live bird.conf's mode: its owner's and group's read and write."""
 
 # Final reply codes of `configure` that mean the new file is (or will be) running:
 # 0003 Reconfigured, 0004 Reconfiguration in progress, 0005 ... already in progress,
@@ -286,17 +292,19 @@ class BirdControl:
     # -- files (run on a worker thread) ------------------------------------
 
     def _write_candidate(self, text: str) -> pathlib.Path:
-        """Write ``text`` to a new file next to ``config_path`` (same mode and owner), fsynced.
+        """Write ``text`` to a new file next to ``config_path``, fsynced: mode 0600 for a new
+        file; a live file's owner, group and their read/write bits are kept (never others').
 
         Same directory: the rename is atomic, and relative ``include``s resolve alike.
         """
-        # BIRD often runs as its own user (Debian: bird), so keep the live file's mode
-        # and owner, or make a new file world-readable.
+        # bird.conf may hold TCP-MD5 passwords: nobody but BIRD's user (and group) reads it.
+        # BIRD often runs as its own user or group (Debian: root:bird 0640), so a live
+        # file's owner and group, and their bits, stay as they are.
         try:
             stat = os.stat(self.config_path)
-            mode, owner = stat.st_mode & 0o7777, (stat.st_uid, stat.st_gid)
+            mode, owner = stat.st_mode & CONFIG_MODE_MASK, (stat.st_uid, stat.st_gid)
         except FileNotFoundError:
-            mode, owner = 0o644, None
+            mode, owner = NEW_CONFIG_MODE, None
         except OSError as exc:
             raise BirdError(f"write a new {self.config_path}: {exc.strerror}") from exc
         try:

@@ -10,16 +10,24 @@ The active anycast prefixes are not in the view: BIRD learns them from the kerne
 routes of ``routeProtocol``), so bird.conf does not change when pods come and go. The
 learning import filter and the export filters both admit only host prefixes inside the
 pools, beside the resolver's own check.
+
+What the Node says also shapes the view: its labels pick the peers whose ``nodeSelector``
+matches (:func:`peers_for_node`), and its InternalIPs stand in for ``sourceAddress:
+fromNodeIP``. A peer's TCP-MD5 password is in the view (``PeerView.password``, left out
+of its repr) because bird.conf is the one place it goes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from flock.core.fabric import FROM_NODE_IP, Community
 from flock.core.model import IPAddress, IPNetwork, address_sort_key
-from flock.core.settings import AgentConfig, BgpPeer
+from flock.core.settings import AgentConfig, AnycastPool, BgpPeer
+from flock.errors import BirdConfigRejected
 
 _NOT_IN_NAME = re.compile(r"[^0-9A-Za-z]")
 
@@ -39,6 +47,40 @@ def _network_sort_key(network: IPNetwork) -> tuple[int, int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
+class BfdView:
+    """BFD timers of one session, as BIRD's ``bfd { }`` block of a BGP protocol takes them."""
+
+    interval_ms: int
+    """Desired transmit and required receive interval, milliseconds."""
+    multiplier: int
+    """Packets missed in a row that declare the peer down."""
+    detection_ms: int
+    """interval_ms x multiplier (shown in a comment)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommunitiesView:
+    """Communities to attach, as BIRD literals: ``(65000, 100)``, ``(65000, 1, 2)``."""
+
+    standard: tuple[str, ...] = ()
+    large: tuple[str, ...] = ()
+    text: str = ""
+    """As written in the config, for a comment: ``65000:100 65000:1:2``."""
+
+    def __bool__(self) -> bool:
+        return bool(self.standard or self.large)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolCommunitiesView:
+    """The communities of one anycast pool, attached to the prefixes learned inside it."""
+
+    pool: str
+    """The pool's CIDR, e.g. ``198.51.100.0/24``; its prefix set is ``[ 198.51.100.0/24+ ]``."""
+    communities: CommunitiesView
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerView:
     """One eBGP session as the template renders it."""
 
@@ -52,6 +94,22 @@ class PeerView:
     """BIRD channel the session carries: ``ipv4`` or ``ipv6`` (the address's family)."""
     export_filter: str
     """Name of the export filter of that channel: ``flock_export_v4`` or ``flock_export_v6``."""
+    port: int | None = None
+    """The peer's TCP port when it is not 179."""
+    source_address: str | None = None
+    """Local address of the session; None: chosen by the kernel's routing."""
+    source_from_node: bool = False
+    """``source_address`` is the Node's InternalIP (``sourceAddress: fromNodeIP``)."""
+    multihop: int | None = None
+    """eBGP multihop TTL; None: a directly connected neighbour."""
+    bfd: BfdView | None = None
+    """BFD timers; None: no BFD for this session."""
+    password: str | None = dataclasses.field(default=None, repr=False)
+    """TCP-MD5 password, checked to be safe inside BIRD's double quotes; never in a repr."""
+    password_file: str | None = None
+    """Where the password came from (shown in a comment; the path is not secret)."""
+    selector: str | None = None
+    """The peer's nodeSelector in kubectl syntax (shown in a comment); None: every node."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +134,15 @@ class BirdView:
     last_resort_prepend: int
     """How many times a last-resort route's AS path is prepended with ``asn``."""
     peers: tuple[PeerView, ...]
-    """eBGP sessions, sorted by neighbour address (IPv4 first)."""
+    """eBGP sessions of this node (nodeSelector applied), sorted by neighbour address (IPv4 first)."""
+    bfd: bool
+    """Whether any session uses BFD (then bird.conf has ``protocol bfd``)."""
+    pool_communities_v4: tuple[PoolCommunitiesView, ...]
+    """IPv4 pools that have communities, sorted like ``pools_v4``."""
+    pool_communities_v6: tuple[PoolCommunitiesView, ...]
+    """IPv6 pools that have communities, sorted like ``pools_v6``."""
+    pod_cidr_communities: CommunitiesView
+    """Communities attached to the pod CIDRs (both families)."""
     pod_cidrs_v4: tuple[str, ...]
     """This node's IPv4 pod CIDRs, advertised exactly as they are."""
     pod_cidrs_v6: tuple[str, ...]
@@ -89,15 +155,62 @@ class BirdView:
     """How often BIRD re-reads the whole kernel table besides following its changes."""
 
 
-def _peer_view(peer: BgpPeer) -> PeerView:
+def peers_for_node(peers: Iterable[BgpPeer], labels: Mapping[str, str]) -> tuple[BgpPeer, ...]:
+    """The peers of a node with these labels: those without a nodeSelector and those whose
+    selector matches, in their configured order."""
+    return tuple(p for p in peers if p.node_selector is None or p.node_selector.matches(labels))
+
+
+def _source_address(peer: BgpPeer, node_addresses: Sequence[IPAddress]) -> str | None:
+    if peer.source_address is None:
+        return None
+    if peer.source_address != FROM_NODE_IP:
+        return str(peer.source_address)
+    for address in node_addresses:
+        if address.version == peer.address.version:
+            return str(address)
+    raise BirdConfigRejected(
+        f"peer {peer.address}: sourceAddress {FROM_NODE_IP}, but the Node has no IPv{peer.address.version} "
+        f"InternalIP in status.addresses ({', '.join(map(str, node_addresses)) or 'none'})")
+
+
+def _peer_view(peer: BgpPeer, node_addresses: Sequence[IPAddress]) -> PeerView:
     suffix = "v4" if peer.address.version == 4 else "v6"
+    if peer.password_file is not None and peer.password is None:
+        # flock.adapters.configfile.read_passwords fills it in at start-up: rendering without
+        # it would bring up a session the peer refuses.
+        raise BirdConfigRejected(f"peer {peer.address}: the password of {peer.password_file} was not read")
     return PeerView(
         name=protocol_name(peer.address),
         address=str(peer.address),
         asn=peer.asn,
         family=f"ipv{peer.address.version}",
         export_filter=f"flock_export_{suffix}",
+        port=peer.port if peer.port != 179 else None,
+        source_address=_source_address(peer, node_addresses),
+        source_from_node=peer.source_address == FROM_NODE_IP,
+        multihop=peer.multihop,
+        bfd=BfdView(peer.bfd.interval_ms, peer.bfd.multiplier, peer.bfd.detection_ms) if peer.bfd.enabled else None,
+        password=peer.password,
+        password_file=str(peer.password_file) if peer.password_file is not None else None,
+        selector=str(peer.node_selector) if peer.node_selector is not None else None,
     )
+
+
+def _communities(communities: Iterable[Community]) -> CommunitiesView:
+    chosen = sorted(set(communities), key=lambda c: (c.large, c.parts))
+    return CommunitiesView(standard=tuple(c.bird() for c in chosen if not c.large),
+                           large=tuple(c.bird() for c in chosen if c.large),
+                           text=" ".join(map(str, chosen)))
+
+
+def _pool_communities(pools: Iterable[AnycastPool], version: int) -> tuple[PoolCommunitiesView, ...]:
+    merged: dict[IPNetwork, set[Community]] = {}
+    for pool in pools:
+        if pool.cidr.version == version and pool.communities:
+            merged.setdefault(pool.cidr, set()).update(pool.communities)
+    return tuple(PoolCommunitiesView(str(cidr), _communities(merged[cidr]))
+                 for cidr in sorted(merged, key=_network_sort_key))
 
 
 def _networks(networks: Iterable[IPNetwork], version: int) -> tuple[str, ...]:
@@ -110,13 +223,27 @@ KERNEL_SCAN_SECONDS = 30
 periodic full scan only backs that up, e.g. after its receive buffer overflowed."""
 
 
-def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork]) -> BirdView:
+def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork],
+              node_labels: Mapping[str, str] | None = None,
+              node_addresses: Sequence[IPAddress] = ()) -> BirdView:
     """Build the view for ``bird.conf``; ``pod_cidrs`` are the node's pod ranges (the
-    resolved ``podCIDRs`` setting)."""
+    resolved ``podCIDRs`` setting), ``node_labels`` the Node's labels (None: none, so a
+    peer with a nodeSelector is left out), ``node_addresses`` its InternalIPs.
+
+    Raises BirdConfigRejected when this node would get two sessions to one address, a
+    ``fromNodeIP`` the Node has no address for, or a password that was not read.
+    """
     pools = config.anycast_pools
     pod_set = set(pod_cidrs)
-    peers = sorted(set(config.bird.peers), key=lambda p: (*address_sort_key(p.address), p.asn))
+    chosen = peers_for_node(config.bird.peers, node_labels or {})
+    peers = sorted(set(chosen), key=lambda p: (*address_sort_key(p.address), p.asn))
+    for previous, peer in itertools.pairwise(peers):
+        if previous.address == peer.address:
+            raise BirdConfigRejected(
+                f"two peers with address {peer.address} select this node (nodeSelector "
+                f"{previous.node_selector} and {peer.node_selector}): a node has one session per address")
     pool_cidrs = [pool.cidr for pool in pools]
+    views = tuple(_peer_view(p, node_addresses) for p in peers)
     return BirdView(
         node_name=str(config.node_name),
         router_id=str(config.bird.router_id),
@@ -125,7 +252,11 @@ def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork]) -> BirdVie
         withdrawn_route_protocol=config.withdrawn_route_protocol,
         last_resort_route_protocol=config.last_resort_route_protocol,
         last_resort_prepend=config.last_resort_prepend,
-        peers=tuple(_peer_view(p) for p in peers),
+        peers=views,
+        bfd=any(view.bfd is not None for view in views),
+        pool_communities_v4=_pool_communities(pools, 4),
+        pool_communities_v6=_pool_communities(pools, 6),
+        pod_cidr_communities=_communities(config.pod_cidr_communities),
         pod_cidrs_v4=_networks(pod_set, 4),
         pod_cidrs_v6=_networks(pod_set, 6),
         pools_v4=_networks(pool_cidrs, 4),

@@ -15,6 +15,15 @@ from typing import Any
 
 from flock.core.annotation import MAX_ANYCAST_PER_POD_LIMIT
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, RULES
+from flock.core.fabric import (
+    FROM_NODE_IP,
+    BfdSettings,
+    Community,
+    LabelSelector,
+    parse_bfd,
+    parse_communities,
+    parse_label_selector,
+)
 from flock.core.model import IPAddress, IPNetwork, NodeName
 from flock.core.pinning import DEFAULT_MARK_MASK, mask_problem
 from flock.errors import ConfigError
@@ -28,6 +37,9 @@ class AnycastPool:
     """The range; an anycast IP is a host route inside it."""
     namespaces: frozenset[str] | None = None
     """Only pods of these namespaces may use the pool. Default: None, every namespace."""
+    communities: tuple[Community, ...] = ()
+    """BGP communities (standard and large) attached to every prefix advertised from this
+    pool. Default: none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +50,24 @@ class BgpPeer:
     """The peer's address; one session per address (and so per family)."""
     asn: int
     """The peer's AS number (eBGP)."""
+    bfd: BfdSettings = dataclasses.field(default_factory=BfdSettings)
+    """BFD for this session: ``bird.bfd`` with this peer's own ``bfd`` keys over it."""
+    password_file: pathlib.Path | None = None
+    """A file holding the session's TCP-MD5 password (one trailing newline is ignored),
+    read once at start-up. Default: none, no password."""
+    password: str | None = dataclasses.field(default=None, repr=False)
+    """The password read from ``password_file`` (:func:`flock.adapters.configfile.read_passwords`);
+    it goes into bird.conf only, never into a log line, an Event or an error message."""
+    multihop: int | None = None
+    """eBGP multihop TTL (1-255); ``multihop: true`` in the file is 64. Default: None, a
+    directly connected neighbour."""
+    source_address: IPAddress | str | None = None
+    """Local address of the session: an address, or ``fromNodeIP`` (the Node's InternalIP of
+    the peer's family). Default: None, chosen by the kernel's routing."""
+    port: int = 179
+    """The peer's TCP port. Default 179."""
+    node_selector: LabelSelector | None = None
+    """Only nodes whose labels match have this peer. Default: None, every node."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +83,10 @@ class BirdConfig:
     socket: pathlib.Path = pathlib.Path("/run/bird/bird.ctl")
     """BIRD's control socket, used through ``birdc -s``. Default /run/bird/bird.ctl."""
     peers: tuple[BgpPeer, ...] = ()
-    """eBGP peers. Default: none (nothing is advertised)."""
+    """eBGP peers, in the file's order. Default: none (nothing is advertised)."""
+    bfd: BfdSettings = dataclasses.field(default_factory=BfdSettings)
+    """BFD defaults of every peer (a peer's own ``bfd`` overrides any key). Default: on,
+    300 ms x 3."""
     template: pathlib.Path | None = None
     """A replacement top-level jinja2 template. Default: flock's own ``bird/bird.conf.j2``."""
     timeout_seconds: float = 10.0
@@ -90,6 +123,8 @@ class AgentConfig:
     """Do all netlink and sysctl work inside this named netns (lab, tests). Default: none."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None
     """This node's pod ranges. Default: None, meaning the Node's spec.podCIDRs."""
+    pod_cidr_communities: tuple[Community, ...] = ()
+    """BGP communities attached to the pod CIDRs this node advertises. Default: none."""
     route_protocol: int = 201
     """rtm_protocol number tagging flock's kernel routes, which BIRD learns and advertises
     (5-255 but 12: 0-4 are the kernel's own, 12 is BIRD's). Default 201."""
@@ -239,29 +274,83 @@ def _list(value: Any, where: str) -> list[Any]:
 
 def _parse_pool(value: Any, where: str) -> AnycastPool:
     data = _mapping(value, where)
-    _reject_unknown(data, {"cidr", "namespaces"}, where)
+    _reject_unknown(data, {"cidr", "namespaces", "communities"}, where)
     if "cidr" not in data:
         raise ConfigError(f"{where}.cidr: required")
     namespaces = None
     if data.get("namespaces") is not None:
         items = _list(data["namespaces"], f"{where}.namespaces")
         namespaces = frozenset(_string(ns, f"{where}.namespaces") for ns in items)
-    return AnycastPool(cidr=_network(data["cidr"], f"{where}.cidr"), namespaces=namespaces)
+    return AnycastPool(cidr=_network(data["cidr"], f"{where}.cidr"), namespaces=namespaces,
+                       communities=parse_communities(data.get("communities"), f"{where}.communities"))
 
 
-def _parse_peer(value: Any, where: str) -> BgpPeer:
+_PEER_KEYS = {"address", "asn", "bfd", "passwordFile", "multihop", "sourceAddress", "port", "nodeSelector"}
+DEFAULT_MULTIHOP_TTL = 64
+"""``multihop: true``: BIRD's own default TTL for multihop sessions."""
+
+
+def _parse_peer(value: Any, where: str, bfd: BfdSettings) -> BgpPeer:
     data = _mapping(value, where)
-    _reject_unknown(data, {"address", "asn"}, where)
+    _reject_unknown(data, _PEER_KEYS, where)
     for key in ("address", "asn"):
         if key not in data:
             raise ConfigError(f"{where}.{key}: required")
-    return BgpPeer(address=_address(data["address"], f"{where}.address"),
-                   asn=_asn(data["asn"], f"{where}.asn"))
+    address = _address(data["address"], f"{where}.address")
+
+    multihop = data.get("multihop")
+    if multihop is True:
+        multihop = DEFAULT_MULTIHOP_TTL
+    elif multihop is False:
+        multihop = None
+    elif multihop is not None and (not isinstance(multihop, int) or not 1 <= multihop <= 255):
+        raise ConfigError(f"{where}.multihop: {multihop!r} must be true, false or a TTL 1-255")
+
+    source: IPAddress | str | None = None
+    if data.get("sourceAddress") is not None:
+        if data["sourceAddress"] == FROM_NODE_IP:
+            source = FROM_NODE_IP
+        else:
+            source = _address(data["sourceAddress"], f"{where}.sourceAddress")
+            if source.version != address.version:
+                raise ConfigError(f"{where}.sourceAddress: {source} and the peer {address} "
+                                  f"are of different families")
+
+    port = data.get("port", _default(BgpPeer, "port"))
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}.port: {port!r} must be a TCP port 1-65535")
+
+    bfd = parse_bfd(data["bfd"], f"{where}.bfd", bfd) if data.get("bfd") is not None else bfd
+    if bfd.enabled and multihop is not None and source is None:
+        # BIRD refuses it: "Multihop BGP with BFD requires specified local address".
+        raise ConfigError(f"{where}: BFD on a multihop session needs sourceAddress (an address, or "
+                          f"{FROM_NODE_IP}); or turn BFD off for this peer (bfd: {{enabled: false}})")
+
+    password_file = None
+    if data.get("passwordFile") is not None:
+        password_file = pathlib.Path(_string(data["passwordFile"], f"{where}.passwordFile"))
+    selector = None
+    if data.get("nodeSelector") is not None:
+        selector = parse_label_selector(data["nodeSelector"], f"{where}.nodeSelector")
+    return BgpPeer(address=address, asn=_asn(data["asn"], f"{where}.asn"), bfd=bfd,
+                   password_file=password_file, multihop=multihop, source_address=source,
+                   port=port, node_selector=selector)
+
+
+def _check_peer_addresses(peers: tuple[BgpPeer, ...]) -> None:
+    """Two entries for one address must be for different nodes (nodeSelector), e.g. each
+    rack's router behind the same gateway address; without selectors they would be the
+    same BIRD protocol twice."""
+    for i, peer in enumerate(peers):
+        for j, other in enumerate(peers[:i]):
+            if other.address == peer.address and (peer.node_selector is None or other.node_selector is None):
+                raise ConfigError(f"bird.peers[{i}]: {peer.address} is bird.peers[{j}] too; list an address "
+                                  f"once, or give both entries a nodeSelector")
 
 
 def _parse_bird(value: Any) -> BirdConfig:
     data = _mapping(value, "bird")
-    known = {"configPath", "socket", "template", "routerId", "asn", "peers", "timeoutSeconds"}
+    known = {"configPath", "socket", "template", "routerId", "asn", "peers", "timeoutSeconds", "bfd"}
     _reject_unknown(data, known, "bird")
     for key in ("routerId", "asn"):
         if key not in data:
@@ -269,8 +358,10 @@ def _parse_bird(value: Any) -> BirdConfig:
     router_id = _address(data["routerId"], "bird.routerId")
     if router_id.version != 4:
         raise ConfigError(f"bird.routerId: {router_id} must be an IPv4 address (BGP router id)")
-    peers = tuple(_parse_peer(p, f"bird.peers[{i}]")
+    bfd = parse_bfd(data["bfd"], "bird.bfd", BfdSettings()) if data.get("bfd") is not None else BfdSettings()
+    peers = tuple(_parse_peer(p, f"bird.peers[{i}]", bfd)
                   for i, p in enumerate(_list(data.get("peers", []), "bird.peers")))
+    _check_peer_addresses(peers)
     template = data.get("template")
     return BirdConfig(
         config_path=pathlib.Path(_string(data.get("configPath", str(_default(BirdConfig, "config_path"))),
@@ -279,6 +370,7 @@ def _parse_bird(value: Any) -> BirdConfig:
         router_id=router_id,
         asn=_asn(data["asn"], "bird.asn"),
         peers=peers,
+        bfd=bfd,
         template=pathlib.Path(_string(template, "bird.template")) if template is not None else None,
         timeout_seconds=_positive(data.get("timeoutSeconds", _default(BirdConfig, "timeout_seconds")),
                                   "bird.timeoutSeconds"),
@@ -306,7 +398,7 @@ def _parse_datapath(value: Any) -> DatapathConfig:
 
 
 _TOP_KEYS = {
-    "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "anycastPools",
+    "nodeName", "hostNetns", "stateDir", "cniSocket", "podCIDRs", "podCIDRCommunities", "anycastPools",
     "routeProtocol", "withdrawnRouteProtocol", "withdrawnLingerSeconds", "lastResortRouteProtocol",
     "lastResortPrepend", "tickSeconds", "resyncSeconds",
     "bird", "listen", "eligibility",
@@ -378,6 +470,7 @@ def parse_config(data: Any, environ: Mapping[str, str]) -> AgentConfig:
         cni_socket=pathlib.Path(_string(data.get("cniSocket", str(_default(AgentConfig, "cni_socket"))),
                                         "cniSocket")),
         pod_cidrs=pod_cidrs,
+        pod_cidr_communities=parse_communities(data.get("podCIDRCommunities"), "podCIDRCommunities"),
         anycast_pools=tuple(_parse_pool(p, f"anycastPools[{i}]")
                             for i, p in enumerate(_list(data.get("anycastPools", []), "anycastPools"))),
         route_protocol=protocol,
