@@ -140,3 +140,24 @@ async def test_a_full_pod_cidr_says_so_and_freed_addresses_are_handed_out_again(
     again = await node.cni("ADD", "ctr-late", path, pod="pod-late")
     assert again.code == 0, again.raw
     assert again.output["ips"][0]["address"] == given["ctr-2"][0], "the freed address is handed out again"
+
+
+async def test_a_node_without_python_or_path_runs_pods_through_the_static_shim(cni_node: CniNode) -> None:
+    # What a kind, Talos or Flatcar node gives a CNI plugin: no interpreter to find. The
+    # runtime execs <bin dir>/flock with the CNI_* variables only: no PATH at all here,
+    # and the binary is a static ELF (tests/cni/test_shim.py), so nothing else is loaded.
+    node = cni_node
+    created = await node.cluster.create_pod(pod_manifest("bare-1", node="node-a", anycast="198.51.100.30",
+                                                          ready=True))
+    netns, path = node.pod_netns()
+    result = await node.cni("ADD", "ctr-bare-1", path, pod="bare-1", uid=created["metadata"]["uid"],
+                            extra_env={"PATH": None})
+    assert result.code == 0, result.raw
+    assert addresses(netns, "lo") >= {"198.51.100.30/32"}
+    await eventually(lambda: len(next_hops(node.netns, "198.51.100.30/32")) == 1, within=15,
+                     what="the pod routed")
+    with open(node.bin_dir / "flock-cni", "rb") as binary:
+        assert binary.read(4) == b"\x7fELF", "an executable, not a script for an interpreter"
+    done = await node.cni("DEL", "ctr-bare-1", path, pod="bare-1", uid=created["metadata"]["uid"],
+                          extra_env={"PATH": None})
+    assert done.code == 0, done.raw
