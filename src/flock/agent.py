@@ -18,6 +18,7 @@ from aiohttp import web
 
 from flock.adapters.bird import BirdControl, render_bird_conf
 from flock.adapters.cnisocket import CniSocket
+from flock.adapters.conntrack import ConntrackCounter
 from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.orphans import recover_orphans
@@ -30,6 +31,7 @@ from flock.core.fabric import FROM_NODE_IP
 from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
 from flock.core.podcache import PodCache
 from flock.core.settings import AgentConfig, listen_address
+from flock.drainwatch import DrainWatch
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler
 
@@ -69,8 +71,14 @@ class Agent:
                                     pools=[pool.cidr for pool in config.anycast_pools],
                                     protocol=config.route_protocol, host_netns=config.host_netns,
                                     proc=config.proc_path)
+        self.drain = DrainWatch(config=config, store=self.store, pods=self.pods,
+                                next_hop_devs=self.reconciler.next_hop_devs,
+                                connections=ConntrackCounter(mask=config.datapath.mark_mask,
+                                                             host_netns=config.host_netns),
+                                events=self.events, metrics=self.metrics)
         self.cni = CniServer(config=config, store=self.store, network=self.network,
-                             lookup_pod=self.lookup_pod, nexthops=self.reconciler, pinning=self.pinning)
+                             lookup_pod=self.lookup_pod, nexthops=self.reconciler, pinning=self.pinning,
+                             drain=self.drain)
         self.metrics.pinned_pods.set_function(self.cni.pinned_pods)
         self.metrics.pinning_slots.set(self.pinning.slots)
         self.cni_socket = CniSocket(config.cni_socket, self.cni.handle)
@@ -126,6 +134,8 @@ class Agent:
             asyncio.create_task(self._run(), name="flock start-up"),
             asyncio.create_task(self._keep_pods_listed(), name="flock pod lists"),
         ]
+        if self.pinning.slots:
+            self._tasks.append(asyncio.create_task(self.drain.run(), name="flock drain watch"))
 
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()

@@ -31,8 +31,10 @@ Connection pinning (flock.core.pinning): an ADD of a pod with anycast IPs gives 
 slot, kept in its record from the start (the pending record), and pins it after the
 plumbing and before the commit, so the pod's first routed connection is already
 pinned. Its DEL unpins it once the veth is gone: its pinned connections end with its
-network, not before. A pin that fails leaves the pod working, unpinned (logged); the
-agent's next start (:meth:`CniServer.adopt_pins`) writes what is missing.
+network, not before; then its slot's conntrack entries are counted (an AnycastDrained
+Event says how many were cut) and deleted (flock.drainwatch). A pin that fails leaves
+the pod working, unpinned (logged); the agent's next start
+(:meth:`CniServer.adopt_pins`) writes what is missing.
 
 STATUS (spec 1.1.0): 0 once the agent can serve ADDs by itself: it knows the node's pod
 CIDRs, has listed the node's pods once and finished its start-up, and has a free
@@ -81,7 +83,7 @@ from flock.core.model import (
 )
 from flock.core.pinning import PodPin, choose_slot, plan_slots, slot_mark, slot_table
 from flock.core.pools import pool_rejection
-from flock.core.ports import Allocations, NexthopRelease, Pinning, PodLookup, PodNetworks
+from flock.core.ports import Allocations, DrainReport, NexthopRelease, Pinning, PodLookup, PodNetworks
 from flock.core.recovery import PLACEHOLDER_PREFIX
 from flock.core.settings import AgentConfig
 from flock.errors import AddressesExhausted, CniError, PinningError, PlumbingError
@@ -104,6 +106,8 @@ class CniServer:
     """Whether a pod's veth may go now: the reconciler takes it out of shared routes first."""
     pinning: Pinning
     """Connection pinning in the kernel (its ``slots`` is 0 when pinning is off)."""
+    drain: DrainReport
+    """Told when a pinned pod's network is gone: reports the connections that cut (AnycastDrained)."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
     add_seconds: float = 30.0
     """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
@@ -436,6 +440,8 @@ class CniServer:
         await self._remove_veth(allocation.host_ifname)
         # After the veth: the pod's pinned connections keep reaching it until its network goes.
         await self._unpin(allocation)
+        # How many of them were still open (cut), or the end of its drain: one Event.
+        await self.drain.network_removed(allocation)
         await self.store.remove(allocation.container_id)
 
     async def _remove_veth(self, ifname: str) -> None:

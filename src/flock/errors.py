@@ -7,6 +7,7 @@ FlockError
 ├── RouteError           a netlink route edit or dump failed (.edit, .errno)
 ├── PlumbingError        a pod's network could not be set up, checked or torn down
 ├── PinningError         connection pinning (nftables, rules, per-pod tables) could not be set
+├── ConntrackError       the node's conntrack table could not be read (pinned connections)
 ├── AddressesExhausted   no free address is left in a pod CIDR (.network)
 ├── CniError             a CNI error result for the runtime (.code, .msg, .details)
 └── BirdError            BIRD could not be driven
@@ -58,6 +59,10 @@ class PlumbingError(FlockError):
 
 class PinningError(FlockError):
     """Connection pinning's nftables table, rules or per-pod routes could not be read or written."""
+
+
+class ConntrackError(FlockError):
+    """The node's conntrack table could not be read (counting pinned connections)."""
 
 
 class AddressesExhausted(FlockError):

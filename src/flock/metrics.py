@@ -34,6 +34,15 @@ class Metrics:
                                  "(connection pinning: conntrack mark -> per-pod table)", registry=self.registry)
         self.pinning_slots = Gauge("flock_pinning_slots", "Pods that can be pinned at once (datapath.markMask); "
                                    "0 when connection pinning is off", registry=self.registry)
+        self.pinned_connections = Gauge(
+            "flock_pinned_connections", "A pinned pod's open connections: conntrack entries with its slot's mark, "
+            "ESTABLISHED TCP and assured UDP (terminating pods every tick, the others every 30 s)",
+            ["namespace", "pod"], registry=self.registry)
+        self.conntrack_count_seconds = Histogram(
+            "flock_conntrack_count_seconds", "Duration of one count of pinned connections in conntrack (ctnetlink)",
+            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.conntrack_errors = Counter("flock_conntrack_count_errors", "Counts of pinned connections that failed",
+                                        registry=self.registry)
 
         self.events_dropped = Counter("flock_events_dropped", "Events not posted: over an object's rate, "
                                       "or the queue was full", ["why"], registry=self.registry)

@@ -156,6 +156,12 @@ class Reconciler:
         return any(any(hop.dev == dev for hop in hops) and any(hop.dev in staying for hop in hops)
                    for hops in self._kernel.advertised.values())
 
+    def next_hop_devs(self) -> set[str]:
+        """The veths that are next hops of flock's routes, advertised or withdrawn (a withdrawn
+        route forwards until its linger ends): as last written or seen."""
+        return {hop.dev for table in (self._kernel.advertised, self._kernel.withdrawn)
+                for hops in table.values() for hop in hops}
+
     async def release(self, dev: str) -> bool:
         """Wait until no route shares ``dev`` with a pod that stays. False: passes do not run
         (yet), or hold (before the first pod LIST): the caller tries again later."""

@@ -2,17 +2,18 @@
 
 Unit tests use them; tests/contract runs the same checks against each fake and its real
 adapter, so the fakes behave like the real thing: ``FakeRoutes`` like NetlinkRoutes,
-``FakeBird`` like BirdControl, ``RecordingEvents`` like EventPoster.
+``FakeBird`` like BirdControl, ``RecordingEvents`` like EventPoster, ``FakeConnections``
+like ConntrackCounter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from flock.adapters.rtnetlink import describe_errno
 from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
 from flock.core.routediff import KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
-from flock.errors import BirdConfigRejected, BirdUnavailable, RouteError
+from flock.errors import BirdConfigRejected, BirdUnavailable, ConntrackError, RouteError
 
 
 class FakeRoutes:
@@ -132,3 +133,27 @@ class RecordingEvents:
 
     def post(self, event: Event) -> None:
         self.events.append(event)
+
+
+class FakeConnections:
+    """In-memory stand-in for :class:`~flock.adapters.conntrack.ConntrackCounter`:
+    ``open`` is each slot's connections that count; ``fail`` makes every call raise.
+    ``counted`` records the slots of each count."""
+
+    def __init__(self, open_: dict[int, int] | None = None) -> None:
+        self.open: dict[int, int] = dict(open_ or {})
+        self.fail = False
+        self.counted: list[frozenset[int]] = []
+        self.forgotten: list[int] = []
+
+    async def count(self, slots: Collection[int]) -> dict[int, int]:
+        if self.fail:
+            raise ConntrackError("fake conntrack: failing")
+        self.counted.append(frozenset(slots))
+        return {slot: self.open[slot] for slot in slots if self.open.get(slot)}
+
+    async def forget(self, slot: int) -> int:
+        if self.fail:
+            raise ConntrackError("fake conntrack: failing")
+        self.forgotten.append(slot)
+        return self.open.pop(slot, 0)

@@ -9,9 +9,10 @@ composition root) passes every one of them explicitly: none has a "do nothing" d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
+from flock.core.drain import SlotCounts
 from flock.core.model import Allocation, ContainerID, Event, IPAddress
 from flock.core.pinning import PinAdoption, PodPin
 from flock.core.routediff import KernelRoutes, RouteEdit
@@ -115,6 +116,27 @@ class Pinning(Protocol):
     async def unpin(self, pin: PodPin) -> None:
         """Remove the pod's element, rules and routes (what is gone already is fine).
         Raises PinningError."""
+
+
+class PinnedConnections(Protocol):
+    """Pinned connections in the node's conntrack table (flock.adapters.conntrack.ConntrackCounter)."""
+
+    async def count(self, slots: Collection[int]) -> SlotCounts:
+        """Per slot of ``slots``, its connections that count (flock.core.drain.counts); a slot
+        with none may be absent. Raises ConntrackError."""
+
+    async def forget(self, slot: int) -> int:
+        """Delete the slot's conntrack entries (its pod's network is gone, so a pod that gets
+        the slot later starts with none); return how many were connections that counted.
+        Raises ConntrackError."""
+
+
+class DrainReport(Protocol):
+    """What a CNI DEL tells about a pinned pod's connections (flock.drainwatch.DrainWatch)."""
+
+    async def network_removed(self, allocation: Allocation) -> None:
+        """The pod's network is gone (veth and pin): report the pinned connections it cut,
+        or the end of its drain, and forget them. Never raises."""
 
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
