@@ -31,8 +31,8 @@ Connection pinning (flock.core.pinning): an ADD of a pod with anycast IPs gives 
 slot, kept in its record from the start (the pending record), and pins it after the
 plumbing and before the commit, so the pod's first routed connection is already
 pinned. Its DEL unpins it once the veth is gone: its pinned connections end with its
-network, not before; then its slot's conntrack entries are counted (an AnycastDrained
-Event says how many were cut) and deleted (flock.drainwatch). A pin that fails leaves
+network, not before: just before, they are counted (an AnycastDrained Event says how
+many were cut), and after, its slot's conntrack entries are deleted (flock.drainwatch). A pin that fails leaves
 the pod working, unpinned (logged); the agent's next start
 (:meth:`CniServer.adopt_pins`) writes what is missing.
 
@@ -107,7 +107,7 @@ class CniServer:
     pinning: Pinning
     """Connection pinning in the kernel (its ``slots`` is 0 when pinning is off)."""
     drain: DrainReport
-    """Told when a pinned pod's network is gone: reports the connections that cut (AnycastDrained)."""
+    """Told when a pinned pod's network goes: reports the connections it cuts (AnycastDrained)."""
     pod_cidrs: tuple[IPNetwork, ...] | None = None  # None until known: ADD answers "try again later"
     add_seconds: float = 30.0
     """Longest an ADD's plumbing may hold the lock (every other request waits for it)."""
@@ -437,11 +437,14 @@ class CniServer:
             if not await self.nexthops.release(allocation.host_ifname):
                 raise CniError(TRY_AGAIN_LATER, f"flock-agent is starting or stopping: pod {allocation.pod} "
                                "must leave its anycast route before its network goes; try again")
+        # How many pinned connections are still open (the veth cuts them), or the end of its
+        # drain: one Event. Counted now: a client's next packet after the veth is gone meets
+        # another pod, whose reset closes the connection in conntrack.
+        await self.drain.network_removing(allocation)
         await self._remove_veth(allocation.host_ifname)
         # After the veth: the pod's pinned connections keep reaching it until its network goes.
         await self._unpin(allocation)
-        # How many of them were still open (cut), or the end of its drain: one Event.
-        await self.drain.network_removed(allocation)
+        await self.drain.network_removed(allocation)  # its slot's conntrack entries go too
         await self.store.remove(allocation.container_id)
 
     async def _remove_veth(self, ifname: str) -> None:

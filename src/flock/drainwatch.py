@@ -143,23 +143,35 @@ class DrainWatch:
         live = {a.container_id for a in self.store.all()}
         self._removed &= live
 
-    async def network_removed(self, allocation: Allocation) -> None:
-        """CNI DEL, once the pod's veth and pin are gone: count and forget its slot's
-        connections, and report them (cut) or the end of its drain. Never raises."""
+    async def network_removing(self, allocation: Allocation) -> None:
+        """CNI DEL, just before the pod's veth goes: count its pinned connections and report
+        them (cut) or the end of its drain. Never raises."""
         if allocation.pin_slot is None or allocation.state is AllocationState.PENDING:
             return
         self._removed.add(allocation.container_id)
         try:
-            open_ = await self.connections.forget(allocation.pin_slot)
+            open_ = (await self.connections.count([allocation.pin_slot])).get(allocation.pin_slot, 0)
         except ConntrackError as exc:
-            logger.warning("cannot count the pinned connections a DEL cut pod=%s slot=%d: %s", allocation.pod,
+            logger.warning("cannot count the pinned connections a DEL cuts pod=%s slot=%d: %s", allocation.pod,
                            allocation.pin_slot, exc)
             self.book.forget(allocation.container_id)
-            open_ = -1
-        if open_ >= 0:
-            notice = self.book.deleted(allocation.container_id, allocation.pod, open_, self.clock())
-            if notice is not None:
-                self._report(notice)
+            return
+        notice = self.book.deleted(allocation.container_id, allocation.pod, open_, self.clock())
+        if notice is not None:
+            self._report(notice)
+
+    async def network_removed(self, allocation: Allocation) -> None:
+        """CNI DEL, once the pod's veth and pin are gone: delete its slot's conntrack entries
+        (a pod given the slot later starts with none) and its series. Never raises."""
+        if allocation.pin_slot is None or allocation.state is AllocationState.PENDING:
+            return
+        self._removed.add(allocation.container_id)
+        self.book.forget(allocation.container_id)
+        try:
+            await self.connections.forget(allocation.pin_slot)
+        except ConntrackError as exc:
+            logger.warning("cannot delete the conntrack entries of a removed pod pod=%s slot=%d: %s",
+                           allocation.pod, allocation.pin_slot, exc)
         others = any(a.pod == allocation.pod and a.pin_slot is not None and a.container_id not in self._removed
                      for a in self.store.all())
         if not others:

@@ -184,9 +184,11 @@ async def test_a_del_with_open_connections_says_how_many_it_cut(drain: Drain) ->
     await d.watch.scan(full=True)
     on_web1 = int(d.series()["web-1"])
     assert on_web1 > 0, d.series()
-    # web-1's DEL without a graceful termination: out of the route, veth gone, unpinned.
+    # web-1's DEL without a graceful termination, in the CNI DEL's order: out of the route,
+    # its connections counted, veth gone, unpinned, its slot's entries deleted.
     web1 = d.lab.pods[1]
     d.route([d.lab.pods[0], d.lab.pods[2]])
+    await d.watch.network_removing(d.record(1))
     sh("ip", "link", "del", web1.host_ifname, netns=d.lab.node)
     await d.lab.table().unpin(d.lab.pins()[1])
     await d.watch.network_removed(d.record(1))

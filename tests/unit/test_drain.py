@@ -95,8 +95,16 @@ def test_mark_filters_match_every_pinned_mark_once_and_never_slot_0(mask: int) -
 def test_dump_filters_take_the_fewest_dumps() -> None:
     assert dump_filters([], M) == []
     assert dump_filters([3, 1], M) == [(slot_mark(1, M), M), (slot_mark(3, M), M)]
-    assert dump_filters(range(1, 8), M) == [(slot_mark(s, M), M) for s in range(1, 8)]
-    assert dump_filters(range(1, 9), M) == mark_filters(M), "8 slots or more: one dump per bit of the mask"
+    assert dump_filters([1, 2, 3], M) == mark_filters(M)[:2], "2 and 3 share a highest bit"
+    assert dump_filters([2, 3], M) == [mark_filters(M)[1]]
+    assert dump_filters([2, 4], M) == [(slot_mark(2, M), M), (slot_mark(4, M), M)], "as many: per slot"
+    assert dump_filters(range(1, 11), M) == mark_filters(M)[:4], "slots 1-10: highest bit 0, 1, 2 or 3"
+    assert dump_filters([1, 40, 41, 42, 200], M) == [mark_filters(M)[i] for i in (0, 5, 7)]
+    assert dump_filters(range(1, 256), M) == mark_filters(M), "at most one dump per bit of the mask"
+    for slots in ([1, 40, 41, 42, 200], range(1, 11), [7, 8]):  # every wanted slot in exactly one dump
+        for slot in slots:
+            mark = slot_mark(slot, M) | 0x4000
+            assert len([f for f in dump_filters(slots, M) if mark & f[1] == f[0]]) == 1, (slots, slot)
 
 
 # --- wording --------------------------------------------------------------------------------
@@ -260,6 +268,7 @@ async def test_a_terminating_pod_is_counted_every_tick_and_its_drain_posted_once
     # Its DEL: nothing more to say; its series goes, its slot's entries are forgotten.
     record = w.store.get(ContainerID("c-default-web-1"))
     assert record is not None
+    await w.watch.network_removing(record)
     await w.watch.network_removed(record)
     assert len(w.drained()) == 1 and w.connections.forgotten == [1]
     assert w.series() == {"web-2": 5.0}
@@ -272,6 +281,7 @@ async def test_del_with_open_connections_says_how_many_were_cut(watch: Watch) ->
     await w.watch.scan()
     record = w.store.get(ContainerID("c-default-web-2"))
     assert record is not None
+    await w.watch.network_removing(record)
     await w.watch.network_removed(record)
     assert w.drained() == ["web-2: " + cut_message("node-a", 3)]
     assert w.series() == {}
@@ -290,6 +300,7 @@ async def test_conntrack_failures_are_logged_once_and_change_nothing(watch: Watc
     assert w.drained() == [] and w.series() == {}
     record = w.store.get(ContainerID("c-default-web-1"))
     assert record is not None
+    await w.watch.network_removing(record)
     await w.watch.network_removed(record)  # never raises
     assert w.drained() == []
     w.connections.fail = False

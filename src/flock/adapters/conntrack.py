@@ -121,27 +121,57 @@ def _attrs(data: bytes | bytearray, start: int, end: int) -> dict[int, tuple[int
     return spans
 
 
+def _nested_byte(data: bytes | bytearray, start: int, end: int, outer: int, inner: int) -> int | None:
+    """The first byte of attribute ``inner`` inside attribute ``outer`` of ``data[start:end]``."""
+    unpack = NLATTR.unpack_from
+    while start + 4 <= end:
+        length, kind = unpack(data, start)
+        if length < 4:
+            return None
+        if kind & 0x3FFF == outer:
+            offset, stop = start + 4, start + length
+            while offset + 4 <= stop:
+                length, kind = unpack(data, offset)
+                if length < 4:
+                    return None
+                if kind & 0x3FFF == inner and length > 4:
+                    return data[offset + 4]
+                offset += (length + 3) & ~3
+            return None
+        start += (length + 3) & ~3
+    return None
+
+
 def decode_entry(data: bytes | bytearray, start: int, end: int) -> ConntrackEntry:
     """The parts of one conntrack message (payload ``data[start:end]``) that decide whether
-    it counts: (L4 protocol, TCP state or None, status bits, seconds left or None, mark)."""
-    attrs = _attrs(data, start + NFGENMSG.size, end)
+    it counts: (L4 protocol, TCP state or None, status bits, seconds left or None, mark).
+
+    One pass over the top-level attributes, nested ones only where needed and without
+    building dicts: a full count decodes every pinned entry (~4 us each)."""
     protocol = 0
-    if CTA_TUPLE_ORIG in attrs:
-        tuple_ = _attrs(data, *attrs[CTA_TUPLE_ORIG])
-        if CTA_TUPLE_PROTO in tuple_:
-            proto = _attrs(data, *tuple_[CTA_TUPLE_PROTO])
-            if CTA_PROTO_NUM in proto:
-                protocol = data[proto[CTA_PROTO_NUM][0]]
     tcp_state = None
-    if CTA_PROTOINFO in attrs:
-        info = _attrs(data, *attrs[CTA_PROTOINFO])
-        if CTA_PROTOINFO_TCP in info:
-            tcp = _attrs(data, *info[CTA_PROTOINFO_TCP])
-            if CTA_PROTOINFO_TCP_STATE in tcp:
-                tcp_state = data[tcp[CTA_PROTOINFO_TCP_STATE][0]]
-    status = BE32.unpack_from(data, attrs[CTA_STATUS][0])[0] if CTA_STATUS in attrs else 0
-    timeout = BE32.unpack_from(data, attrs[CTA_TIMEOUT][0])[0] if CTA_TIMEOUT in attrs else None
-    mark = BE32.unpack_from(data, attrs[CTA_MARK][0])[0] if CTA_MARK in attrs else 0
+    status = 0
+    timeout = None
+    mark = 0
+    unpack = NLATTR.unpack_from
+    be32 = BE32.unpack_from
+    offset = start + NFGENMSG.size
+    while offset + 4 <= end:
+        length, kind = unpack(data, offset)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind == CTA_STATUS:
+            status = be32(data, offset + 4)[0]
+        elif kind == CTA_MARK:
+            mark = be32(data, offset + 4)[0]
+        elif kind == CTA_TIMEOUT:
+            timeout = be32(data, offset + 4)[0]
+        elif kind == CTA_TUPLE_ORIG:
+            protocol = _nested_byte(data, offset + 4, offset + length, CTA_TUPLE_PROTO, CTA_PROTO_NUM) or 0
+        elif kind == CTA_PROTOINFO:
+            tcp_state = _nested_byte(data, offset + 4, offset + length, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE)
+        offset += (length + 3) & ~3
     return ConntrackEntry(protocol, tcp_state, status, timeout, mark)
 
 

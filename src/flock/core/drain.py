@@ -85,16 +85,19 @@ def mark_filters(mask: int) -> list[tuple[int, int]]:
 
 def dump_filters(slots: Collection[int], mask: int) -> list[tuple[int, int]]:
     """The fewest (mark, mask) dumps that return every entry of ``slots``: one per slot, or
-    the :func:`mark_filters` of the whole mask when those are fewer.
+    the parts of :func:`mark_filters` that hold one of them when those are fewer (slots
+    1-10 take 4 dumps: highest bit 0, 1, 2 or 3).
 
     Each dump makes the kernel walk its whole conntrack hash table (~10 ms at 262,144
     buckets, however few entries match), so the number of dumps is the cost to keep low.
     """
     if not slots:
         return []
-    partition = mark_filters(mask)
-    if len(slots) < len(partition):
-        return [(slot_mark(slot, mask), mask) for slot in sorted(slots)]
+    marks = [slot_mark(slot, mask) for slot in sorted(slots)]
+    # Only the parts of the partition that hold a wanted slot (those of its highest bits).
+    partition = [(mark, m) for mark, m in mark_filters(mask) if any(s & m == mark for s in marks)]
+    if len(slots) <= len(partition):
+        return [(mark, mask) for mark in marks]
     return partition
 
 

@@ -134,9 +134,12 @@ class PinnedConnections(Protocol):
 class DrainReport(Protocol):
     """What a CNI DEL tells about a pinned pod's connections (flock.drainwatch.DrainWatch)."""
 
+    async def network_removing(self, allocation: Allocation) -> None:
+        """The pod's veth goes next: report the pinned connections still open (cut), or the
+        end of its drain. Never raises."""
+
     async def network_removed(self, allocation: Allocation) -> None:
-        """The pod's network is gone (veth and pin): report the pinned connections it cut,
-        or the end of its drain, and forget them. Never raises."""
+        """The pod's veth and pin are gone: forget its slot's connections. Never raises."""
 
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
