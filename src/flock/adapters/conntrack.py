@@ -8,15 +8,16 @@ the ``conntrack`` executable (a process per pod and per tick, and text to parse)
 
 The kernel filters: each dump carries ``CTA_MARK``/``CTA_MARK_MASK``, so it walks its
 table and sends only the entries whose ``ct mark & mask == mark``; the family is
-``AF_UNSPEC``, so one dump covers IPv4 and IPv6. A single mark/mask cannot say "any slot
-but 0", so :func:`flock.core.drain.mark_filters` splits the nonzero slots by their
-highest bit: a mask of *w* bits costs *w* dumps (8 for the default mask), each returning
-only pinned connections, whatever the number of pods. Which entries count
+``AF_UNSPEC``, so one dump covers IPv4 and IPv6. Each dump walks the kernel's whole
+conntrack hash table (~10 ms at 262,144 buckets, however few entries match), so
+:func:`flock.core.drain.dump_filters` picks the fewest: one per slot, or (a single
+mark/mask cannot say "any slot but 0") one per highest bit of the wanted slots, at most
+one per bit of the mask (8 for the default), each returning only pinned entries. Which entries count
 (:func:`flock.core.drain.counts`: ESTABLISHED TCP, assured live UDP) is decided here in
 user space, from the few attributes read of each entry: the status-mask filter of newer
 kernels (``CTA_STATUS_MASK``, 5.19+) cannot say "ESTABLISHED" anyway.
 
-Cost (bench/conntrack_count.py): see the README, *Watching a drain*.
+Cost (bench/conntrack_count.py): the README, *Watching a drain*.
 """
 
 from __future__ import annotations
