@@ -131,6 +131,46 @@ def test_single_replica_last_resort_serves_until_its_server_stops_withdraw_fails
         assert lab_leftovers(run_dir, run["labId"]) == []
 
 
+@pytest.mark.timeout(300)
+def test_node_failure_bfd_ends_the_black_hole_in_a_second_the_hold_timer_in_seconds(tmp_path: pathlib.Path) -> None:
+    run_dir, figures = tmp_path / "lab", tmp_path / "lab.json"
+    done = subprocess.run([FLOCK, "lab", "run", "--scenario", "node-failure", "--compare", "--rate", "100",
+                           "--long-lived", "10", "--run-dir", str(run_dir), "--json", str(figures)],
+                          capture_output=True, text=True, timeout=270)
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0
+    runs = json.loads(figures.read_text())["runs"]
+    bfd, no_bfd = runs["bfd"], runs["no-bfd"]
+    hole, no_bfd_hole = bfd["failure"]["blackHoleSeconds"], no_bfd["failure"]["blackHoleSeconds"]
+
+    # The ToR's BFD came up with the agents' (the lab's BIRDs open BFD sockets), not without.
+    assert set(bfd["failure"]["torBfdBefore"].values()) == {"Up"}, bfd["failure"]
+    assert "Up" not in no_bfd["failure"]["torBfdBefore"].values(), no_bfd["failure"]
+    # node-b hung, not stopped: its BIRD and agent frozen; the ToR found out by BFD, or by
+    # its hold timer (9 s, from the last keepalive: 3 s apart at most).
+    for run in (bfd, no_bfd):
+        assert {"bird", "flock-agent"} <= set(run["failure"]["frozen"]), run["failure"]
+    assert all("BFD session down" in e for e in bfd["failure"]["torLastError"].values()), bfd["failure"]
+    assert all("Hold timer expired" in e for e in no_bfd["failure"]["torLastError"].values()), no_bfd["failure"]
+    assert hole is not None and hole < 3.0, bfd["failure"]  # 0.6-0.9 s: 300 ms x 3 from the last BFD packet
+    assert no_bfd_hole is not None and no_bfd_hole > 3.0 and hole < no_bfd_hole, no_bfd["failure"]
+
+    for run in (bfd, no_bfd):
+        phases = {p["phase"]: p for p in run["phases"]}
+        assert phases["before node-b fails"]["failed"] <= 3, phases  # at most some in flight at the failure
+        assert phases["after ToR stops routing to node-b"]["failed"] <= 3, phases
+        assert phases["node-b fails -> ToR stops routing to node-b"]["failed"] > 0, phases
+        assert len([a for a in run["attributed"] if "unexplained" in a["cause"]]) <= 3, run["attributed"]
+        long_lived = run["longLived"]
+        assert long_lived["brokenTotal"] == long_lived["broken"]["nodeFailed"]["notRestarting"], long_lived
+        assert sum(long_lived["endings"].values()) == long_lived["opened"]
+    assert bfd["requests"]["failed"] < no_bfd["requests"]["failed"]
+    assert "black hole at the ToR" in done.stdout and "BFD off" in done.stdout
+    for run in runs.values():
+        assert lab_leftovers(run_dir, run["labId"]) == []
+    assert not run_dir.exists()
+
+
 def test_down_on_a_clean_machine_is_a_no_op(tmp_path: pathlib.Path) -> None:
     done = subprocess.run([FLOCK, "lab", "down", "--run-dir", str(tmp_path / "never-up")],
                           capture_output=True, text=True, timeout=60)

@@ -13,17 +13,22 @@ from typing import Any
 
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 
+SCENARIOS = {"rolling": "the rolling restart", "single-replica": "single-replica",
+             "node-failure": "node-b's failure"}
+BFD = {"on": True, "off": False, None: None}
+
 
 def _options(args: argparse.Namespace, eligibility: str, datapath: dict[str, Any] | None = None,
-             terminating: str | None = None) -> object:
+             terminating: str | None = None, bfd: bool | None = None) -> object:
     from flock.lab.scenario import Options
 
-    single = getattr(args, "scenario", "rolling") == "single-replica"
+    scenario = getattr(args, "scenario", "rolling")
+    single = scenario == "single-replica"
     return Options(run_dir=args.run_dir, nodes=args.nodes, replicas=1 if single else args.replicas, rate=args.rate,
                    grace=args.grace, detection=args.detection, eligibility=eligibility,
                    long_lived=getattr(args, "long_lived", 0), datapath=datapath,
-                   scenario="single-replica" if single else "rolling", startup=getattr(args, "startup", 4.0),
-                   terminating=terminating)
+                   scenario=scenario, startup=getattr(args, "startup", 4.0),
+                   terminating=terminating, bfd=bfd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="without --compare: the agents' datapath (default: their own)")
     run.add_argument("--long-lived", type=int, default=60, metavar="M",
                      help="long-lived connections kept open through the restart, half IPv4, half IPv6 (0: none)")
-    run.add_argument("--scenario", choices=("rolling", "single-replica"), default="rolling",
+    run.add_argument("--scenario", choices=tuple(SCENARIOS), default="rolling",
                      help="rolling: every replica restarted in turn; single-replica: a one-replica Deployment's "
                           "pod deleted, its replacement Ready --startup s later on another node "
-                          "(--compare: last-resort vs withdraw)")
+                          "(--compare: last-resort vs withdraw); node-failure: node-b hangs (processes frozen, "
+                          "uplink dropping every packet), the ToR runs BFD (--compare: the agents' BFD on vs off)")
+    run.add_argument("--bfd", choices=("on", "off"), default=None,
+                     help="without --compare: the agents' bird.bfd.enabled (default: their own, on)")
     run.add_argument("--startup", type=float, default=4.0,
                      help="single-replica: the replacement is Ready this long after the deletion, s")
     run.add_argument("--terminating", choices=("last-resort", "withdraw"), default=None,
@@ -100,18 +108,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return 0
 
+    if args.scenario == "node-failure" and args.nodes < 2:
+        print("flock lab: --scenario node-failure needs --nodes 2 or more (node-b fails)", file=sys.stderr)
+        return 2
     try:
         runs, note = scenario.variants(args.compare, args.eligibility, args.datapath, scenario=args.scenario,
-                                       terminating=args.terminating)
+                                       terminating=args.terminating, bfd=BFD[args.bfd])
     except ValueError as exc:
         print(f"flock lab: {exc}", file=sys.stderr)
         return 2
     results = {}
     for variant in runs:
-        print(f"flock lab: running {'the rolling restart' if args.scenario == 'rolling' else 'single-replica'}: "
-              f"{variant.title} ...", file=sys.stderr, flush=True)
+        print(f"flock lab: running {SCENARIOS[args.scenario]}: {variant.title} ...", file=sys.stderr, flush=True)
         results[variant.key] = asyncio.run(scenario.rolling_restart(
-            _options(args, variant.eligibility, variant.datapath, variant.terminating)))  # type: ignore[arg-type]
+            _options(args, variant.eligibility, variant.datapath, variant.terminating,
+                     variant.bfd)))  # type: ignore[arg-type]
         results[variant.key]["title"] = variant.title
         print(report.render(results[variant.key]))
         print()

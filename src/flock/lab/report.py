@@ -29,7 +29,8 @@ def request_figures(requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]],
               stopped: Sequence[Mapping[str, Any]],
-              tor_start: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+              tor_start: Mapping[str, Sequence[str]] | None = None, *,
+              blackholes: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """For each failed request, the cause the observations support, or "unexplained".
 
     ``changes``: route changes of the anycast prefixes (``at``, ``prefix``, ``where``).
@@ -37,8 +38,11 @@ def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[s
     stopped being sent to it (``to``; None if never seen). A refused connection started
     in such a window went to a pod with no server; a failure of another kind sent while
     the ToR had no route to its prefix (``tor_start``: the ToR's next hops per prefix before
-    its first change in ``changes``) found no node advertising it; one in flight while the
-    next hops of its own prefix changed was moved by an ECMP re-hash.
+    its first change in ``changes``) found no node advertising it; one in flight when a node
+    failed, or sent before the ToR stopped routing to it (``blackholes``: ``node``, ``at``
+    its failure, ``to`` the ToR's route without it, None: never), may have been hashed to
+    it (which ones, only the ToR's kernel knows); one in flight while the next hops of its
+    own prefix changed was moved by an ECMP re-hash.
     """
     tor = sorted((c for c in changes if c["where"] == "ToR"), key=lambda c: c["at"])
 
@@ -59,6 +63,11 @@ def attribute(requests: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[s
         elif not tor_routes(_prefix(target), started):
             cause = (f"{request['outcome']}: sent while the ToR had no route to {_prefix(target)} "
                      "(no node advertised it)")
+        elif hole := next((b for b in blackholes if started <= (b["to"] if b.get("to") is not None else float("inf"))
+                           and ended >= b["at"]), None):
+            cause = (f"{request['outcome']}: in flight when {hole['node']} failed" if started < hole["at"] else
+                     f"{request['outcome']}: sent while the ToR still routed to the failed {hole['node']} "
+                     "(black hole)")
         else:
             near = sorted((c for c in changes if c["prefix"].split("/")[0] == target
                            and started - NEAR <= c["at"] <= ended + NEAR), key=lambda c: c["at"])
@@ -78,6 +87,7 @@ ENDINGS = ("closed", "reset", "stalled", "unreachable", "error", "open")
 BROKEN = ("reset", "stalled", "unreachable", "error")
 CAUSES = (("node", "node re-hash"), ("fabric", "fabric re-hash at the ToR"), ("podGone", "pod gone"),
           ("unexplained", "unexplained"))
+NODE_FAILED = ("nodeFailed", "its node failed")  # the node-failure scenario's cause, first of all
 BEFORE = 0.02  # s: a route change stamped this much before the last answer may still have moved the flow
 AFTER = NEAR  # s: how late a route watch may stamp a change that broke a connection
 LATE = 0.5  # s: a connection that waited longer than this for an answer stalled (and maybe recovered)
@@ -106,8 +116,8 @@ def reaching_changes(changes: Sequence[Mapping[str, Any]], tor_start: Mapping[st
 
 
 def long_lived_cause(life: Mapping[str, Any], pod: Mapping[str, Any] | None,
-                     changes: Sequence[Mapping[str, Any]]) -> str:
-    """Why a long-lived connection broke: "podGone", "fabric", "node" or "unexplained".
+                     changes: Sequence[Mapping[str, Any]], failed_nodes: Mapping[str, float] | None = None) -> str:
+    """Why a long-lived connection broke: "nodeFailed", "podGone", "fabric", "node" or "unexplained".
 
     ``pod``: the pod that served it (its echo answers name it): ``node``, ``networkRemoved``
     (when its CNI DEL was called), ``torHop`` and ``nodeHop`` (per prefix, the ToR's next hop
@@ -121,11 +131,14 @@ def long_lived_cause(life: Mapping[str, Any], pod: Mapping[str, Any] | None,
     Otherwise a change that took away its path for sure — the ToR's set without its node
     (fabric), its node's set without its pod (node) — and failing that, the first change
     of its prefix at the ToR or at its node in the window (a set that grew or changed
-    re-hashes some flows: which ones, only the kernel knows).
+    re-hashes some flows: which ones, only the kernel knows). Node failed: its pod's node
+    had failed (``failed_nodes``: node -> when) before it broke.
     """
     prefix = _prefix(life["target"])
     last = life["lastOk"] if life.get("lastOk") is not None else life["opened"]
     end = life["end"] if life.get("end") is not None else last
+    if pod is not None and pod["node"] in (failed_nodes or {}) and (failed_nodes or {})[pod["node"]] <= end:
+        return NODE_FAILED[0]
     if pod is not None and pod.get("networkRemoved") is not None and pod["networkRemoved"] <= end:
         return "podGone"
     node = pod["node"] if pod is not None else None
@@ -152,23 +165,25 @@ def _has(hops: Sequence[str], start: str) -> bool:
 
 def long_lived_figures(connections: Sequence[Mapping[str, Any]], connect_failures: Sequence[Mapping[str, Any]],
                        pods: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]],
-                       slots: int) -> dict[str, Any]:
+                       slots: int, failed_nodes: Mapping[str, float] | None = None) -> dict[str, Any]:
     """How the long-lived connections ended, broken ones by cause, and their spread over pods.
 
     A broken connection (reset, stalled, unreachable, error) is counted once, under its
     cause (:func:`long_lived_cause`), apart for pods that were restarting when it broke
     (``deletion`` set by then) and pods that were not. Every connection ends exactly one way
-    (``endings``, summing to ``opened``).
+    (``endings``, summing to ``opened``). ``failed_nodes`` (node -> when it failed) adds the
+    cause "nodeFailed".
     """
     by_name = {p["name"]: p for p in pods}
     endings = Counter(c["outcome"] for c in connections)
-    broken: dict[str, dict[str, int]] = {key: {"notRestarting": 0, "restarting": 0} for key, _ in CAUSES}
+    causes = [NODE_FAILED, *CAUSES] if failed_nodes is not None else CAUSES
+    broken: dict[str, dict[str, int]] = {key: {"notRestarting": 0, "restarting": 0} for key, _ in causes}
     details = []
     for life in connections:
         if life["outcome"] not in BROKEN:
             continue
         pod = by_name.get(life.get("servedBy") or "")
-        cause = long_lived_cause(life, pod, changes)
+        cause = long_lived_cause(life, pod, changes, failed_nodes)
         end = life["end"] if life.get("end") is not None else life["opened"]
         restarting = pod is not None and pod.get("deletion") is not None and pod["deletion"] <= end
         broken[cause]["restarting" if restarting else "notRestarting"] += 1
@@ -247,7 +262,10 @@ def _ms(seconds: float | None) -> str:
 
 def render(report: Mapping[str, Any]) -> str:
     r = report["requests"]
-    what = (f"rolling restart of {report['replicas']} replicas" if report.get("scenario") != "single-replica"
+    failure = report.get("failure")
+    what = (f"{failure['node']} fails like a hung machine, agents' BFD {'on' if failure['bfd'] else 'off'}"
+            if failure else f"rolling restart of {report['replicas']} replicas"
+            if report.get("scenario") != "single-replica"
             else "a single replica replaced (its replacement on another node)")
     lines = [
         f"flock lab — {what}, eligibility rule: {report['eligibility']}, "
@@ -259,18 +277,11 @@ def render(report: Mapping[str, Any]) -> str:
         "  failures   " + "   ".join(f"{kind} {r['failures'][kind]}" for kind in FAILURE_KINDS),
         *render_phases(report.get("phases")),
         "",
-        "  withdrawal latency (deletionTimestamp -> traffic no longer sent to the pod)",
-        "    pod            node     where                               latency      API  ->route    ->ToR",
     ]
-    for pod in report["pods"]:
-        split = "".join(f"{_ms(pod.get(f'{key}Seconds')):>9}" for key, _ in SHARES)
-        lines.append(f"    {pod['name']:<14} {pod['node']:<8} {pod['where']:<35} "
-                     f"{_ms(pod['withdrawalSeconds']):>7}{split}")
-    lat = report["latency"]
-    lines += [f"    p50 {_ms(lat['p50'])}   max {_ms(lat['max'])}"]
-    for key, what in SHARES:
-        share = (report.get("shares") or {}).get(key) or {}
-        lines.append(f"    {what:<47} p50 {_ms(share.get('p50')):>7}   max {_ms(share.get('max')):>7}")
+    if failure:
+        lines += render_failure(failure)
+    else:
+        lines += render_withdrawals(report)
     lines.append("")
     lines.append(f"  route changes seen at the ToR: {report['torRouteChanges']}")
     events = report["events"]
@@ -291,6 +302,47 @@ def render(report: Mapping[str, Any]) -> str:
 
 
 TERMINATING = "flock.io/anycast-terminating"
+
+
+def render_withdrawals(report: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "  withdrawal latency (deletionTimestamp -> traffic no longer sent to the pod)",
+        "    pod            node     where                               latency      API  ->route    ->ToR",
+    ]
+    for pod in report["pods"]:
+        split = "".join(f"{_ms(pod.get(f'{key}Seconds')):>9}" for key, _ in SHARES)
+        lines.append(f"    {pod['name']:<14} {pod['node']:<8} {pod['where']:<35} "
+                     f"{_ms(pod['withdrawalSeconds']):>7}{split}")
+    lat = report["latency"]
+    lines += [f"    p50 {_ms(lat['p50'])}   max {_ms(lat['max'])}"]
+    for key, what in SHARES:
+        share = (report.get("shares") or {}).get(key) or {}
+        lines.append(f"    {what:<47} p50 {_ms(share.get('p50')):>7}   max {_ms(share.get('max')):>7}")
+    return lines
+
+
+def _bfd_states(failure: Mapping[str, Any]) -> str:
+    return ", ".join(str(state) for state in (failure.get("torBfdBefore") or {}).values()) or "-"
+
+
+def _last_errors(failure: Mapping[str, Any]) -> str:
+    errors = list(dict.fromkeys(str(e) for e in (failure.get("torLastError") or {}).values() if e))
+    return ", ".join(errors) or "-"
+
+
+def render_failure(failure: Mapping[str, Any]) -> list[str]:
+    node = failure["node"]
+    frozen = Counter(failure.get("frozen") or [])
+    holes = failure.get("blackHole") or {}
+    return [
+        f"  node failure: {node}'s processes frozen (SIGSTOP: "
+        + ", ".join(name + (f" x{n}" if n > 1 else "") for name, n in frozen.items())
+        + f"), every packet on its uplink dropped; applied in {_ms(failure.get('appliedSeconds'))}",
+        f"    the ToR's BFD sessions to {node} before: {_bfd_states(failure)}",
+        f"    black hole at the ToR ({node} fails -> ToR stops routing to {node}): "
+        + ", ".join(f"{prefix} {_ms(seconds)}" for prefix, seconds in holes.items()),
+        f"    the ToR's last error on {node}'s sessions: {_last_errors(failure)}",
+    ]
 
 
 def render_phases(phases: Sequence[Mapping[str, Any]] | None) -> list[str]:
@@ -331,7 +383,9 @@ def render_long_lived(figures: Mapping[str, Any] | None) -> list[str]:
         + (f" (longest {figures['longestWait']:.2f} s)" if figures.get("longestWait") else ""),
         f"    broken, by cause{'':<20}{'pod not restarting':>20}{'pod restarting':>18}",
     ]
-    for key, label in CAUSES:
+    for key, label in (NODE_FAILED, *CAUSES):
+        if key not in figures["broken"]:
+            continue
         counts = figures["broken"][key]
         lines.append(f"      {label:<32}{counts['notRestarting']:>20}{counts['restarting']:>18}")
     return lines
@@ -355,6 +409,9 @@ def compare(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
             "longLivedBrokenNotRestarting": {cause: counts["notRestarting"] for cause, counts in broken.items()},
             "longLivedBrokenRestarting": {cause: counts["restarting"] for cause, counts in broken.items()},
         }
+        if report.get("failure"):
+            figures[key]["blackHoleSeconds"] = report["failure"].get("blackHoleSeconds")
+            figures[key]["torLastError"] = report["failure"].get("torLastError")
     return figures
 
 
@@ -382,6 +439,8 @@ def _spread(counts: Mapping[str, int]) -> str:
 def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = "") -> str:
     """Runs side by side: ``runs`` is (column title, report), the ready-only run first."""
     reports = [r for _, r in runs]
+    if reports and all(r.get("failure") for r in reports):
+        return render_failure_compare(runs, note)
 
     def row(name: str, value: Any) -> tuple[str, ...]:
         return (name, *[value(r) for r in reports])
@@ -435,3 +494,71 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
     if note:
         out.append(note)
     return "\n".join(out)
+
+
+def _table(titles: Sequence[str], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    width = max(len(r[0]) for r in rows) + 2
+    column = max(22, *(len(title) + 2 for title in titles), *(len(v) + 2 for r in rows for v in r[1:]))
+    out = [f"{'':<{width}}" + "".join(f"{title:>{column}}" for title in titles)]
+    out += [(f"{r[0]:<{width}}" + "".join(f"{v:>{column}}" for v in r[1:])).rstrip() for r in rows]
+    return out
+
+
+def render_failure_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = "") -> str:
+    """Node-failure runs side by side (``runs``: (column title, report)): the black hole at
+    the ToR and what it cost."""
+    reports = [r for _, r in runs]
+    node = reports[0]["failure"]["node"]
+    prefixes = list(dict.fromkeys(p for r in reports for p in (r["failure"].get("blackHole") or {})))
+
+    def row(name: str, value: Any) -> tuple[str, ...]:
+        return (name, *[value(r) for r in reports])
+
+    def long_lived(r: Mapping[str, Any], *path: str) -> str:
+        value: Any = r.get("longLived")
+        for key in path:
+            value = (value or {}).get(key)
+        return "-" if value is None else str(value)
+
+    def wait(r: Mapping[str, Any]) -> str:
+        longest = (r.get("longLived") or {}).get("longestWait")
+        return "-" if longest is None else f"{longest:.2f} s"
+
+    labels = _phase_labels(reports)
+    rows = [
+        row(f"the ToR's BFD to {node} before", _bfd_states_of),
+        row("black hole at the ToR", lambda r: _ms(r["failure"].get("blackHoleSeconds"))),
+        *[row(f"  {prefix}", lambda r, prefix=prefix: _ms((r["failure"].get("blackHole") or {}).get(prefix)))
+          for prefix in prefixes],
+        row("the ToR's last error", lambda r: _last_errors(r["failure"])),
+        row("requests", lambda r: str(r["requests"]["total"])),
+        row("failed", lambda r: f"{r['requests']['failed']} ({r['requests']['failedPercent']:.3f}%)"),
+        *[row(f"  {kind}", lambda r, kind=kind: str(r["requests"]["failures"][kind])) for kind in FAILURE_KINDS],
+        *([row("failed, by when sent:", lambda r: "")]
+          + [row(f"  {label}", lambda r, label=label: _phase(r, label)) for label in labels] if labels else []),
+        row("ToR route changes", lambda r: str(r["torRouteChanges"])),
+        ("",) * (1 + len(reports)),
+        row("long-lived connections opened", lambda r: long_lived(r, "opened")),
+        row("  at the start, per node", lambda r: _spread(((r.get("longLived") or {}).get("spread") or {})
+                                                          .get("atStartByNode") or {})),
+        row("  broken (reset, stalled...)", lambda r: long_lived(r, "brokenTotal")),
+        *[row(f"    {label}", lambda r, key=key: long_lived(r, "broken", key, "notRestarting"))
+          for key, label in (NODE_FAILED, *CAUSES)],
+        row("  connection attempts that failed", lambda r: str(sum(((r.get("longLived") or {})
+                                                                    .get("connectFailures") or {}).values()))),
+        row(f"  waited over {LATE:g} s for an answer", lambda r: long_lived(r, "late")),
+        row("  longest wait for an answer", wait),
+    ]
+    out = _table([title for title, _ in runs], rows)
+    out.append(f"\n(black hole: from {node}'s failure to the ToR's route without {node}; for each prefix, "
+               "and the longer)")
+    nodes = sorted(((reports[0].get("longLived") or {}).get("spread") or {}).get("atStartByNode") or {})
+    if nodes:
+        out.append(f"(at the start, per node: {' / '.join(nodes)})")
+    if note:
+        out.append(note)
+    return "\n".join(out)
+
+
+def _bfd_states_of(report: Mapping[str, Any]) -> str:
+    return _bfd_states(report["failure"])

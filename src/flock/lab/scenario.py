@@ -11,6 +11,14 @@ deletes it: its ReplicaSet creates the replacement at once (on node-b), which is
 ``startup`` seconds later, while the old pod goes through its grace. The pods'
 ``flock.io/anycast-terminating`` policy (last-resort or withdraw) decides whether the old
 pod serves meanwhile.
+
+``node-failure``: the default placement, and node-b fails the way a hung machine does:
+every process of node-b (its BIRD, its flock-agent, its pods' servers) is frozen with
+SIGSTOP and every packet on its uplink is dropped in its netns (nftables), so the ToR gets
+no BGP Cease, no TCP close and no carrier change; it finds out by its BFD (when node-b's
+agent runs BFD) or when its hold timer expires. The ToR runs BFD on its node sessions
+(``tor_bird_config(bfd=True)``). Measured: the black hole at the ToR, from the failure to
+the ToR's route without node-b, and the requests lost meanwhile.
 """
 
 from __future__ import annotations
@@ -38,10 +46,17 @@ from flock.lab.topology import (
     ROUTE_PROTOCOL,
     Fabric,
     Node,
+    bfd_sessions,
     build,
+    fail_uplink,
+    freeze,
+    last_error,
+    netns_pids,
     python,
     stop_process,
     teardown,
+    thaw,
+    tor_protocol,
     wait_for,
 )
 
@@ -63,9 +78,15 @@ class Options:
     eligibility: str = READY_AND_NOT_TERMINATING
     long_lived: int = 60  # long-lived connections kept open, half IPv4, half IPv6
     datapath: dict[str, Any] | None = None  # the agents' `datapath` config key (None: their default)
-    scenario: str = "rolling"  # or "single-replica"
+    scenario: str = "rolling"  # or "single-replica", "node-failure"
     startup: float = 4.0  # single-replica: the replacement is Ready this long after the deletion
     terminating: str | None = None  # the pods' flock.io/anycast-terminating (None: not set)
+    bfd: bool | None = None  # the agents' bird.bfd.enabled (None: not written, the agent's default: on)
+
+    @property
+    def tor_bfd(self) -> bool:
+        """The ToR runs BFD on its node sessions (the node-failure scenario)."""
+        return self.scenario == NODE_FAILURE
 
     @property
     def annotations(self) -> dict[str, str]:
@@ -76,11 +97,17 @@ class Options:
 class Variant:
     """One column of a comparison: an eligibility rule and a datapath."""
 
-    key: str  # "ready-only", "flock-plain", "flock-pinned"; "last-resort", "withdraw"
+    key: str  # "ready-only", "flock-plain", "flock-pinned"; "last-resort", "withdraw"; "bfd", "no-bfd"
     title: str
     eligibility: str
     datapath: dict[str, Any] | None
     terminating: str | None = None  # the pods' flock.io/anycast-terminating
+    bfd: bool | None = None  # the agents' bird.bfd.enabled (None: the agent's default)
+
+
+SCENARIOS = ("rolling", "single-replica", "node-failure")
+NODE_FAILURE = "node-failure"
+FAILED_NODE = 1  # node-b
 
 
 # The seed's datapath: plain multipath routes, no connection pinning. Each key is written
@@ -107,19 +134,23 @@ def datapath_keys() -> set[str]:
 
 def variants(compare: bool, eligibility: str = READY_AND_NOT_TERMINATING, datapath: str = "default",
              known: set[str] | None = None, scenario: str = "rolling",
-             terminating: str | None = None) -> tuple[list[Variant], str]:
+             terminating: str | None = None, bfd: bool | None = None) -> tuple[list[Variant], str]:
     """The runs to make, and a note on any the agent cannot do yet.
 
     ``compare``: ready-only (plain multipath), flock's rule with plain multipath and no
     pinning (the seed's datapath), flock's rule with pinning (flock's datapath). Without
     the agent's ``datapath.connectionPinning`` key the last is left out (and said so).
     In the single-replica scenario: flock's rule with the pods' terminating policy
-    last-resort, then withdraw. Otherwise one run: ``eligibility`` with ``datapath``
-    "default" (the agent's own), "plain" or "pinned", and ``terminating``.
+    last-resort, then withdraw. In the node-failure scenario: the agents' BFD on (their
+    default, 300 ms x 3), then off. Otherwise one run: ``eligibility`` with ``datapath``
+    "default" (the agent's own), "plain" or "pinned", ``terminating`` and ``bfd``.
     """
     if scenario == "single-replica" and compare:
         return [Variant(policy, f"flock, {policy}", READY_AND_NOT_TERMINATING, None, policy)
                 for policy in (LAST_RESORT, WITHDRAW)], ""
+    if scenario == NODE_FAILURE and compare:
+        return [Variant("bfd", "BFD on (300 ms x 3)", eligibility, None, terminating, True),
+                Variant("no-bfd", "BFD off", eligibility, None, terminating, False)], ""
     known = datapath_keys() if known is None else known
     plain = {k: v for k, v in PLAIN.items() if k in known} or None
     pinned = {k: v for k, v in PINNED.items() if k in known} or None
@@ -136,8 +167,9 @@ def variants(compare: bool, eligibility: str = READY_AND_NOT_TERMINATING, datapa
     if datapath == "pinned" and pinned is None:
         raise ValueError(f"--datapath pinned: {missing}")
     title = ("ready-only" if eligibility == READY_ONLY else "flock") + (
-        "" if datapath == "default" else f", {datapath}") + (f", {terminating}" if terminating else "")
-    return [Variant(f"{eligibility}-{datapath}", title, eligibility, chosen, terminating)], ""
+        "" if datapath == "default" else f", {datapath}") + (f", {terminating}" if terminating else "") + (
+        "" if bfd is None else f", BFD {'on' if bfd else 'off'}")
+    return [Variant(f"{eligibility}-{datapath}", title, eligibility, chosen, terminating, bfd)], ""
 
 
 def placement(options: Options) -> list[int]:
@@ -165,7 +197,8 @@ def has_hop(hops: frozenset[str], start: str) -> bool:
 
 
 async def up(options: Options) -> tuple[Fabric, Kubelet, aiohttp.ClientSession, dict[int, LabPod]]:
-    fabric = await asyncio.to_thread(build, options.run_dir, options.nodes, options.eligibility, options.datapath)
+    fabric = await asyncio.to_thread(build, options.run_dir, options.nodes, options.eligibility, options.datapath,
+                                     bfd=options.bfd, tor_bfd=options.tor_bfd)
     session = aiohttp.ClientSession()
     try:
         kubelet = Kubelet(fabric, session, ", ".join(ANYCAST), grace=options.grace, detection=options.detection)
@@ -222,10 +255,14 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
          "--out", str(results)], options.run_dir / "load.log", fabric.names.client)
     terminated: list[dict[str, Any]] = []
     every_pod = list(pods.values())
+    failure: dict[str, Any] | None = None
+    frozen: list[int] = []
     try:
         await asyncio.sleep(options.warmup)
         if options.scenario == "single-replica":
             await _replace(options, fabric, kubelet, pods, terminated, every_pod)
+        if options.scenario == NODE_FAILURE:
+            failure = await _fail_node(options, fabric, fabric.nodes[FAILED_NODE], every_pod, frozen)
         for slot in sorted(pods) if options.scenario == "rolling" else []:
             old = pods[slot]
             others_on_node = [p for s, p in pods.items() if s != slot and p.node is old.node]
@@ -245,13 +282,65 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
             await asyncio.to_thread(stop_process, streams, 30)
         for watch in [*watches.values(), *forwarding.values()]:
             watch.close()
+        thaw(frozen)  # the failed node's processes go on (to their teardown)
     requests = json.loads(results.read_text()) if results.exists() else []
     long_lived = json.loads(streams_out.read_text()) if streams_out.exists() else None
     events = await kubelet.events()
     deliveries = watch_deliveries(options.run_dir / WATCH_LOG)
     return {"labId": fabric.names.lab_id, "datapath": options.datapath, "hashSeeds": fabric.hash_seeds,
             **build_report(options, requests, terminated, watches, events, deliveries,
-                           forwarding=forwarding, long_lived=long_lived, every_pod=every_pod)}
+                           forwarding=forwarding, long_lived=long_lived, every_pod=every_pod, failure=failure)}
+
+
+async def _fail_node(options: Options, fabric: Fabric, node: Node, every_pod: list[LabPod],
+                     frozen: list[int]) -> dict[str, Any]:
+    """``node`` fails as a hung machine: its processes frozen, its uplink silent. Waits
+    until the ToR no longer routes to it (BFD or the hold timer), then ``options.warmup``
+    more under load. ``frozen`` gets the stopped PIDs as they are stopped (the caller
+    thaws them, whatever happens)."""
+    tor_ctl = fabric.run_dir / "tor" / "bird.ctl"
+    addresses = [str(node.spec.link.b_v4.ip), str(node.spec.link.b_v6.ip)]
+    if options.bfd is not False:  # the agent runs BFD: wait for the ToR's sessions to it
+        await asyncio.to_thread(wait_for, lambda: all(bfd_sessions(tor_ctl).get(a) == "Up" for a in addresses), 30,
+                                f"the ToR's BFD sessions to {node.spec.name} Up")
+    bfd_before = {a: bfd_sessions(tor_ctl).get(a, "none") for a in addresses}
+    pods = [p for p in every_pod if p.node is node]
+    labels = {node.bird.pid: "bird", node.agent.pid: "flock-agent",
+              **{p.server.pid: f"{p.name}'s server" for p in pods if p.server is not None}}
+
+    def fail() -> tuple[float, float]:
+        # All of node's processes, and whatever else runs in its namespace or its pods'.
+        found = [*labels, *netns_pids(node.spec.netns), *[pid for p in pods for pid in netns_pids(p.netns)]]
+        at = time.monotonic()
+        frozen.extend(freeze(found))
+        fail_uplink(node.spec.netns, node.spec.link.ifname)
+        return at, time.monotonic()
+
+    failed_at, applied_at = await asyncio.to_thread(fail)
+    logger.info("%s failed: %d processes frozen, uplink dropping", node.spec.name, len(frozen))
+    try:
+        await asyncio.to_thread(wait_for, lambda: not _tor_routes_to_any(fabric, node), 30,
+                                f"the ToR to stop routing to {node.spec.name}")
+    except RuntimeError as exc:
+        logger.warning("%s", exc)
+    await asyncio.sleep(options.warmup)
+    errors = {a: last_error(tor_ctl, tor_protocol(a)) for a in addresses}
+    return {"node": node.spec.name, "at": failed_at, "appliedSeconds": applied_at - failed_at,
+            "frozen": [labels.get(pid) or _comm(pid) for pid in frozen], "bfd": options.bfd is not False,
+            "torBfdBefore": bfd_before, "torLastError": errors,
+            "torHop": {p: tor_hop(node, p) for p in PREFIXES}}
+
+
+def _tor_routes_to_any(fabric: Fabric, node: Node) -> bool:
+    from flock.lab.routewatch import nexthops
+    return any(has_hop(nexthops(fabric.names.tor, prefix), tor_hop(node, prefix)) for prefix in PREFIXES)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return str(pid)
 
 
 async def _replace(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[int, LabPod],
@@ -282,6 +371,25 @@ def phases(every_pod: list[LabPod]) -> list[tuple[str, float]]:
     marks = [("deletion", old.marked_for_deletion or None), ("server stops", old.server_stopped),
              ("replacement Ready", new.ready_at if new is not old else None)]
     return sorted(((label, at) for label, at in marks if at is not None), key=lambda m: m[1])
+
+
+def failure_figures(failure: dict[str, Any], tor: RouteWatch) -> dict[str, Any]:
+    """The black hole at the ToR: from the node's failure (``at``) to the ToR's route
+    without the node, per prefix (None: not within the run); ``to``: when it ended for
+    every prefix."""
+    at = failure["at"]
+    ends = {p: tor.first_change_after(p, at, failure["torHop"][p]) for p in PREFIXES}
+    holes = {p: None if end is None else end - at for p, end in ends.items()}
+    to = None if any(end is None for end in ends.values()) else max(e for e in ends.values() if e is not None)
+    return {**failure, "blackHole": holes, "to": to,
+            "blackHoleSeconds": None if to is None else round(to - at, 4)}
+
+
+def failure_marks(failure: dict[str, Any]) -> list[tuple[str, float]]:
+    """Node failure: the moments that split the run — the failure, the ToR's route without the node."""
+    node = failure["node"]
+    return [(f"{node} fails", failure["at"])] + (
+        [(f"ToR stops routing to {node}", failure["to"])] if failure.get("to") is not None else [])
 
 
 def pod_timeline(pod: LabPod) -> dict[str, Any]:
@@ -328,7 +436,7 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
                  watches: dict[str, RouteWatch], events: list[dict[str, Any]],
                  deliveries: list[dict[str, Any]] | None = None, *,
                  forwarding: dict[str, RouteWatch] | None = None, long_lived: dict[str, Any] | None = None,
-                 every_pod: list[LabPod] | None = None) -> dict[str, Any]:
+                 every_pod: list[LabPod] | None = None, failure: dict[str, Any] | None = None) -> dict[str, Any]:
     pods = []
     stopped: list[dict[str, Any]] = []  # when each terminated pod had no server
     for item in terminated:
@@ -361,6 +469,8 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
                 for node in {pod.node for pod in every_pod or []}}
     # ... those that can have moved a flow (a node's only while the ToR sends it traffic).
     rehashes = reports.reaching_changes(moves, tor_start, tor_hops)
+    if failure is not None:
+        failure = failure_figures(failure, watches["ToR"])
     flock_events = [e for e in events if (e.get("source") or {}).get("component") == "flock-agent"]
     samples = [f"{e['reason']:<18} {e['involvedObject'].get('kind')}/{e['involvedObject'].get('name')}: "
                f"{e['message']}" for e in flock_events if e["reason"] == "AnycastWithdrawn"][:4]
@@ -377,12 +487,16 @@ def build_report(options: Options, requests: list[dict[str, Any]], terminated: l
                                                           for n, w in (forwarding or {}).items()}}.items()},
         "forwardingChanges": sorted((c for c in moves if c["where"] != "ToR"), key=lambda c: c["at"]),
         "events": {"byReason": dict(Counter(e["reason"] for e in flock_events)), "samples": samples},
-        "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped, tor_start),
+        "attributed": reports.attribute(requests, rehashes if forwarding else changes, stopped, tor_start,
+                                        blackholes=[] if failure is None else [failure]),
         "phases": (reports.phase_figures(requests, phases(every_pod))
-                   if options.scenario == "single-replica" and every_pod else None),
+                   if options.scenario == "single-replica" and every_pod
+                   else reports.phase_figures(requests, failure_marks(failure)) if failure is not None else None),
+        "failure": failure,
         "longLived": None if long_lived is None else reports.long_lived_figures(
             long_lived["connections"], long_lived["connectFailures"], [pod_timeline(p) for p in every_pod or []],
-            rehashes, options.long_lived),
+            rehashes, options.long_lived,
+            failed_nodes=None if failure is None else {failure["node"]: failure["at"]}),
         "measuredAt": time.time(),
     }
 

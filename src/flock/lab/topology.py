@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import signal
@@ -86,24 +87,35 @@ def connect(a: str, b: str, index: int) -> Link:
     return link
 
 
-def tor_bird_config(router_id: str, neighbors: Iterable[tuple[str, int]], asn: int = TOR_ASN) -> str:
+def tor_bird_config(router_id: str, neighbors: Iterable[tuple[str, int]], asn: int = TOR_ASN, *,
+                    bfd: bool = False) -> str:
     """A top-of-rack BIRD: eBGP to every node address (one session per address, its own
-    family), accepting everything, announcing nothing, ECMP (merge paths) into its kernel."""
+    family), accepting everything, announcing nothing, ECMP (merge paths) into its kernel.
+
+    ``bfd``: the ToR as the README's Fabric section asks a router facing flock's nodes to
+    be set up: ``protocol bfd`` and ``bfd on`` in every node session (hard down when the
+    node's BFD goes silent; not ``bfd graceful``). BIRD's BFD defaults at the ToR (it may
+    receive every 10 ms): it declares a node down after the node's multiplier x the node's
+    interval, 300 ms x 3 with flock's defaults. A node that runs no BFD keeps its session
+    (its BFD session stays Down at the ToR, which BIRD never acts on).
+    """
+    session_bfd = "\n\tbfd on;\t# a node silent for its BFD detection time is down" if bfd else ""
     sessions = "".join(f"""
 protocol bgp node_{address.replace('.', '_').replace(':', '_')} {{
 \tlocal as {asn};
 \tneighbor {address} as {peer_asn};
-\thold time 9; keepalive time 3; connect retry time 2;
+\thold time 9; keepalive time 3; connect retry time 2;{session_bfd}
 \tipv{ipaddress.ip_address(address).version} {{ import all; export none; }};
 }}
 """ for address, peer_asn in neighbors)
+    bfd_protocol = "protocol bfd tor_bfd { }\n" if bfd else ""
     return f"""# top-of-rack router of flock's lab
 log stderr all;
 router id {router_id};
 protocol device {{ }}
 protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}
 protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; merge paths on; }}
-{sessions}"""
+{bfd_protocol}{sessions}"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,10 +281,12 @@ class Fabric:
 
 
 def build(run_dir: pathlib.Path, node_count: int, eligibility: str,
-          datapath: dict[str, Any] | None = None) -> Fabric:
+          datapath: dict[str, Any] | None = None, *, bfd: bool | None = None, tor_bfd: bool = False) -> Fabric:
     """Bring the whole fabric up and wait until every BGP session is established.
 
     ``datapath``: the agents' ``datapath`` config key (None: not written, the agent's default).
+    ``bfd``: the agents' ``bird.bfd.enabled`` (None: not written, the agent's default: on).
+    ``tor_bfd``: the ToR runs BFD on its node sessions (:func:`tor_bird_config`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     names = Names(secrets.token_hex(3))
@@ -306,7 +320,7 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str,
     neighbors = [(str(s.link.b_v4.ip), s.asn) for s in specs] + [(str(s.link.b_v6.ip), s.asn) for s in specs]
     tor_dir = run_dir / "tor"
     tor_dir.mkdir(parents=True, exist_ok=True)
-    (tor_dir / "bird.conf").write_text(tor_bird_config(str(client_link.a_v4.ip), neighbors))
+    (tor_dir / "bird.conf").write_text(tor_bird_config(str(client_link.a_v4.ip), neighbors, bfd=tor_bfd))
     tor_bird = state.spawn(["bird", "-f", "-c", str(tor_dir / "bird.conf"), "-s", str(tor_dir / "bird.ctl")],
                            tor_dir / "bird.log", netns=tor)
 
@@ -324,7 +338,7 @@ contexts: [{{name: lab, context: {{cluster: lab, user: lab, namespace: default}}
 current-context: lab
 """)
 
-    nodes = [start_node(state, spec, run_dir, kubeconfig, eligibility, datapath) for spec in specs]
+    nodes = [start_node(state, spec, run_dir, kubeconfig, eligibility, datapath, bfd) for spec in specs]
     fabric = Fabric(state, names, api_url, api, tor_bird, nodes, client_link, seeds)
     wait_for(lambda: bgp_established(tor_dir / "bird.ctl", 2 * len(specs)), 60, "BGP sessions ToR <-> nodes")
     return fabric
@@ -371,7 +385,7 @@ def hash_seed(netns: str, seed: int) -> None:
 
 
 def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: pathlib.Path,
-               eligibility: str, datapath: dict[str, Any] | None = None) -> Node:
+               eligibility: str, datapath: dict[str, Any] | None = None, bfd: bool | None = None) -> Node:
     directory = run_dir / spec.name
     (directory / "state").mkdir(parents=True, exist_ok=True)
     bird_conf, bird_ctl = directory / "bird.conf", directory / "bird.ctl"
@@ -379,7 +393,7 @@ def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: 
     bird = state.spawn(["bird", "-f", "-R", "-c", str(bird_conf), "-s", str(bird_ctl)], directory / "bird.log",
                        netns=spec.netns)
     wait_for(bird_ctl.exists, 10, f"BIRD of {spec.name}")
-    config = {
+    config: dict[str, Any] = {
         "nodeName": spec.name, "hostNetns": spec.netns, "stateDir": str(directory / "state"),
         "cniSocket": str(directory / "cni.sock"),
         "anycastPools": [{"cidr": cidr} for cidr in POOLS], "routeProtocol": ROUTE_PROTOCOL,
@@ -390,6 +404,8 @@ def start_node(state: State, spec: NodeSpec, run_dir: pathlib.Path, kubeconfig: 
     }
     if datapath is not None:
         config["datapath"] = datapath
+    if bfd is not None:
+        config["bird"]["bfd"] = {"enabled": bfd}
     (directory / "agent.yaml").write_text(yaml.safe_dump(config))
     # The static flock-cni this checkout built (make -C cni-shim; scripts/install.sh runs it).
     install_cni(directory / "cni" / "bin", directory / "cni" / "net.d", str(directory / "cni.sock"))
@@ -408,6 +424,67 @@ def _answers(port: int) -> bool:
 def bgp_established(socket_path: pathlib.Path, count: int) -> bool:
     done = subprocess.run(["birdc", "-s", str(socket_path), "show", "protocols"], capture_output=True, text=True)
     return done.stdout.count("Established") >= count
+
+
+def birdc(socket_path: pathlib.Path, *args: str) -> str:
+    return subprocess.run(["birdc", "-s", str(socket_path), *args], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def bfd_sessions(socket_path: pathlib.Path) -> dict[str, str]:
+    """{neighbour address: BFD state (Up, Down, Init, AdminDown)} from ``birdc show bfd sessions``."""
+    found = re.findall(r"^(\S+)\s+\S+\s+(Up|Down|Init|AdminDown)\b", birdc(socket_path, "show", "bfd", "sessions"),
+                       flags=re.MULTILINE)
+    return dict(found)
+
+
+def tor_protocol(address: str) -> str:
+    """The ToR's BGP protocol for a node address (:func:`tor_bird_config`)."""
+    return f"node_{address.replace('.', '_').replace(':', '_')}"
+
+
+def last_error(socket_path: pathlib.Path, protocol: str) -> str | None:
+    """A BGP protocol's ``Last error`` as ``birdc show protocols all`` gives it (None: none)."""
+    found = re.search(r"^\s*Last error:\s*(.+?)\s*$",
+                      birdc(socket_path, "show", "protocols", "all", protocol), flags=re.MULTILINE)
+    return found.group(1) if found else None
+
+
+# A hung machine, as its ToR sees it: nothing. Every packet on the node's uplink is
+# dropped in the node's own namespace, before anything of its stack sees it and before
+# anything it sends leaves (ARP and ND too): no carrier change, no ICMP, no TCP reset.
+FAILURE_TABLE = "flock_lab_failure"
+
+
+def fail_uplink(netns: str, ifname: str) -> None:
+    """Drop every packet on ``ifname`` of ``netns``, both ways, silently (nftables netdev
+    ingress and egress hooks, policy drop; the link stays up)."""
+    ruleset = f"""table netdev {FAILURE_TABLE} {{
+\tchain uplink_in {{ type filter hook ingress device "{ifname}" priority -500; policy drop; }}
+\tchain uplink_out {{ type filter hook egress device "{ifname}" priority -500; policy drop; }}
+}}
+"""
+    done = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset, capture_output=True,
+                          text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"nft in {netns}: {done.stderr.strip() or done.returncode}")
+
+
+def netns_pids(netns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split() if pid.isdigit()]
+
+
+def freeze(pids: Iterable[int]) -> list[int]:
+    """SIGSTOP each process and its group (the lab starts each in a session of its own):
+    a hung process, no exit, no socket closed. Returns those it stopped; :func:`thaw`
+    them (``teardown`` does too)."""
+    return [pid for pid in dict.fromkeys(pids) if pid != os.getpid() and _signal(pid, signal.SIGSTOP)]
+
+
+def thaw(pids: Iterable[int]) -> None:
+    for pid in pids:
+        _signal(pid, signal.SIGCONT)
 
 
 def lab_namespaces(names: Names) -> list[str]:
@@ -434,6 +511,7 @@ def teardown(run_dir: pathlib.Path) -> list[str]:
     for pid in dict.fromkeys(pids):
         if _signal(pid, signal.SIGTERM):
             removed.append(f"process {pid}")
+            _signal(pid, signal.SIGCONT)  # a frozen one (node failure) acts on its SIGTERM
     deadline = time.monotonic() + 5
     for pid in dict.fromkeys(pids):
         while time.monotonic() < deadline and _alive(pid):
@@ -478,12 +556,29 @@ def _alive(pid: int) -> bool:
 
 
 def _stray_pids(run_dir: pathlib.Path) -> list[int]:
-    """Processes whose command line names the run dir (lost from state.json by a crash)."""
-    marker = str(run_dir).encode()
+    """Processes whose command line names the run dir (lost from state.json by a crash):
+    an argument that is the run dir or a path inside it. Never this process or one of its
+    ancestors (``timeout 300 flock lab run --run-dir …`` names it too)."""
+    marker = str(run_dir).rstrip("/").encode()
+    ours = _ancestors()
     found = []
     for entry in pathlib.Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
+        if entry.name.isdigit() and int(entry.name) not in ours:
             with contextlib.suppress(OSError):
-                if marker in (entry / "cmdline").read_bytes():
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                if any(arg == marker or arg.endswith(b"=" + marker) or marker + b"/" in arg for arg in args):
                     found.append(int(entry.name))
+    return found
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
     return found
