@@ -66,6 +66,10 @@ def tor_config(router_id: str, sessions: list[Session]) -> str:
             options.append("bfd on;")  # hard down on a BFD failure (not `bfd graceful`)
         if session.multihop:
             options.append("multihop 2;")
+        if session.local_port:
+            # Only the node connects (to this port): an outgoing session from the ToR to the
+            # node's 179 could win the collision and the test would see that one.
+            options.append("passive on;")
         options.append(f"ipv{family} {{ import all; export none; }};")
         body = "\n\t".join(options)
         protocols.append(f"protocol bgp node{i} {{\n\t{body}\n}}\n")
