@@ -36,7 +36,13 @@ References, same node, same ToR, same N:
 Needs root, ``ip`` and ``bird``; touches nothing outside its namespaces, which it deletes
 at the end, also on failure, and stops every BIRD it started by its PID.
 
+Every figure is measured once per ``--nexthop-groups`` mode (``datapath.nexthopGroups``;
+default both, resilient first): routes through resilient next-hop groups (a member object
+per pod and family, one group per prefix: three requests for a new prefix instead of
+one, and a dump that reads the next-hop objects too) and plain multipath routes.
+
     .venv/bin/python bench/passes.py [--sizes 100,1000,10000] [--rounds 3] [--repeats 9]
+                                     [--nexthop-groups resilient,multipath]
 """
 
 from __future__ import annotations
@@ -206,8 +212,9 @@ async def make_node(config: AgentConfig, size: int) -> Node:
     assert config.host_netns is not None
     routes = NetlinkRoutes(protocol=config.route_protocol, withdrawn_protocol=config.withdrawn_route_protocol,
                            last_resort_protocol=config.last_resort_route_protocol, netns=config.host_netns,
-                           timeout=120)
+                           timeout=120, nexthop_groups=MODE[0])
     await routes.start()
+    assert routes.mode == MODE[0], routes.fallback
     bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket, timeout=60)
     reconciler = Reconciler(config=config, store=store, pods=pods, routes=routes, bird=bird,
                             render_bird=lambda: render(config), events=RecordingEvents(), metrics=Metrics())
@@ -727,11 +734,18 @@ def acceptance(withdrawals: dict[int, dict[str, list[float]]]) -> None:
         print(f"  10k / 1k other prefixes: {ratio:.2f}x <= 1.5x: {'ok' if ratio <= 1.5 else 'NOT MET'}")
 
 
-async def run(sizes: list[int], rounds: int, repeats: int) -> None:
-    withdrawals = {}
-    for size in sizes:
-        withdrawals[size] = await bench_size(size, rounds, repeats)
-    acceptance(withdrawals)
+MODE = ["resilient"]
+"""The ``datapath.nexthopGroups`` mode being measured."""
+
+
+async def run(sizes: list[int], rounds: int, repeats: int, modes: Sequence[str] = ("resilient",)) -> None:
+    for mode in modes:
+        MODE[0] = mode
+        print(f"\n=== datapath.nexthopGroups: {mode} ===", flush=True)
+        withdrawals = {}
+        for size in sizes:
+            withdrawals[size] = await bench_size(size, rounds, repeats)
+        acceptance(withdrawals)
 
 
 def main() -> None:
@@ -739,18 +753,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the pass figures (best of)")
     parser.add_argument("--repeats", type=int, default=9, help="withdrawals per size and kind (p50, max)")
+    parser.add_argument("--nexthop-groups", default="resilient,multipath",
+                        help="datapath.nexthopGroups modes to measure, in order")
     parser.add_argument("--monitor", nargs="+", metavar=("NETNS", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.monitor:  # a Monitor's child process
         monitor(args.monitor[0], args.monitor[1:])
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = args.nexthop_groups.split(",")
     try:
         import uvloop  # the agent's loop
 
-        uvloop.run(run(sizes, args.rounds, args.repeats))
+        uvloop.run(run(sizes, args.rounds, args.repeats, modes))
     except ImportError:
-        asyncio.run(run(sizes, args.rounds, args.repeats))
+        asyncio.run(run(sizes, args.rounds, args.repeats, modes))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ class Agent:
         self.routes = NetlinkRoutes(protocol=config.route_protocol,
                                     withdrawn_protocol=config.withdrawn_route_protocol,
                                     last_resort_protocol=config.last_resort_route_protocol, netns=config.host_netns,
-                                    proc=config.proc_path)
+                                    proc=config.proc_path, nexthop_groups=config.datapath.nexthop_groups,
+                                    buckets=config.datapath.resilient_buckets)
         self.bird = BirdControl(config_path=config.bird.config_path, socket=config.bird.socket,
                                 timeout=config.bird.timeout_seconds)
         self.events = EventPoster(api, self.metrics)
@@ -117,6 +118,7 @@ class Agent:
         # Connection pinning as the previous agent left it (or removed, if it is off now).
         await self.cni.adopt_pins()
         await self.routes.start()
+        self._log_nexthop_groups()
         # What the previous agent left routed: a DEL then knows which veths share a route.
         await self.reconciler.adopt()
         for warning in await self.routes.set_multipath_hash_policy():
@@ -259,6 +261,19 @@ class Agent:
 
         return await _until_it_works(read_node, f"cannot read Node {self.config.node_name} for its podCIDRs, "
                                                 f"labels and addresses")
+
+    def _log_nexthop_groups(self) -> None:
+        """Once at start: how the anycast routes are written, and why if not as configured."""
+        for mode in ("resilient", "multipath"):
+            self.metrics.nexthop_groups.labels(mode=mode).set(1 if mode == self.routes.mode else 0)
+        if self.routes.fallback is not None:
+            logger.warning("resilient next-hop groups unavailable, anycast routes are plain multipath "
+                           "(a pod joining or leaving may move other pods' untracked flows): %s", self.routes.fallback)
+        elif self.routes.mode == "resilient":
+            logger.info("anycast routes use resilient next-hop groups buckets=%d",
+                        self.config.datapath.resilient_buckets)
+        else:
+            logger.info("anycast routes are plain multipath (datapath.nexthopGroups: multipath)")
 
     def _log_peers(self) -> None:
         """One line per configured peer: whether this node has it, and how (no password, ever)."""

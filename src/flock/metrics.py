@@ -44,6 +44,10 @@ class Metrics:
         self.conntrack_errors = Counter("flock_conntrack_count_errors", "Counts of pinned connections that failed",
                                         registry=self.registry)
 
+        self.nexthop_groups = Gauge("flock_nexthop_groups", "1 for the way the node's anycast routes are "
+                                    "written (mode: resilient next-hop groups or plain multipath), 0 for the other",
+                                    ["mode"], registry=self.registry)
+
         self.events_dropped = Counter("flock_events_dropped", "Events not posted: over an object's rate, "
                                       "or the queue was full", ["why"], registry=self.registry)
         self.api_up = Gauge("flock_apiserver_up", "1 while the API server answers the agent's pod LIST, else 0",

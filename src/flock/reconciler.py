@@ -356,6 +356,7 @@ class Reconciler:
         was, now = self._kernel.advertised, kernel.advertised
         drift = {a for a in was.keys() | now.keys() if was.get(a) != now.get(a)}
         drift |= kernel.unlearnable - self._kernel.unlearnable
+        drift |= kernel.reshape - self._kernel.reshape
         if self._touched is not None:
             self._touched.update(drift)
         if drift:

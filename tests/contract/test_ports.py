@@ -38,7 +38,8 @@ class RoutesUnderTest:
     hops: dict[int, list[Nexthop]]  # per IP family: the next hops of two pods
 
 
-@pytest.fixture(params=["fake", pytest.param("netlink", marks=pytest.mark.netns)])
+@pytest.fixture(params=["fake", pytest.param("netlink", marks=pytest.mark.netns),
+                        pytest.param("netlink-resilient", marks=pytest.mark.netns)])
 async def routes(request: pytest.FixtureRequest, make_netns: Callable[[str], str]) -> AsyncIterator[RoutesUnderTest]:
     pods = [("192.0.2.71", "2001:db8::71"), ("192.0.2.72", "2001:db8::72")]
     if request.param == "fake":
@@ -51,8 +52,11 @@ async def routes(request: pytest.FixtureRequest, make_netns: Callable[[str], str
                for n, ips in enumerate(pods)]
     hops = {version: [Nexthop(next(ip for ip in pod.ips if ip.version == version), pod.host_ifname)
                       for pod in plumbed] for version in (4, 6)}
-    real = NetlinkRoutes(protocol=201, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30)
+    mode = "resilient" if request.param == "netlink-resilient" else "multipath"
+    real = NetlinkRoutes(protocol=201, withdrawn_protocol=202, last_resort_protocol=203, netns=node, timeout=30,
+                         nexthop_groups=mode)
     await real.start()
+    assert real.mode == mode, real.fallback
     try:
         yield RoutesUnderTest(real, hops)
     finally:

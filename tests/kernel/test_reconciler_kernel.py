@@ -27,6 +27,7 @@ from tests.support.agent import eventually
 from tests.support.config import agent_config
 from tests.support.netlink_monitor import watch_routes
 from tests.support.netns import PlumbedPod, plumb_pod, sh
+from tests.support.nexthop_monitor import watch_nexthops
 from tests.support.routes import PROTO, WITHDRAWN, flock_routes, next_hops
 from tests.unit.factories import pod_body
 
@@ -36,8 +37,9 @@ V4, V6 = "198.51.100.10/32", "2001:db8:100::10/128"
 
 
 class Node:
-    def __init__(self, netns: str, pods: list[PlumbedPod], state: pathlib.Path) -> None:
+    def __init__(self, netns: str, pods: list[PlumbedPod], state: pathlib.Path, mode: str = "multipath") -> None:
         self.netns = netns
+        self.mode = mode
         self.pods = pods
         self.state = state
         self.cache = PodCache("node-a")
@@ -56,8 +58,10 @@ class Node:
             await self.routes.close()
         self.store = AllocationStore(self.state)
         await self.store.load()
-        self.routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=self.netns)
+        self.routes = NetlinkRoutes(protocol=PROTO, withdrawn_protocol=202, last_resort_protocol=203, netns=self.netns,
+                                    nexthop_groups=self.mode)
         await self.routes.start()
+        assert self.routes.mode == self.mode, self.routes.fallback
         self.reconciler = Reconciler(
             config=agent_config(hostNetns=self.netns, **settings), store=self.store, pods=self.cache,
             routes=self.routes,
@@ -71,12 +75,14 @@ class Node:
                                                 terminating=terminating, anycast="198.51.100.10, 2001:db8:100::10"))
 
 
-@pytest.fixture
-async def node(make_netns: Callable[[str], str], tmp_path: pathlib.Path) -> AsyncIterator[Node]:
+@pytest.fixture(params=["multipath", "resilient"])
+async def node(make_netns: Callable[[str], str], tmp_path: pathlib.Path,
+               request: pytest.FixtureRequest) -> AsyncIterator[Node]:
     netns = make_netns("node")
+    sh("ip", "link", "set", "lo", "up", netns=netns)
     pods = [plumb_pod(netns, make_netns("pod"), f"reconcile-{i}", [f"203.0.113.1{i}", f"2001:db8:200::1{i}"],
                       ["198.51.100.10", "2001:db8:100::10"]) for i in range(3)]
-    result = Node(netns, pods, tmp_path)
+    result = Node(netns, pods, tmp_path, request.param)
     await result.store.load()
     for i, pod in enumerate(pods):
         await result.store.put(Allocation(ContainerID(pod.container_id), PodRef("default", f"web-{i}", f"uid-{i}"),
@@ -141,11 +147,12 @@ async def test_a_restarted_agent_with_unchanged_state_writes_nothing(node: Node)
     before = (next_hops(node.netns, V4), next_hops(node.netns, V6))
     assert len(before[0]) == 2
 
-    with watch_routes(node.netns) as seen:
+    with watch_routes(node.netns) as seen, watch_nexthops(node.netns) as seen_nexthops:
         restarted = await node.start_agent()
         await restarted.reconcile(full_view=True)
         await restarted.reconcile()
-    assert seen.changes() == []
+    assert seen.changes() == [] and seen_nexthops.writes == []
+    assert node.routes is not None and node.routes.writes == 0
     assert (next_hops(node.netns, V4), next_hops(node.netns, V6)) == before
     assert [e.reason for e in node.events.events].count("AnycastAdvertised") == 2  # none re-posted
 
@@ -227,7 +234,8 @@ async def test_routes_bird_cannot_learn_are_written_again_onlink_even_while_hold
     await reconciler.reconcile()
     v4, v6 = flock_routes(node.netns, V4)[0], flock_routes(node.netns, V6)[0]
     assert [hop["flags"] for hop in v4["nexthops"]] == [["onlink"], ["onlink"]]
-    assert v6["flags"] == ["onlink"]
+    # One next hop: flat, or (IPv6 through a resilient group) a list of one.
+    assert [hop["flags"] for hop in v6.get("nexthops") or [v6]] == [["onlink"]]
     assert next_hops(node.netns, V4) == sorted([hop(p0, 4), hop(p1, 4)]), "the same next hops"
 
     with watch_routes(node.netns, settle=0.1) as seen:

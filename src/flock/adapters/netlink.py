@@ -71,21 +71,24 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar, cast
 
+from flock.adapters import nhgroups, sysctl
 from flock.adapters import rtnetlink as rtnl
-from flock.adapters import sysctl
 from flock.adapters.netns import enter as enter_netns
 from flock.adapters.netns import named as named_netns
+from flock.adapters.nhgroups import MULTIPATH, RESILIENT, NexthopState
 from flock.adapters.rtnetlink import (
     IFINFOMSG,
     NLM_F_CREATE,
     NLM_F_EXCL,
     NLM_F_REPLACE,
     RT_TABLE_MAIN,
+    RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_GETLINK,
+    RTM_GETNEXTHOP,
     RTM_GETROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
@@ -111,8 +114,9 @@ class _RtnlDumper:
     Used from the worker thread only.
     """
 
-    def __init__(self, sock: rtnl.RtnlSocket) -> None:
+    def __init__(self, sock: rtnl.RtnlSocket, nexthop_ids: range = range(0)) -> None:
         self._sock = sock
+        self._nexthop_ids = nexthop_ids
         self._decoders: dict[tuple[int, int], rtnl.RouteDecoder] = {}  # (family, protocol) -> its decoder
         if not sock.strict:
             # Kernel < 4.20: the dump then covers every route and RouteDecoder's protocol
@@ -135,14 +139,23 @@ class _RtnlDumper:
                 names[index] = name
         return names
 
-    def routes(self, family: int, protocol: int) -> tuple[list[rtnl.DecodedRoute], set[IPAddress]]:
-        """flock's routes of one family in the main table, decoded (problems noted), and
-        those of them with a next hop that is not onlink (BIRD does not learn them)."""
+    def routes(self, family: int,
+               protocol: int) -> tuple[list[rtnl.DecodedRoute], set[IPAddress], dict[IPAddress, int]]:
+        """flock's routes of one family in the main table, decoded (problems noted), those
+        of them with a next hop that is not onlink (BIRD does not learn them), and those
+        that use one of flock's next-hop groups (-> its id)."""
         decoder = self._decoders.get((family, protocol))
         if decoder is None:
-            decoder = self._decoders[family, protocol] = rtnl.RouteDecoder(family, protocol)
+            decoder = self._decoders[family, protocol] = rtnl.RouteDecoder(family, protocol, self._nexthop_ids)
         request = RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0)
-        return decoder.decode(self.dump(RTM_GETROUTE, request)), decoder.not_onlink
+        return decoder.decode(self.dump(RTM_GETROUTE, request)), decoder.not_onlink, decoder.groups
+
+    def nexthops(self) -> list[rtnl.NexthopObject]:
+        """Every next-hop object of the namespace (anyone's). Raises OSError where the
+        kernel has none (< 5.3)."""
+        request = rtnl.NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [rtnl.nexthop_object(msg, 0, len(msg)) for kind, msg in self.dump(RTM_GETNEXTHOP, request)
+                if kind == rtnl.RTM_NEWNEXTHOP]
 
 
 class NetlinkRoutes:
@@ -154,10 +167,18 @@ class NetlinkRoutes:
     network namespace to work in (config ``hostNetns``; ``None`` = the agent's own);
     ``timeout`` bounds every netlink call, in seconds. Call :meth:`start`
     before anything else and :meth:`close` at the end.
+
+    ``nexthop_groups`` (config ``datapath.nexthopGroups``; the adapter's own default is
+    plain multipath, the agent's is resilient): "resilient" routes every prefix through a
+    resilient next-hop group of ``buckets`` buckets (:mod:`flock.adapters.nhgroups`),
+    "multipath" writes plain routes. :meth:`start` checks that the kernel takes resilient
+    groups and falls back to multipath if not: :attr:`mode` is what runs,
+    :attr:`fallback` why it is not what was asked (None when it is).
     """
 
     def __init__(self, *, protocol: int, withdrawn_protocol: int, last_resort_protocol: int,
-                 netns: str | None = None, timeout: float = 10.0, proc: str = "/proc") -> None:
+                 netns: str | None = None, timeout: float = 10.0, proc: str = "/proc",
+                 nexthop_groups: str = MULTIPATH, buckets: int = nhgroups.DEFAULT_BUCKETS) -> None:
         numbers = (protocol, withdrawn_protocol, last_resort_protocol)
         for number in numbers:
             if number not in ROUTE_PROTOCOLS:
@@ -171,6 +192,17 @@ class NetlinkRoutes:
         self.netns = netns
         self.timeout = timeout
         self.proc = proc  # where procfs is mounted (sysctls); a host /proc in a container
+        if nexthop_groups not in nhgroups.MODES:
+            raise ValueError(f"nexthop_groups must be one of {nhgroups.MODES}, not {nexthop_groups!r}")
+        if buckets not in nhgroups.BUCKETS_RANGE:
+            raise ValueError(f"buckets must be {nhgroups.BUCKETS_RANGE.start}-{nhgroups.BUCKETS_RANGE[-1]}")
+        self.requested_mode = nexthop_groups
+        self.mode = nexthop_groups
+        """The mode that runs (known after :meth:`start`)."""
+        self.fallback: str | None = None
+        """Why :attr:`mode` is multipath although resilient was asked for."""
+        self._nh = NexthopState(protocol, buckets)
+        self._nh_supported = False  # the kernel has next-hop objects at all
         self.writes = 0
         """Netlink write requests sent (replace and delete, retries included)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -182,6 +214,7 @@ class NetlinkRoutes:
         self._ignored: set[tuple[int, str]] = set()  # (protocol, problem) reported by the previous dump
         self._unlearnable: set[IPAddress] = set()  # reported by the previous dump
         self._nexthop_names: dict[int, rtnl.NexthopNames] = {}  # protocol -> its namer
+        self._route_groups: dict[int, dict[IPAddress, int]] = {}  # protocol -> the last dump's routes' groups
 
     def __repr__(self) -> str:
         return (f"NetlinkRoutes(protocol={self.protocol}, withdrawn_protocol={self.withdrawn_protocol}, "
@@ -230,8 +263,9 @@ class NetlinkRoutes:
             if self.netns is not None:
                 enter_netns(named_netns(self.netns))
             self._sock = rtnl.RtnlSocket(self.timeout, strict=True)
-            self._dumper = _RtnlDumper(self._sock)
+            self._dumper = _RtnlDumper(self._sock, self._nh.group_ids)
             self._refresh_links()
+            self._detect_groups()
         except OSError as exc:
             self._close_sockets()
             raise RouteError(f"open netlink{where}: {exc}", errno=exc.errno) from exc
@@ -241,6 +275,61 @@ class NetlinkRoutes:
         self._dumper = None
         if sock is not None:
             sock.close()
+
+    def _detect_groups(self) -> None:
+        """Decide :attr:`mode`: resilient only if asked for and the kernel takes it.
+
+        Tried, not guessed from a version: ``net.ipv4.nexthop_compat_mode`` must be 1 (else
+        routes through groups are dumped without next hops, and BIRD learns none), the
+        kernel must dump next-hop objects, and, unless a resilient group of flock's exists
+        already, it must accept one: a probe member on ``lo`` and a probe group are created
+        and deleted again (4 writes, only on a node without flock's groups).
+        """
+        reason = ""
+        try:
+            self._nh.load(self._dumper.nexthops() if self._dumper is not None else [])
+            self._nh_supported = True
+        except OSError as exc:
+            self._nh_supported = False
+            reason = f"the kernel has no next-hop objects ({exc})"
+        if self.requested_mode == MULTIPATH:
+            return
+        if self._nh_supported:
+            reason = self._probe_groups()
+        if reason:
+            self.mode, self.fallback = MULTIPATH, reason
+
+    def _probe_groups(self) -> str:
+        """"" if the kernel takes resilient groups, else why not."""
+        try:
+            with open(f"{self.proc}/sys/net/ipv4/nexthop_compat_mode") as file:
+                compat = file.read().strip()
+        except OSError:
+            compat = "1"  # kernels before 5.14 have no switch: they always expand
+        if compat != "1":
+            return (f"net.ipv4.nexthop_compat_mode is {compat}: routes through next-hop groups would be "
+                    f"dumped without their next hops, which BIRD needs to learn them")
+        if any(group.resilient for group in self._nh.groups.values()):
+            return ""
+        lo = self._ifindex("lo")
+        if lo is None or self._sock is None:
+            return "no lo device for the probe"
+        member, group = self._nh.probe_member, self._nh.probe_group
+        requests: list[rtnl.Request] = [
+            (rtnl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, rtnl.device_nexthop_request(member, self.protocol, lo)),
+            (rtnl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, rtnl.resilient_group_request(
+                group, self.protocol, [member], buckets=self._nh.buckets, idle_timer=nhgroups.IDLE_TIMER,
+                unbalanced_timer=nhgroups.UNBALANCED_TIMER)),
+            (RTM_DELNEXTHOP, 0, rtnl.nexthop_delete_request(group)),
+            (RTM_DELNEXTHOP, 0, rtnl.nexthop_delete_request(member)),
+        ]
+        self.writes += len(requests)
+        answers = self._sock.transact(requests)
+        if answers[0] != 0:
+            return f"the kernel refused a next-hop object: {describe_errno(answers[0] or errno.ETIMEDOUT)}"
+        if answers[1] != 0:
+            return f"the kernel refused a resilient group: {describe_errno(answers[1] or errno.ETIMEDOUT)}"
+        return ""
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` on the worker thread, within ``timeout`` seconds."""
@@ -291,6 +380,7 @@ class NetlinkRoutes:
             advertised, unlearnable = self._dump_routes(self.protocol)
             last_resort, unlearnable_last_resort = self._dump_routes(self.last_resort_protocol)
             withdrawn, _ = self._dump_routes(self.withdrawn_protocol)
+            self._load_nexthops()
         except OSError as exc:
             reason = describe_errno(exc.errno) if exc.errno else str(exc)
             raise RouteError(f"dump routes proto {self.protocol}: {reason}", errno=exc.errno) from exc
@@ -305,14 +395,46 @@ class NetlinkRoutes:
                         ",".join(sorted(host_prefix(a) for a in unlearnable - self._unlearnable)),
                         self.protocol, self.netns or "-")
         self._unlearnable = unlearnable
-        return KernelRoutes(advertised | last_resort, withdrawn, frozenset(unlearnable), frozenset(last_resort))
+        self._collect_garbage()
+        reshape = self._nh.misshapen(advertised.keys() | last_resort.keys(), self.mode)
+        return KernelRoutes(advertised | last_resort, withdrawn, frozenset(unlearnable), frozenset(last_resort),
+                            frozenset(reshape))
+
+    def _load_nexthops(self) -> None:
+        """Rebuild the next-hop state from the kernel: its objects, and which of flock's
+        routes point at which group (from the route dumps just made)."""
+        if not self._nh_supported or self._dumper is None:
+            return
+        self._nh.load(self._dumper.nexthops())
+        self._nh.bind({protocol: self._route_groups.get(protocol, {})
+                       for protocol in (self.protocol, self.withdrawn_protocol, self.last_resort_protocol)})
+
+    def _collect_garbage(self) -> None:
+        """Delete flock's groups no route uses, then its members no group holds (absent
+        already is fine). Failures are logged: the next dump tries again."""
+        if not self._nh_supported or self._sock is None:
+            return
+        for pass_ in (True, False):  # groups first: a member still in a group would shrink it
+            doomed = [nexthop_id for nexthop_id, group in self._nh.garbage() if group == pass_]
+            if not doomed:
+                continue
+            self.writes += len(doomed)
+            answers = self._sock.transact([(RTM_DELNEXTHOP, 0, rtnl.nexthop_delete_request(nexthop_id))
+                                           for nexthop_id in doomed])
+            for nexthop_id, answer in zip(doomed, answers, strict=True):
+                if answer in (0, errno.ENOENT, errno.ESRCH):
+                    self._nh.forget(nexthop_id)
+                else:
+                    log.warning("could not delete an unused next-hop object of flock's id=%d error=%s netns=%s",
+                                nexthop_id, describe_errno(answer) if answer else "no answer", self.netns or "-")
 
     def _dump_routes(self, protocol: int) -> tuple[dict[IPAddress, Nexthops], set[IPAddress]]:
         """``protocol``'s routes as flock's table, and those of them BIRD cannot learn."""
         if self._dumper is None:
             raise OSError(errno.EBADF, "netlink is closed")
-        routes4, not_onlink4 = self._dumper.routes(socket.AF_INET, protocol)
-        routes6, not_onlink6 = self._dumper.routes(socket.AF_INET6, protocol)
+        routes4, not_onlink4, groups4 = self._dumper.routes(socket.AF_INET, protocol)
+        routes6, not_onlink6, groups6 = self._dumper.routes(socket.AF_INET6, protocol)
+        self._route_groups[protocol] = groups4 | groups6
         names = self._nexthop_names.setdefault(protocol, rtnl.NexthopNames())
         table, problems = names.table(routes4 + routes6, self._ifname)
         ignored = {(protocol, problem) for problem in problems}
@@ -366,22 +488,62 @@ class NetlinkRoutes:
         """Encode ``edits``, send them over the one socket and match each ack to its edit.
 
         An edit that cannot be encoded (unknown device, next hop of the other family, no
-        next hops) fails on its own and is not sent. A replace the kernel refused is
-        retried once, after the others, if one of its devices has a new ifindex since the
-        batch was encoded (see :meth:`_retry_stale`).
+        next hops) fails on its own and is not sent. An edit may take several requests
+        (next-hop members, its group, its route: in that order); its result is the first
+        refusal. A replace the kernel refused is retried once, after the others, if one
+        of its devices has a new ifindex since the batch was encoded (see
+        :meth:`_retry_stale`). After any refusal the next-hop state is read again from the
+        kernel; then the groups and members nothing uses any more are deleted.
         """
         results: list[RouteError | None] = [None] * len(edits)
         requests, sent = self._encode_each(edits, range(len(edits)), results)
         answers = self._transact(edits, sent, requests)
         stale: list[tuple[int, list[int]]] = []
-        for (position, indexes), answer in zip(sent, answers, strict=True):
+        refused = False
+        for position, indexes, answer in self._answers(sent, answers):
             edit = edits[position]
             results[position] = self._outcome(edit, answer)
-            if answer and answer != errno.EEXIST and not isinstance(edit, DeleteRoute):
+            if results[position] is not None:
+                refused = True
+            if answer[0] and answer[0] != errno.EEXIST and not isinstance(edit, DeleteRoute):
                 stale.append((position, indexes))
+        if refused:
+            self._resync_nexthops()
         if stale:
             self._retry_stale(edits, stale, results)
+        if self._nh.groups or self._nh.members:
+            self._collect_garbage()
         return results
+
+    @staticmethod
+    def _answers(sent: list[tuple[int, list[int], list[str]]], answers: list[int | OSError | None]
+                 ) -> Iterator[tuple[int, list[int], tuple[int | OSError | None, str]]]:
+        """Per edit sent: (position, ifindexes, (its first refusal or 0, what was refused))."""
+        offset = 0
+        for position, indexes, labels in sent:
+            mine = answers[offset:offset + len(labels)]
+            offset += len(labels)
+            first: tuple[int | OSError | None, str] = (0, "")
+            for answer, label in zip(mine, labels, strict=True):
+                if answer != 0:
+                    first = (answer, label)
+                    break
+            yield position, indexes, first
+
+    def _resync_nexthops(self) -> None:
+        """After a refusal: the next-hop state from the kernel again (objects and routes)."""
+        if not self._nh_supported or self._dumper is None:
+            return
+        try:
+            for protocol in (self.protocol, self.withdrawn_protocol, self.last_resort_protocol):
+                groups: dict[IPAddress, int] = {}
+                for family in (socket.AF_INET, socket.AF_INET6):
+                    groups |= self._dumper.routes(family, protocol)[2]
+                self._route_groups[protocol] = groups
+            self._load_nexthops()
+        except OSError as exc:
+            log.warning("could not read next-hop objects after a refused edit error=%s netns=%s", exc,
+                        self.netns or "-")
 
     def _retry_stale(self, edits: Sequence[RouteEdit], failed: list[tuple[int, list[int]]],
                      results: list[RouteError | None]) -> None:
@@ -405,30 +567,40 @@ class NetlinkRoutes:
                       for hop in cast(ReplaceRoute | WithdrawRoute, edits[position]).nexthops] != indexes]
         requests, sent = self._encode_each(edits, again, results)
         answers = self._transact(edits, sent, requests)
-        for (position, _), answer in zip(sent, answers, strict=True):
+        refused = False
+        for position, _, answer in self._answers(sent, answers):
             results[position] = self._outcome(edits[position], answer)
+            refused = refused or results[position] is not None
+        if refused:
+            self._resync_nexthops()
 
-    def _encode_each(self, edits: Sequence[RouteEdit], positions: Iterable[int],
-                     results: list[RouteError | None]) -> tuple[list[rtnl.Request], list[tuple[int, list[int]]]]:
-        """The requests for the edits at ``positions``, and (position, ifindexes used) for each
-        one sent; an edit that cannot be encoded gets its RouteError in ``results``."""
+    def _encode_each(self, edits: Sequence[RouteEdit], positions: Iterable[int], results: list[RouteError | None]
+                     ) -> tuple[list[rtnl.Request], list[tuple[int, list[int], list[str]]]]:
+        """The requests for the edits at ``positions``, and (position, ifindexes used, what
+        each of its requests writes) for each edit sent; an edit that cannot be encoded
+        gets its RouteError in ``results``."""
         requests: list[rtnl.Request] = []
-        sent: list[tuple[int, list[int]]] = []
+        sent: list[tuple[int, list[int], list[str]]] = []
         for position in positions:
             encoded = self._encode(edits[position])
             if isinstance(encoded, RouteError):
                 results[position] = encoded
                 continue
-            request, indexes = encoded
-            requests.append(request)
-            sent.append((position, indexes))
+            labelled, indexes = encoded
+            requests.extend(request for request, _ in labelled)
+            sent.append((position, indexes, [label for _, label in labelled]))
         return requests, sent
 
-    def _encode(self, edit: RouteEdit) -> tuple[rtnl.Request, list[int]] | RouteError:
-        """The netlink request for ``edit`` and the ifindexes it uses, or why there is none."""
+    def _encode(self, edit: RouteEdit) -> tuple[list[tuple[rtnl.Request, str]], list[int]] | RouteError:
+        """The netlink requests for ``edit`` (with what each writes) and the ifindexes it
+        uses, or why there are none."""
         if isinstance(edit, DeleteRoute):
             # proto: the kernel then never deletes another protocol's route
-            return (RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, self._protocol_of(edit))), []
+            protocol = self._protocol_of(edit)
+            bound = self._nh.routes.get(edit.address)
+            if bound is not None and bound[1] == protocol:
+                self._nh.unbind(edit.address)  # its group goes after the route (_collect_garbage)
+            return [((RTM_DELROUTE, 0, rtnl.route_delete_request(edit.address.packed, protocol)), "route")], []
         if not edit.nexthops:
             return RouteError(f"{edit}: no next hops (delete the route instead)", edit=edit)
         indexes = []
@@ -446,20 +618,30 @@ class NetlinkRoutes:
             indexes.append(index)
             hops.append((hop.via.packed, index))
         if isinstance(edit, WithdrawRoute):
-            # Replace only, never create: a route that is gone is withdrawn already.
+            # Replace only, never create: a route that is gone is withdrawn already. A route
+            # through a group keeps it.
+            retag = self._nh.retag(edit.address, self.withdrawn_protocol)
+            if retag is not None:
+                return [(retag, "route")], indexes
             request = rtnl.route_request(edit.address.packed, self.withdrawn_protocol, hops)
-            return (RTM_NEWROUTE, NLM_F_REPLACE, request), indexes
+            return [((RTM_NEWROUTE, NLM_F_REPLACE, request), "route")], indexes
+        protocol = self.last_resort_protocol if edit.last_resort else self.protocol
+        if self.mode == RESILIENT:
+            try:
+                return self._nh.plan_replace(edit.address, hops, protocol, edit.new), indexes
+            except OSError as exc:  # no free id
+                return RouteError(f"{edit}: {exc}", edit=edit)
         # A prefix flock does not route yet is added create-exclusive: see the module docstring.
         flags = NLM_F_CREATE | (NLM_F_EXCL if edit.new else NLM_F_REPLACE)
-        protocol = self.last_resort_protocol if edit.last_resort else self.protocol
-        return (RTM_NEWROUTE, flags, rtnl.route_request(edit.address.packed, protocol, hops)), indexes
+        self._nh.unbind(edit.address)  # a plain route now: its group (if any) goes after it
+        return [((RTM_NEWROUTE, flags, rtnl.route_request(edit.address.packed, protocol, hops)), "route")], indexes
 
     def _protocol_of(self, edit: DeleteRoute) -> int:
         if edit.withdrawn:
             return self.withdrawn_protocol
         return self.last_resort_protocol if edit.last_resort else self.protocol
 
-    def _transact(self, edits: Sequence[RouteEdit], sent: list[tuple[int, list[int]]],
+    def _transact(self, edits: Sequence[RouteEdit], sent: list[tuple[int, list[int], list[str]]],
                   requests: list[rtnl.Request]) -> list[int | OSError | None]:
         """Send ``requests``: one errno (0 = done), None (no answer) or OSError (the socket
         failed) per request."""
@@ -475,8 +657,10 @@ class NetlinkRoutes:
                       edits[sent[0][0]], exc)
             return [exc] * len(requests)
 
-    def _outcome(self, edit: RouteEdit, answer: int | OSError | None) -> RouteError | None:
-        """The RouteError for ``edit`` given the kernel's answer, None if it succeeded."""
+    def _outcome(self, edit: RouteEdit, refusal: tuple[int | OSError | None, str]) -> RouteError | None:
+        """The RouteError for ``edit`` given the kernel's first refusal of its requests
+        (and what that request wrote), None if it succeeded."""
+        answer, what = refusal
         if answer == 0:
             return None
         if answer is None:
@@ -484,6 +668,8 @@ class NetlinkRoutes:
                               edit=edit)
         if isinstance(answer, OSError):  # the socket itself failed (closed, ...)
             return RouteError(f"{edit}: {answer}", edit=edit, errno=answer.errno)
+        if what != "route":
+            return RouteError(f"{edit}: {what}: {describe_errno(answer)}", edit=edit, errno=answer)
         if isinstance(edit, DeleteRoute | WithdrawRoute):
             if answer in (errno.ESRCH, errno.ENOENT):
                 return None  # already gone

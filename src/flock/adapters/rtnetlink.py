@@ -33,6 +33,7 @@ proto N`` -4 and -6 in the same run, the process alone, nothing decoded):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -87,6 +88,24 @@ RTA_PRIORITY: Final = 6
 RTA_MULTIPATH: Final = 9
 RTA_TABLE: Final = 15
 RTA_NH_ID: Final = 30
+RTM_NEWNEXTHOP: Final = 104
+RTM_DELNEXTHOP: Final = 105
+RTM_GETNEXTHOP: Final = 106
+RTNLGRP_NEXTHOP: Final = 32
+
+# linux/nexthop.h
+NHA_ID: Final = 1
+NHA_GROUP: Final = 2
+NHA_GROUP_TYPE: Final = 3
+NHA_OIF: Final = 5
+NHA_GATEWAY: Final = 6
+NHA_RES_GROUP: Final = 12
+NHA_RES_GROUP_BUCKETS: Final = 1
+NHA_RES_GROUP_IDLE_TIMER: Final = 2
+NHA_RES_GROUP_UNBALANCED_TIMER: Final = 3
+NEXTHOP_GRP_TYPE_MPATH: Final = 0
+NEXTHOP_GRP_TYPE_RES: Final = 1
+USER_HZ: Final = 100  # the clock_t of the resilient group timers: 1/100 s
 
 # linux/if_addr.h
 IFA_ADDRESS: Final = 1
@@ -96,6 +115,8 @@ IFA_F_NODAD: Final = 0x02
 # linux/if_link.h
 IFLA_IFNAME: Final = 3
 
+NLA_F_NESTED: Final = 0x8000
+
 NLMSGHDR: Final = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags:
 RTMSG: Final = struct.Struct("=BBBBBBBBI")
@@ -103,6 +124,9 @@ IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, chang
 IFADDRMSG: Final = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTATTR: Final = struct.Struct("=HH")  # length, type
 RTNEXTHOP: Final = struct.Struct("=HBBi")  # length, flags, hops, ifindex
+NHMSG: Final = struct.Struct("=BBBBI")  # family, scope, protocol, reserved, flags
+NEXTHOP_GRP: Final = struct.Struct("=IBBH")  # id, weight - 1, reserved, reserved
+U16: Final = struct.Struct("=H")
 U32: Final = struct.Struct("=I")
 I32: Final = struct.Struct("=i")
 
@@ -226,9 +250,9 @@ next hops are ``()``), e.g. "198.51.100.0/24: not a host route"; "" when it is f
 _IP6_RT_PRIO_USER: Final = 1024  # the kernel's metric for an IPv6 route written without one
 
 
-_Verdict = tuple[bool, int, tuple[Hop, ...], str, bool]
+_Verdict = tuple[bool, int, tuple[Hop, ...], str, bool, int]
 """What a route message says apart from its destination: (skip it, dst_len, next hops,
-problem, every next hop onlink)."""
+problem, every next hop onlink, the next-hop object it uses or 0)."""
 
 
 class RouteDecoder:
@@ -255,25 +279,34 @@ class RouteDecoder:
     problem) of which a next hop is not ``onlink``: BIRD will not learn those
     (:func:`route_request` writes every next hop onlink), so flock writes them again.
 
+    A route that points at a next-hop object (RTA_NH_ID) is flock's only if the id is in
+    ``nexthop_ids`` (flock's resilient groups, :mod:`flock.adapters.nhgroups`); the
+    kernel dumps it with the group's next hops expanded (RTA_MULTIPATH, or RTA_GATEWAY +
+    RTA_OIF for one; ``net.ipv4.nexthop_compat_mode=1``, the default), which are decoded
+    as for any route. :attr:`groups` maps the last dump's destinations to their object.
+
     Memory: the last dump's messages, ~400 bytes a route with the routes themselves (4 MB
     at 10,000). One decoder per (family, protocol) dumped; not thread-safe. The figures
     are in the module docstring.
     """
 
-    def __init__(self, family: int, protocol: int) -> None:
+    def __init__(self, family: int, protocol: int, nexthop_ids: range = range(0)) -> None:
         if family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"address family must be AF_INET or AF_INET6, not {family}")
         self.family = family
         self.protocol = protocol
+        self.nexthop_ids = nexthop_ids
         self._size = 4 if family == socket.AF_INET else 16
         self._priority = 0 if family == socket.AF_INET else _IP6_RT_PRIO_USER
         self._address = ipaddress.IPv4Address if family == socket.AF_INET else ipaddress.IPv6Address
         # The last dump's messages -> their routes (None: skipped) and whether every next
         # hop is onlink, and shapes -> verdicts.
-        self._routes: dict[bytes, tuple[DecodedRoute | None, bool]] = {}
+        self._routes: dict[bytes, tuple[DecodedRoute | None, bool, int]] = {}
         self._shapes: dict[bytes, _Verdict] = {}
         self.not_onlink: set[IPAddress] = set()
         """Destinations of the last dump's routes with a next hop that is not onlink."""
+        self.groups: dict[IPAddress, int] = {}
+        """Destinations of the last dump's routes that use a next-hop object of flock's -> its id."""
 
     def decode(self, messages: Iterable[tuple[int, bytes | bytearray]]) -> list[DecodedRoute]:
         """The routes in one dump's ``messages``, (nlmsg_type, payload) as
@@ -283,21 +316,25 @@ class RouteDecoder:
         routes = self._routes
         found = []
         not_onlink = self.not_onlink = set()
+        groups: dict[IPAddress, int] = {}
+        self.groups = groups
         for kind, payload in messages:
             if kind != RTM_NEWROUTE:
                 continue
             msg = bytes(payload)
             if msg in known:
-                route, onlink = routes[msg] = known[msg]
+                route, onlink, group = routes[msg] = known[msg]
             else:
-                route, onlink = routes[msg] = self._decode(msg, shapes)
+                route, onlink, group = routes[msg] = self._decode(msg, shapes)
             if route is not None:
                 found.append(route)
                 if not onlink:
                     not_onlink.add(route[0])
+                if group:
+                    groups[route[0]] = group
         return found
 
-    def _decode(self, msg: bytes, shapes: dict[bytes, _Verdict]) -> tuple[DecodedRoute | None, bool]:
+    def _decode(self, msg: bytes, shapes: dict[bytes, _Verdict]) -> tuple[DecodedRoute | None, bool, int]:
         """A message not seen in the last dump: by its shape if that was seen, else in full."""
         start = end = 0
         offset, stop = RTMSG.size, len(msg)
@@ -314,19 +351,19 @@ class RouteDecoder:
         shape = msg[:start] + msg[end:]
         verdict = self._shapes.get(shape) or shapes.get(shape) or self._verdict(msg)
         self._shapes[shape] = verdict
-        skip, dst_len, hops, problem, onlink = verdict
+        skip, dst_len, hops, problem, onlink, group = verdict
         if skip:
-            return None, True
+            return None, True, 0
         size = self._size
         dst = msg[start:end]
         address = self._address(dst if len(dst) == size else bytes(size))
         if problem:  # formatted only here: str() of an IPv6 address is slow
-            return (address, (), f"{address}/{dst_len}: {problem}"), True
-        return (address, hops, ""), onlink
+            return (address, (), f"{address}/{dst_len}: {problem}"), True, 0
+        return (address, hops, ""), onlink, group
 
     def _verdict(self, msg: bytes) -> _Verdict:
         """Everything about one route message but its destination: see :data:`_Verdict`."""
-        skip = (True, 0, (), "", True)
+        skip = (True, 0, (), "", True, 0)
         if len(msg) < RTMSG.size:
             return skip
         family, dst_len, src_len, _tos, table, protocol, _scope, rtype, rflags = RTMSG.unpack_from(msg, 0)
@@ -336,7 +373,7 @@ class RouteDecoder:
         gateway = b""
         oif = multipath = None
         priority = 0
-        nexthop_object = False
+        nexthop_object = 0
         unpack = RTATTR.unpack_from
         offset, end = RTMSG.size, len(msg)
         while offset + 4 <= end:
@@ -356,8 +393,8 @@ class RouteDecoder:
                     table = value  # holds tables above 255
                 else:
                     priority = value
-            elif kind == RTA_NH_ID:
-                nexthop_object = True
+            elif kind == RTA_NH_ID and length >= 8:
+                nexthop_object = int(U32.unpack_from(msg, offset + 4)[0])
             offset += (length + 3) & ~3
         if not gateway and multipath is None and oif is not None:
             # A device route: a pod's own /32 or /128 on its veth (CNI plumbing; IPv6 routes
@@ -375,7 +412,7 @@ class RouteDecoder:
             problem = f"route type {rtype}, not unicast"
         elif priority != self._priority:
             problem = f"metric {priority}, flock writes {self._priority}"
-        elif nexthop_object:
+        elif nexthop_object and nexthop_object not in self.nexthop_ids:
             problem = "uses a nexthop object, not a gateway"
         elif multipath is not None:
             for ifindex, hop_attrs in nexthops(msg, multipath):
@@ -393,7 +430,7 @@ class RouteDecoder:
             hops.append((gateway, oif))
         if not problem and not hops:
             problem = "no next hops"
-        return False, dst_len, tuple(hops) if not problem else (), problem, onlink
+        return False, dst_len, tuple(hops) if not problem else (), problem, onlink, nexthop_object
 
 
 class NexthopNames:
@@ -509,6 +546,110 @@ def route_delete_request(dst: bytes, protocol: int) -> bytes:
     size = len(dst)
     return RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_NOWHERE, 0,
                       0) + _DST_ATTR[size] + dst
+
+
+def route_group_request(dst: bytes, protocol: int, nexthop_id: int) -> bytes:
+    """The payload of an RTM_NEWROUTE for the host route to ``dst`` through next-hop
+    object ``nexthop_id`` (RTA_NH_ID: ``ip route … nhid N``); otherwise as :func:`route_request`.
+
+    The object's members carry the gateways and their ``onlink`` flag, and the kernel
+    dumps the route with them expanded, so BIRD learns it like a multipath route.
+    """
+    size = len(dst)
+    return (RTMSG.pack(_FAMILY[size], size * 8, 0, 0, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+            + _DST_ATTR[size] + dst + _NH_ID_ATTR + U32.pack(nexthop_id))
+
+
+_NH_ID_ATTR: Final = RTATTR.pack(8, RTA_NH_ID)
+_NHA_ID_ATTR: Final = RTATTR.pack(8, NHA_ID)
+_NHA_OIF_ATTR: Final = RTATTR.pack(8, NHA_OIF)
+_NHA_GATEWAY_ATTR: Final = {4: RTATTR.pack(8, NHA_GATEWAY), 16: RTATTR.pack(20, NHA_GATEWAY)}
+
+
+def nexthop_request(nexthop_id: int, protocol: int, gateway: bytes, index: int) -> bytes:
+    """The payload of an RTM_NEWNEXTHOP for one next-hop object: ``ip nexthop add id N via
+    <gateway> dev <index> onlink proto <protocol>`` (family of the gateway, 4 or 16 bytes)."""
+    size = len(gateway)
+    return (NHMSG.pack(_FAMILY[size], 0, protocol, 0, RTNH_F_ONLINK) + _NHA_ID_ATTR + U32.pack(nexthop_id)
+            + _NHA_OIF_ATTR + U32.pack(index) + _NHA_GATEWAY_ATTR[size] + gateway)
+
+
+def device_nexthop_request(nexthop_id: int, protocol: int, index: int) -> bytes:
+    """``ip nexthop add id N dev <index> proto <protocol>`` (IPv4, no gateway): the
+    start-up probe's member, on ``lo``."""
+    return (NHMSG.pack(socket.AF_INET, 0, protocol, 0, 0) + _NHA_ID_ATTR + U32.pack(nexthop_id)
+            + _NHA_OIF_ATTR + U32.pack(index))
+
+
+def resilient_group_request(nexthop_id: int, protocol: int, members: Sequence[int], *, buckets: int,
+                            idle_timer: float, unbalanced_timer: float) -> bytes:
+    """The payload of an RTM_NEWNEXTHOP for a resilient group of ``members`` (ids), each of
+    weight 1: ``ip nexthop add id N group A/B/… type resilient buckets B idle_timer I
+    unbalanced_timer U proto P``. Timers in seconds; on the wire clock_t (1/100 s), as
+    iproute2 sends them. Sent with NLM_F_REPLACE to an existing group, it changes the
+    members in place: the members that stay keep their buckets."""
+    group = b"".join(NEXTHOP_GRP.pack(member, 0, 0, 0) for member in members)  # weight 1 is sent as 0
+    res = (RTATTR.pack(6, NHA_RES_GROUP_BUCKETS) + U16.pack(buckets) + b"\0\0"
+           + RTATTR.pack(8, NHA_RES_GROUP_IDLE_TIMER) + U32.pack(round(idle_timer * USER_HZ))
+           + RTATTR.pack(8, NHA_RES_GROUP_UNBALANCED_TIMER) + U32.pack(round(unbalanced_timer * USER_HZ)))
+    return (NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _NHA_ID_ATTR + U32.pack(nexthop_id)
+            + RTATTR.pack(4 + len(group), NHA_GROUP) + group
+            + RTATTR.pack(6, NHA_GROUP_TYPE) + U16.pack(NEXTHOP_GRP_TYPE_RES) + b"\0\0"
+            + RTATTR.pack(4 + len(res), NHA_RES_GROUP | NLA_F_NESTED) + res)
+
+
+def nexthop_delete_request(nexthop_id: int) -> bytes:
+    """The payload of an RTM_DELNEXTHOP for object ``nexthop_id``. Deleting a group deletes
+    the routes using it; deleting a member takes it out of its groups: callers order them."""
+    return NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _NHA_ID_ATTR + U32.pack(nexthop_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class NexthopObject:
+    """One next-hop object as RTM_GETNEXTHOP dumps it: a member (gateway + ifindex) or a group."""
+
+    id: int
+    protocol: int
+    flags: int = 0
+    gateway: bytes = b""
+    index: int = 0
+    group: tuple[int, ...] = ()
+    """A group's member ids (empty for a member)."""
+    group_type: int = NEXTHOP_GRP_TYPE_MPATH
+    buckets: int = 0
+    idle_timer: int = 0
+    """clock_t (1/100 s), as the kernel reports it."""
+    unbalanced_timer: int = 0
+
+
+def nexthop_object(data: bytes | bytearray, start: int, end: int) -> NexthopObject:
+    """Decode the RTM_NEWNEXTHOP whose payload is ``data[start:end]``."""
+    _family, _scope, protocol, _resvd, flags = NHMSG.unpack_from(data, start)
+    attrs = attributes(data, start + NHMSG.size, end)
+    nexthop_id = u32(data, attrs[NHA_ID]) if NHA_ID in attrs else 0
+    if NHA_GROUP in attrs:
+        first, last = attrs[NHA_GROUP]
+        members = tuple(int(NEXTHOP_GRP.unpack_from(data, offset)[0])
+                        for offset in range(first, last - NEXTHOP_GRP.size + 1, NEXTHOP_GRP.size))
+        group_type = NEXTHOP_GRP_TYPE_MPATH
+        if NHA_GROUP_TYPE in attrs:
+            group_type = int(U16.unpack_from(data, attrs[NHA_GROUP_TYPE][0])[0])
+        buckets = idle = unbalanced = 0
+        if NHA_RES_GROUP in attrs:
+            res = attributes(data, *attrs[NHA_RES_GROUP])
+            if NHA_RES_GROUP_BUCKETS in res:
+                buckets = int(U16.unpack_from(data, res[NHA_RES_GROUP_BUCKETS][0])[0])
+            if NHA_RES_GROUP_IDLE_TIMER in res:
+                idle = u32(data, res[NHA_RES_GROUP_IDLE_TIMER])
+            if NHA_RES_GROUP_UNBALANCED_TIMER in res:
+                unbalanced = u32(data, res[NHA_RES_GROUP_UNBALANCED_TIMER])
+        return NexthopObject(nexthop_id, protocol, flags, group=members, group_type=group_type, buckets=buckets,
+                             idle_timer=idle, unbalanced_timer=unbalanced)
+    gateway = b""
+    if NHA_GATEWAY in attrs:
+        gateway = bytes(data[attrs[NHA_GATEWAY][0]:attrs[NHA_GATEWAY][1]])
+    index = u32(data, attrs[NHA_OIF]) if NHA_OIF in attrs else 0
+    return NexthopObject(nexthop_id, protocol, flags, gateway=gateway, index=index)
 
 
 def address_request(index: int, ip: IPAddress) -> bytes:

@@ -32,6 +32,10 @@ class KernelRoutes:
     last_resort: frozenset[IPAddress] = frozenset()
     """Advertised routes of ``lastResortRouteProtocol``: to last-resort pods, advertised
     with the AS path prepended."""
+    reshape: frozenset[IPAddress] = frozenset()
+    """Advertised routes written in the shape of the other ``datapath.nexthopGroups`` mode
+    (a plain multipath route where a resilient next-hop group is wanted, or the reverse,
+    or through a group of another bucket count): they are written again."""
 
     def __contains__(self, address: object) -> bool:
         return address in self.advertised or address in self.withdrawn
@@ -116,6 +120,7 @@ def diff_routes(desired: RouteTable, current: KernelRoutes, only: Collection[IPA
         unwanted = [address for address in only if address in advertised and address not in desired]
     differing = [address for address in wanted
                  if advertised.get(address) != desired[address] or address in current.unlearnable
+                 or address in current.reshape
                  or (address in last_resort) != (address in current.last_resort)]
     replaces: list[ReplaceRoute | WithdrawRoute] = [
         ReplaceRoute(address, desired[address], new=address not in current, last_resort=address in last_resort)
@@ -137,7 +142,9 @@ def apply_edits(kernel: KernelRoutes, edits: Sequence[RouteEdit]) -> KernelRoute
     """The routes after ``edits`` succeeded: how the reconciler tracks the kernel between dumps."""
     advertised = dict(kernel.advertised)
     withdrawn = dict(kernel.withdrawn)
-    unlearnable = kernel.unlearnable - {edit.address for edit in edits}
+    touched = {edit.address for edit in edits}
+    unlearnable = kernel.unlearnable - touched
+    reshape = kernel.reshape - touched
     last_resort = set(kernel.last_resort)
     for edit in edits:
         if isinstance(edit, ReplaceRoute):
@@ -156,4 +163,4 @@ def apply_edits(kernel: KernelRoutes, edits: Sequence[RouteEdit]) -> KernelRoute
         elif (edit.address in last_resort) == edit.last_resort:  # a delete of the other kind is a no-op
             advertised.pop(edit.address, None)
             last_resort.discard(edit.address)
-    return KernelRoutes(advertised, withdrawn, unlearnable, frozenset(last_resort))
+    return KernelRoutes(advertised, withdrawn, unlearnable, frozenset(last_resort), reshape)

@@ -103,6 +103,14 @@ class DatapathConfig:
     mark_mask: int = DEFAULT_MARK_MASK
     """Packet and conntrack mark bits flock may use for pinning: 4-12 contiguous bits, clear
     of kube-proxy's 0xc000. Default 0x0ff00000 (255 pinned pods per node)."""
+    nexthop_groups: str = "resilient"
+    """How a prefix's next hops are written: "resilient" (a resilient next-hop group per
+    prefix, changed in place: a pod joining or leaving moves no other pod's flows; falls
+    back to multipath where the kernel lacks them) or "multipath" (a plain RTA_MULTIPATH
+    route). README "Resilient next-hop groups". Default resilient."""
+    resilient_buckets: int = 128
+    """Buckets of each resilient group (8-32768): a pod's share of the flows is quantised
+    to 1/buckets. Default 128."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +176,9 @@ class AgentConfig:
             object.__setattr__(self, "last_resort_route_protocol", default_last_resort_protocol(
                 self.route_protocol, self.withdrawn_route_protocol))
 
+
+NEXTHOP_GROUP_MODES = ("resilient", "multipath")
+"""``datapath.nexthopGroups`` values."""
 
 ROUTE_PROTOCOLS = range(5, 256)
 """rtm_protocol numbers flock may tag its routes with: 0-4 are the kernel's own (unspec,
@@ -379,7 +390,7 @@ def _parse_bird(value: Any) -> BirdConfig:
 
 def _parse_datapath(value: Any) -> DatapathConfig:
     data = _mapping(value if value is not None else {}, "datapath")
-    _reject_unknown(data, {"connectionPinning", "markMask"}, "datapath")
+    _reject_unknown(data, {"connectionPinning", "markMask", "nexthopGroups", "resilientBuckets"}, "datapath")
     pinning = data.get("connectionPinning", _default(DatapathConfig, "connection_pinning"))
     if not isinstance(pinning, bool):
         raise ConfigError(f"datapath.connectionPinning: {pinning!r} must be true or false")
@@ -394,7 +405,14 @@ def _parse_datapath(value: Any) -> DatapathConfig:
     problem = mask_problem(mask)
     if problem is not None:
         raise ConfigError(f"datapath.markMask: {problem}")
-    return DatapathConfig(connection_pinning=pinning, mark_mask=mask)
+    groups = data.get("nexthopGroups", _default(DatapathConfig, "nexthop_groups"))
+    if groups not in NEXTHOP_GROUP_MODES:
+        raise ConfigError(f"datapath.nexthopGroups: {groups!r} must be one of {', '.join(NEXTHOP_GROUP_MODES)}")
+    buckets = data.get("resilientBuckets", _default(DatapathConfig, "resilient_buckets"))
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 8 <= buckets <= 32768:
+        raise ConfigError(f"datapath.resilientBuckets: {buckets!r} must be an integer 8-32768")
+    return DatapathConfig(connection_pinning=pinning, mark_mask=mask, nexthop_groups=groups,
+                          resilient_buckets=buckets)
 
 
 _TOP_KEYS = {

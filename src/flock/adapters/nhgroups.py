@@ -1,0 +1,250 @@
+"""Resilient next-hop groups: the kernel objects behind flock's anycast routes, and their
+state as the netlink adapter (:mod:`flock.adapters.netlink`) knows it.
+
+Why: a plain multipath route (RTA_MULTIPATH) is hash-threshold ECMP. When one of N next
+hops leaves, the hash space is cut again into N-1 slices and ~1/4 of the *surviving*
+pods' flows move too (measured: ``notes/drain.md``); a moved TCP connection is reset.
+Connection pinning keeps tracked connections where they are; a resilient group protects
+what conntrack does not see (a DNS service under NOTRACK, any untracked UDP).
+
+What flock writes, per node (``datapath.nexthopGroups: resilient``):
+
+- one **member** object per (gateway, device): ``ip nexthop add id M via <pod IP> dev
+  flock<8 hex> onlink proto <routeProtocol>``; shared by every anycast prefix the pod
+  serves;
+- one **resilient group** per anycast prefix: ``ip nexthop add id G group M1/M2/… type
+  resilient buckets 128 idle_timer 10 unbalanced_timer 60 proto <routeProtocol>``, changed
+  **in place** (RTM_NEWNEXTHOP with NLM_F_REPLACE) when the prefix's pods change: members
+  that stay keep their buckets, so a pod leaving moves only its own flows, and a pod
+  joining takes only buckets that are idle (or, after the unbalanced timer, busy ones);
+- the route points at the group: ``ip route add <prefix> nhid G proto <routeProtocol>``
+  (``withdrawnRouteProtocol`` / ``lastResortRouteProtocol`` for a withdrawn or last-resort
+  route: a re-tag keeps the group). The kernel dumps such a route with the group's next
+  hops expanded, and BIRD learns it like a multipath route.
+
+**Ids.** flock's objects carry ``nh_protocol = routeProtocol`` and ids in a range of their
+own, ``routeProtocol × 10,000,000`` onwards (:func:`id_ranges`; for 201: members
+2,010,000,001-2,014,999,998, groups 2,015,000,000-2,019,999,998, the last id of each
+reserved for the start-up probe). flock reads, changes and deletes only objects that are
+in its range *and* of its protocol; new ids skip every id the kernel holds, anyone's.
+
+**Buckets** (``datapath.resilientBuckets``, 128): a member's share is quantised to
+1/buckets (with 3 pods: 43/43/42 of 128); the count cannot change in place (the kernel
+refuses), so a new count gives a prefix a new group at the next start.
+
+**Timers.** A joining member gets buckets that were idle for ``IDLE_TIMER`` (10 s: a bucket
+no packet hit for 10 s carries no live flow worth keeping), and after the group has been
+unbalanced for ``UNBALANCED_TIMER`` (60 s) busy buckets too. Without an unbalanced timer a
+joining pod could wait forever under steady traffic (buckets are idle per bucket, not per
+flow: a busy service never idles them). With connection pinning on, forcing busy buckets
+over breaks no tracked connection (its packets follow the conntrack mark, not the group);
+only an untracked flow older than a minute in a moved bucket can move, and only when a
+pod *joins*: a pod leaving moves no other pod's buckets, whatever the timers.
+
+**Order** inside a batch: members, then groups, then routes; on removal the route, then
+(in a second round, once the kernel confirmed the route is gone: deleting a group deletes
+its routes) the group, then the members no group uses. Deleting a member takes it out of
+its groups, so members are deleted only when no group of flock's holds them.
+
+**Adoption and repair.** The adapter's full dump (start-up, every ``resyncSeconds``) reads
+the next-hop objects (RTM_GETNEXTHOP) and the routes' RTA_NH_ID and rebuilds this state
+from them, so a restart with nothing changed writes nothing. A device deleted under flock
+(CNI DEL) makes the kernel delete its members and shrink their groups (a group left empty
+goes with its route); the dump then shows the route's next hops as the kernel has them and
+the reconciler's diff writes what is missing. Groups no route uses and members no group
+uses are deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Final
+
+from flock.adapters import rtnetlink as rtnl
+from flock.core.model import IPAddress
+
+RESILIENT: Final = "resilient"
+MULTIPATH: Final = "multipath"
+MODES: Final = (RESILIENT, MULTIPATH)
+
+DEFAULT_BUCKETS: Final = 128
+BUCKETS_RANGE: Final = range(8, 32769)
+"""Allowed ``datapath.resilientBuckets`` (the kernel takes a u16)."""
+IDLE_TIMER: Final = 10.0
+"""Seconds a bucket must be idle before a joining member may take it."""
+UNBALANCED_TIMER: Final = 60.0
+"""Seconds a group may stay unbalanced before busy buckets move to a joining member."""
+
+_SPAN: Final = 10_000_000
+
+
+def id_ranges(protocol: int) -> tuple[range, range]:
+    """flock's (member ids, group ids) for ``routeProtocol``; the last of each is the probe's."""
+    base = protocol * _SPAN
+    return range(base + 1, base + _SPAN // 2), range(base + _SPAN // 2, base + _SPAN)
+
+
+Key = tuple[bytes, int]
+"""A member's identity: (packed gateway, ifindex)."""
+
+
+@dataclasses.dataclass
+class Group:
+    members: tuple[int, ...]
+    buckets: int
+    idle_timer: int  # clock_t, as the kernel reports it
+    unbalanced_timer: int
+    resilient: bool = True
+
+
+class NexthopState:
+    """flock's next-hop objects and which route uses which group, on the adapter's worker
+    thread. Changed optimistically as requests are planned; :meth:`load` and :meth:`bind`
+    replace it with the kernel's view after a dump (and after any refused request)."""
+
+    def __init__(self, protocol: int, buckets: int) -> None:
+        self.protocol = protocol
+        self.buckets = buckets
+        self.member_ids, self.group_ids = id_ranges(protocol)
+        self.probe_member = self.member_ids[-1]
+        self.probe_group = self.group_ids[-1]
+        self.members: dict[Key, int] = {}
+        self.groups: dict[int, Group] = {}
+        self.routes: dict[IPAddress, tuple[int, int]] = {}
+        """address -> (group id, rtm_protocol of the route pointing at it)."""
+        self.loaded = False
+        self._taken: set[int] = set()  # every id the kernel holds, anyone's
+        self._next = {False: self.member_ids.start, True: self.group_ids.start}
+
+    def ours(self, obj: rtnl.NexthopObject) -> bool:
+        return obj.protocol == self.protocol and (obj.id in self.member_ids or obj.id in self.group_ids)
+
+    def load(self, objects: Iterable[rtnl.NexthopObject]) -> None:
+        """Take the kernel's next-hop objects (an RTM_GETNEXTHOP dump) as the truth."""
+        self.members, self.groups, self._taken = {}, {}, set()
+        for obj in objects:
+            self._taken.add(obj.id)
+            if not self.ours(obj):
+                continue
+            if obj.group and obj.id in self.group_ids:
+                self.groups[obj.id] = Group(obj.group, obj.buckets, obj.idle_timer, obj.unbalanced_timer,
+                                            obj.group_type == rtnl.NEXTHOP_GRP_TYPE_RES)
+            elif not obj.group and obj.id in self.member_ids and obj.gateway and obj.index:
+                self.members[obj.gateway, obj.index] = obj.id
+        self.loaded = True
+
+    def bind(self, routes: Mapping[int, Mapping[IPAddress, int]]) -> None:
+        """Take the routes' next-hop objects (rtm_protocol -> address -> id) as the truth.
+        A route pointing at an id that is not one of flock's groups is not bound."""
+        self.routes = {}
+        for protocol, groups in routes.items():
+            for address, group in groups.items():
+                if group in self.groups:
+                    self.routes[address] = (group, protocol)
+
+    def expected(self, group: Group) -> bool:
+        """Whether a group is as this config writes it (type, buckets, timers)."""
+        return (group.resilient and group.buckets == self.buckets
+                and group.idle_timer == round(IDLE_TIMER * rtnl.USER_HZ)
+                and group.unbalanced_timer == round(UNBALANCED_TIMER * rtnl.USER_HZ))
+
+    def misshapen(self, addresses: Iterable[IPAddress], mode: str) -> set[IPAddress]:
+        """Those of ``addresses`` (flock's advertised routes) written in the other mode's
+        shape, or through a group this config would not write: to be written again."""
+        if mode == MULTIPATH:
+            return {address for address in addresses if address in self.routes}
+        return {address for address in addresses
+                if address not in self.routes or not self.expected(self.groups[self.routes[address][0]])}
+
+    def _allocate(self, group: bool) -> int:
+        ids = self.group_ids if group else self.member_ids
+        used = self.groups if group else set(self.members.values())
+        candidate = self._next[group]
+        for _ in range(len(ids) - 1):
+            if candidate >= ids[-1]:
+                candidate = ids.start
+            if candidate not in self._taken and candidate not in used:
+                self._next[group] = candidate + 1
+                self._taken.add(candidate)
+                return candidate
+            candidate += 1
+        raise OSError(f"no free next-hop id in {ids.start}-{ids[-1]}")
+
+    def plan_replace(self, address: IPAddress, hops: list[tuple[bytes, int]], protocol: int,
+                     new: bool) -> list[tuple[rtnl.Request, str]]:
+        """The requests that make ``address`` route through a resilient group of ``hops``
+        (gateway, ifindex), tagged ``protocol``: new members, the group (created, or
+        replaced in place), the route if it does not point at the group yet. Each with
+        what it writes, for error messages."""
+        requests: list[tuple[rtnl.Request, str]] = []
+        member_ids = []
+        for gateway, index in hops:
+            member = self.members.get((gateway, index))
+            if member is None:
+                member = self.members[gateway, index] = self._allocate(group=False)
+                requests.append(((rtnl.RTM_NEWNEXTHOP, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                                  rtnl.nexthop_request(member, self.protocol, gateway, index)),
+                                 f"next-hop object {member}"))
+            member_ids.append(member)
+        bound = self.routes.get(address)
+        group_id = bound[0] if bound is not None else None
+        old = self.groups.get(group_id) if group_id is not None else None
+        write_route = bound is None or bound[1] != protocol
+        if old is None or old.buckets != self.buckets or not old.resilient:
+            group_id = self._allocate(group=True)
+            flags = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+            write_route = True
+            old = None
+        else:
+            assert group_id is not None
+            flags = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+            if not set(old.members) & set(member_ids):
+                # No member stays: the kernel may have deleted the group with its last
+                # member's device, and the route with it.
+                write_route = True
+        group = Group(tuple(member_ids), self.buckets, round(IDLE_TIMER * rtnl.USER_HZ),
+                      round(UNBALANCED_TIMER * rtnl.USER_HZ))
+        if old is None or set(old.members) != set(member_ids) or not self.expected(old):
+            requests.append(((rtnl.RTM_NEWNEXTHOP, flags, rtnl.resilient_group_request(
+                group_id, self.protocol, member_ids, buckets=self.buckets, idle_timer=IDLE_TIMER,
+                unbalanced_timer=UNBALANCED_TIMER)), f"resilient group {group_id}"))
+        self.groups[group_id] = group
+        if write_route:
+            route_flags = rtnl.NLM_F_CREATE | (rtnl.NLM_F_EXCL if new else rtnl.NLM_F_REPLACE)
+            requests.append(((rtnl.RTM_NEWROUTE, route_flags,
+                              rtnl.route_group_request(address.packed, protocol, group_id)), "route"))
+        self.routes[address] = (group_id, protocol)
+        return requests
+
+    def retag(self, address: IPAddress, protocol: int) -> rtnl.Request | None:
+        """The re-tag of ``address``'s route to ``protocol`` keeping its group (None: the
+        route uses no group of flock's)."""
+        bound = self.routes.get(address)
+        if bound is None:
+            return None
+        self.routes[address] = (bound[0], protocol)
+        return rtnl.RTM_NEWROUTE, rtnl.NLM_F_REPLACE, rtnl.route_group_request(address.packed, protocol, bound[0])
+
+    def unbind(self, address: IPAddress) -> None:
+        """``address``'s route is gone, or no longer uses a group: its group is garbage."""
+        self.routes.pop(address, None)
+
+    def garbage(self) -> Iterator[tuple[int, bool]]:
+        """(id, is a group) of flock's objects nothing uses: groups first, then members
+        that no remaining group holds."""
+        used_groups = {group for group, _ in self.routes.values()}
+        dead = [group for group in self.groups if group not in used_groups]
+        for group in dead:
+            yield group, True
+        held = {member for group_id, group in self.groups.items() if group_id not in dead
+                for member in group.members}
+        for member in self.members.values():
+            if member not in held:
+                yield member, False
+
+    def forget(self, nexthop_id: int) -> None:
+        """An object was deleted (or found gone)."""
+        self.groups.pop(nexthop_id, None)
+        self.members = {key: member for key, member in self.members.items() if member != nexthop_id}
+        self._taken.discard(nexthop_id)
