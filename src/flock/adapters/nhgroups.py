@@ -113,7 +113,8 @@ class NexthopState:
         self.groups: dict[int, Group] = {}
         self.routes: dict[IPAddress, tuple[int, int]] = {}
         """address -> (group id, rtm_protocol of the route pointing at it)."""
-        self.loaded = False
+        self.bound = False
+        """:meth:`bind` ran: which route uses which group is known."""
         self._taken: set[int] = set()  # every id the kernel holds, anyone's
         self._next = {False: self.member_ids.start, True: self.group_ids.start}
 
@@ -132,12 +133,12 @@ class NexthopState:
                                             obj.group_type == rtnl.NEXTHOP_GRP_TYPE_RES)
             elif not obj.group and obj.id in self.member_ids and obj.gateway and obj.index:
                 self.members[obj.gateway, obj.index] = obj.id
-        self.loaded = True
 
     def bind(self, routes: Mapping[int, Mapping[IPAddress, int]]) -> None:
         """Take the routes' next-hop objects (rtm_protocol -> address -> id) as the truth.
         A route pointing at an id that is not one of flock's groups is not bound."""
         self.routes = {}
+        self.bound = True
         for protocol, groups in routes.items():
             for address, group in groups.items():
                 if group in self.groups:
