@@ -72,8 +72,8 @@ def cli(netns: str, *args: str) -> str:
 
 
 def walk_once() -> None:
-    with ct.CtnlSocket(10) as sock:
-        sock.dump_once(ct.CT_GET, ct.dump_request(slot_mark(MASK >> 20, MASK), MASK), lambda *_: None)
+    with ct.ctnl_socket(10) as sock:
+        sock.dump_each(ct.CT_GET, ct.dump_request(slot_mark(MASK >> 20, MASK), MASK), lambda *_: None)
 
 
 async def run(count: int, pods: int, rounds: int) -> None:

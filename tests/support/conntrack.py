@@ -36,12 +36,11 @@ from flock.adapters.conntrack import (
     CTA_TUPLE_REPLY,
     NFGENMSG,
     NFNETLINK_V0,
-    NLM_F_CREATE,
-    NLM_F_EXCL,
-    CtnlSocket,
     attr,
+    ctnl_socket,
     nested,
 )
+from flock.adapters.rtnetlink import NLM_F_CREATE, NLM_F_EXCL
 from flock.core.drain import IPPROTO_TCP, IPS_ASSURED
 
 IPS_SEEN_REPLY = 1 << 1
@@ -87,7 +86,7 @@ def new_request(entry: Entry) -> bytes:
 def make_entries(entries: Sequence[Entry]) -> None:
     """Create ``entries`` in this thread's netns's conntrack table. Raises OSError if the
     kernel refused one."""
-    with CtnlSocket(30.0) as sock:
+    with ctnl_socket(30.0) as sock:
         answers = sock.transact([(CT_NEW, NLM_F_CREATE | NLM_F_EXCL, new_request(e)) for e in entries])
     failed = [(e, a) for e, a in zip(entries, answers, strict=True) if a != 0]
     if failed:

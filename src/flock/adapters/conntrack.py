@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
-import select
 import socket
 import struct
-import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final, TypeVar
 
+from flock.adapters import rtnetlink as rtnl
 from flock.adapters.netns import named as named_netns
 from flock.adapters.plumbing import in_netns
 from flock.core.drain import ConntrackEntry, SlotCounts, count_entries, counts, dump_filters
@@ -72,25 +70,11 @@ CTA_PROTOINFO_TCP: Final = 1
 CTA_PROTOINFO_TCP_STATE: Final = 1
 NLA_F_NESTED: Final = 0x8000
 
-# linux/netlink.h
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLM_F_REQUEST: Final = 0x1
-NLM_F_ACK: Final = 0x4
-NLM_F_DUMP_INTR: Final = 0x10
-NLM_F_DUMP: Final = 0x300
-NLM_F_EXCL: Final = 0x200
-NLM_F_CREATE: Final = 0x400
-SOL_NETLINK: Final = 270
-NETLINK_CAP_ACK: Final = 10
-
-NLMSGHDR: Final = struct.Struct("=IHHII")
 NFGENMSG: Final = struct.Struct("=BBH")  # family, version, res_id (big endian, 0)
 NLATTR: Final = struct.Struct("=HH")
 BE32: Final = struct.Struct(">I")
 BE16: Final = struct.Struct(">H")
 
-_RECV_BUFFER: Final = 1 << 20  # far above ctnetlink's dump chunks (one page to 32 KiB)
 _DUMP_RETRIES: Final = 5
 
 
@@ -176,114 +160,20 @@ def decode_entry(data: bytes | bytearray, start: int, end: int) -> ConntrackEntr
     return ConntrackEntry(protocol, tcp_state, status, timeout, mark)
 
 
-class CtnlSocket:
-    """A NETLINK_NETFILTER socket of the calling thread's netns, for ctnetlink dumps and
-    requests. Not thread-safe. ``timeout`` bounds each wait for the kernel."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self._sock.bind((0, 0))
-            self._sock.setblocking(False)
-        except BaseException:
-            self._sock.close()
-            raise
-        self._pid: int = self._sock.getsockname()[0]
-        self._seq = 0
-        self._buffer = bytearray(_RECV_BUFFER)
-
-    def __enter__(self) -> CtnlSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq % 0xFFFFFFFF) + 1
-        return self._seq
-
-    def _recv(self, deadline: float) -> int:
-        while True:
-            try:
-                size = self._sock.recv_into(self._buffer, len(self._buffer), socket.MSG_TRUNC)
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
-                    raise TimeoutError(f"no answer from ctnetlink within {self.timeout} s") from None
-                continue
-            if size > len(self._buffer):
-                raise OSError(errno.EMSGSIZE, f"ctnetlink message of {size} bytes truncated")
-            return size
-
-    def dump_once(self, msg_type: int, body: bytes, each: Callable[[bytearray, int, int], None]) -> bool:
-        """One dump: ``each(buffer, start, end)`` per message. False if it was interrupted."""
-        seq = self._next_seq()
-        self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-                        + body)
-        buffer = self._buffer
-        pid = self._pid
-        unpack = NLMSGHDR.unpack_from
-        interrupted = False
-        deadline = time.monotonic() + self.timeout
-        while True:
-            size = self._recv(deadline)
-            offset = 0
-            while offset + NLMSGHDR.size <= size:
-                length, kind, flags, msg_seq, msg_pid = unpack(buffer, offset)
-                if length < NLMSGHDR.size:
-                    break
-                if msg_seq == seq and msg_pid == pid:
-                    if flags & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if kind == NLMSG_DONE:
-                        return not interrupted
-                    if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", buffer, offset + NLMSGHDR.size)[0]
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                    else:
-                        each(buffer, offset + NLMSGHDR.size, offset + length)
-                offset += (length + 3) & ~3
-
-    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int | None]:
-        """Send requests (type, flags, payload) and collect each one's errno (0: done;
-        None: no answer in time). For tests and benchmarks that create entries."""
-        results: list[int | None] = [None] * len(requests)
-        for first in range(0, len(requests), 256):
-            waiting: dict[int, int] = {}
-            parts = []
-            for index in range(first, min(first + 256, len(requests))):
-                kind, flags, payload = requests[index]
-                seq = self._next_seq()
-                waiting[seq] = index
-                parts.append(NLMSGHDR.pack(NLMSGHDR.size + len(payload), kind, flags | NLM_F_REQUEST | NLM_F_ACK,
-                                           seq, 0) + payload)
-            self._sock.send(b"".join(parts))
-            deadline = time.monotonic() + self.timeout
-            while waiting:
-                try:
-                    size = self._recv(deadline)
-                except TimeoutError:
-                    return results
-                offset = 0
-                while offset + NLMSGHDR.size <= size:
-                    length, kind, _flags, seq, pid = NLMSGHDR.unpack_from(self._buffer, offset)
-                    if length < NLMSGHDR.size:
-                        break
-                    if kind == NLMSG_ERROR and pid == self._pid and seq in waiting:
-                        results[waiting.pop(seq)] = -struct.unpack_from("=i", self._buffer,
-                                                                        offset + NLMSGHDR.size)[0]
-                    offset += (length + 3) & ~3
-        return results
+def ctnl_socket(timeout: float) -> rtnl.RtnlSocket:
+    """A NETLINK_NETFILTER socket (ctnetlink) of the calling thread's netns: the route
+    adapter's socket on another netlink family (same framing, acks and dumps)."""
+    return rtnl.RtnlSocket(timeout, family=NETLINK_NETFILTER)
 
 
-def _dump(sock: CtnlSocket, mark: int, mask: int, each: Callable[[bytearray, int, int], None],
+def _dump(sock: rtnl.RtnlSocket, mark: int, mask: int, each: Callable[[bytearray, int, int], None],
           restart: Callable[[], None]) -> None:
     """One filtered dump, redone (after ``restart()``) while the kernel says it was interrupted."""
+    def entry(_kind: int, buffer: bytearray, start: int, end: int) -> None:
+        each(buffer, start, end)
+
     for _ in range(_DUMP_RETRIES):
-        if sock.dump_once(CT_GET, dump_request(mark, mask), each):
+        if sock.dump_each(CT_GET, dump_request(mark, mask), entry):
             return
         restart()
     raise OSError(errno.EINTR, f"conntrack dump interrupted {_DUMP_RETRIES} times")
@@ -298,7 +188,7 @@ def count_pinned(mask: int, timeout: float, filters: Iterable[tuple[int, int]]) 
     the entries the (mark, mask) ``filters`` select, in this thread's netns. Raises OSError,
     TimeoutError."""
     found: dict[int, int] = {}
-    with CtnlSocket(timeout) as sock:
+    with ctnl_socket(timeout) as sock:
         for mark, filter_mask in filters:
             entries: list[ConntrackEntry] = []
             _dump(sock, mark, filter_mask, functools.partial(_decode_into, entries), entries.clear)
@@ -337,7 +227,7 @@ def forget_slot(slot: int, mask: int, timeout: float) -> int:
         doomed.clear()
         open_ = 0
 
-    with CtnlSocket(timeout) as sock:
+    with ctnl_socket(timeout) as sock:
         _dump(sock, mark, mask, each, restart)
         if doomed:
             sock.transact([(CT_DELETE, 0, body) for body in doomed])  # ENOENT: it ended meanwhile

@@ -670,7 +670,9 @@ _DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUM
 
 class RtnlSocket:
     """A bound NETLINK_ROUTE socket that joins no multicast group: batches of requests
-    with their acks matched back (:meth:`transact`), and dumps (:meth:`dump`).
+    with their acks matched back (:meth:`transact`), and dumps (:meth:`dump`,
+    :meth:`dump_each`). ``family`` another netlink family that frames its messages the
+    same way (NETLINK_NETFILTER: :mod:`flock.adapters.conntrack`).
 
     Not thread-safe: use it from one thread. ``timeout`` (seconds) bounds each wait for
     the kernel. ``strict`` asks for NETLINK_GET_STRICT_CHK (kernel-filtered dumps,
@@ -679,9 +681,9 @@ class RtnlSocket:
     dropped.
     """
 
-    def __init__(self, timeout: float, *, strict: bool = False) -> None:
+    def __init__(self, timeout: float, *, strict: bool = False, family: int = socket.NETLINK_ROUTE) -> None:
         self.timeout = timeout
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, family)
         try:
             self.strict = False
             if strict:
@@ -799,10 +801,20 @@ class RtnlSocket:
         raise OSError(errno.EINTR, f"dump interrupted {_DUMP_RETRIES} times by concurrent changes")
 
     def _dump_once(self, msg_type: int, body: bytes) -> tuple[list[tuple[int, bytearray]], bool]:
+        found: list[tuple[int, bytearray]] = []
+
+        def keep(kind: int, buffer: bytearray, start: int, end: int) -> None:
+            found.append((kind, buffer[start:end]))
+
+        return found, not self.dump_each(msg_type, body, keep)
+
+    def dump_each(self, msg_type: int, body: bytes, each: Callable[[int, bytearray, int, int], None]) -> bool:
+        """One dump, ``each(nlmsg_type, buffer, start, end)`` per message as it arrives (the
+        buffer is reused: copy what you keep). False if the kernel says the dump was
+        interrupted by concurrent changes (redo it). Raises TimeoutError, OSError."""
         seq = self._next_seq()
         header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         self._sock.send(header + body)
-        found: list[tuple[int, bytearray]] = []
         interrupted = False
         buffer = self._buffer
         pid = self._pid
@@ -820,11 +832,11 @@ class RtnlSocket:
                     if flags & NLM_F_DUMP_INTR:
                         interrupted = True
                     if kind == NLMSG_DONE:
-                        return found, interrupted
+                        return not interrupted
                     if kind == NLMSG_ERROR:
                         code = error_code(buffer, offset + NLMSGHDR.size)
                         if code:
                             raise OSError(code, os.strerror(code))
                     else:
-                        found.append((kind, buffer[offset + NLMSGHDR.size:offset + length]))
+                        each(kind, buffer, offset + NLMSGHDR.size, offset + length)
                 offset += (length + 3) & ~3
