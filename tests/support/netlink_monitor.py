@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import socket
 import time
 from collections.abc import Iterator
 
@@ -46,19 +47,24 @@ def watch_routes(netns: str, *, settle: float = 0.5, links: bool = False) -> Ite
     result = RouteChanges(netns)
     try:
         yield result
-        time.sleep(settle)
-        sock.setblocking(False)
-        while True:
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise AssertionError(f"route monitor in {netns} overflowed: "
-                                         "notifications were lost") from exc
-                raise
+        for data in queued(sock, settle, f"route monitor in {netns}"):
             result.seen.extend(notifications(data))
     finally:
         sock.close()
+
+
+def queued(sock: socket.socket, settle: float, what: str) -> Iterator[bytes]:
+    """After ``settle`` seconds, every read queued on ``sock``, without blocking. An overflow
+    (notifications lost) fails the test."""
+    time.sleep(settle)
+    sock.setblocking(False)
+    while True:
+        try:
+            yield sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise AssertionError(f"{what} overflowed: notifications were lost") from exc
+            raise
 

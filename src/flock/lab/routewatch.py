@@ -39,6 +39,7 @@ class RouteChange:
     nexthops: frozenset[str]  # "via X dev Y", empty when the route is gone
 
 
+NETLINK_ADD_MEMBERSHIP = 1  # linux/netlink.h, a socket option
 NLM_F_APPEND = 0x800  # linux/netlink.h, on a new-route notification: a next hop was added
 
 
@@ -165,12 +166,13 @@ class RouteWatch:
         return frozenset(hops)
 
 
-def route_socket(netns: str, *, links: bool = False) -> socket.socket:
+def route_socket(netns: str, *, links: bool = False, nexthops: bool = False) -> socket.socket:
     """A route-group netlink socket that belongs to ``netns`` (opened from a thread inside it).
 
     ``links``: also join the link group, for link deletions. The kernel announces no
     RTM_DELROUTE for the IPv4 routes it flushes with a deleted device: only the link's
-    deletion shows that they are gone.
+    deletion shows that they are gone. ``nexthops``: also join RTNLGRP_NEXTHOP (next-hop
+    object changes; a group number above 31, so joined with NETLINK_ADD_MEMBERSHIP).
     """
     result: dict[str, socket.socket | BaseException] = {}
 
@@ -181,6 +183,8 @@ def route_socket(netns: str, *, links: bool = False) -> socket.socket:
             with contextlib.suppress(OSError):  # SO_RCVBUFFORCE: a burst of changes is not dropped
                 sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
             sock.bind((0, rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV6_ROUTE | (rtnl.RTMGRP_LINK if links else 0)))
+            if nexthops:
+                sock.setsockopt(rtnl.SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, rtnl.RTNLGRP_NEXTHOP)
             result["sock"] = sock
         except BaseException as exc:
             result["error"] = exc
