@@ -9,13 +9,16 @@ import pathlib
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flock.adapters.store import AllocationStore
+from flock.core.model import host_prefix
 from flock.core.podcache import PodCache
 from flock.core.routediff import KernelRoutes, RouteEdit
 from flock.errors import RouteError
 from flock.metrics import Metrics
-from flock.reconciler import Reconciler, RepeatedFailure
+from flock.reconciler import Reconciler, RepeatedFailure, address_text, prefix_text
 from flock.testing import FakeBird, FakeRoutes, RecordingEvents
 from tests.support.config import agent_config
 from tests.unit.factories import alloc, pod_body
@@ -434,3 +437,18 @@ async def test_events_spread_over_100_ms_take_a_few_passes_not_one_each(node: No
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@given(st.ip_addresses() | st.builds(lambda n, scope: ipaddress.IPv6Address(f"{ipaddress.IPv6Address(n)}%{scope}"),
+                                     st.integers(0, 2**128 - 1), st.sampled_from(["eth0", "1"])))
+def test_event_addresses_are_written_as_ipaddress_writes_them(address: ipaddress.IPv4Address
+                                                              | ipaddress.IPv6Address) -> None:
+    assert address_text(address) == str(address)
+    assert prefix_text(address) == host_prefix(address)
+
+
+@pytest.mark.parametrize("text", ["::ffff:198.51.100.1", "::198.51.100.1", "::1", "::", "::ffff:0:1",
+                                  "0:0:0:0:1::1", "2001:db8::", "2001:db8:0:0:1::1", "2001:0:0:1::1"])
+def test_event_addresses_with_zeros_and_embedded_ipv4_are_written_as_ipaddress_writes_them(text: str) -> None:
+    address = ipaddress.IPv6Address(text)
+    assert address_text(address) == str(address)

@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 
 from flock.core.model import Allocation, IPAddress, Nexthop, PodRef, PodStatus
 from flock.core.podcache import PodCache
-from flock.core.resolver import FAMILY_MISMATCH, REJECTED, Contribution, DesiredRoutes, combine, resolve
+from flock.core.pools import pool_rejection
+from flock.core.resolver import (
+    FAMILY_MISMATCH,
+    REJECTED,
+    Contribution,
+    DesiredRoutes,
+    PoolPolicy,
+    combine,
+    contribution,
+    resolve,
+)
 from flock.core.settings import AnycastPool
 from tests.unit.factories import POOLS, alloc, pod_body, status
 
@@ -184,6 +194,27 @@ def test_nothing_outside_the_pools_survives(specs: list[PodSpec], pools: list[An
         for owner in owners:
             assert any(address in pool.cidr and (pool.namespaces is None or owner.pod.namespace in pool.namespaces)
                        for pool in pools if pool.cidr.version == address.version), (address, owner.pod, pools)
+
+
+@given(restricted_pools, st.lists(st.tuples(st.sampled_from([
+    "198.51.100.0", "198.51.100.8", "198.51.100.15", "198.51.100.255", "203.0.113.9", "2001:db8:100::",
+    "2001:db8:100::10", "2001:db8:100::1:0", "2001:db8:200::1"]), st.sampled_from(["default", "payments", "web"])),
+    max_size=12))
+def test_the_pool_policy_answers_as_pool_rejection_also_when_asked_again(
+        pools: list[AnycastPool], questions: list[tuple[str, str]]) -> None:
+    policy = PoolPolicy(pools, limit=5)
+    for text, namespace in questions + questions:
+        address = ipaddress.ip_address(text)
+        assert policy.rejection(address, namespace) == pool_rejection(address, namespace, pools)
+
+
+def test_a_pod_with_two_addresses_of_a_family_is_routed_through_the_first() -> None:
+    a = alloc("web-1", ips=("192.0.2.10", "192.0.2.11", "2001:db8::10"), anycast=("198.51.100.10",
+                                                                                   "2001:db8:100::10"))
+    part = contribution(a, dict([status("web-1")])[("default", "web-1")], POOLS)
+    assert part is not None
+    assert [hop.via for _, hop in part.hops] == [ipaddress.ip_address("192.0.2.10"),
+                                                 ipaddress.ip_address("2001:db8::10")]
 
 
 # The annotation can change after the pod's network was set up (kubectl annotate).
