@@ -155,6 +155,48 @@ async def test_acks_the_kernel_dropped_are_unknown_not_success_and_cost_no_wait(
     assert answers[-1] is not None, "the next send is answered again"
 
 
+def _creates(lab: Lab, numbers: range | list[int]) -> list[rtnl.Request]:
+    [shown] = json.loads(sh("ip", "-n", lab.node, "-j", "link", "show", "dev", lab.hop(0).dev))
+    return [(rtnl.RTM_NEWROUTE, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+             rtnl.route_request(v6(n).packed, PROTO, [(lab.hop(0).via.packed, shown["ifindex"])]))
+            for n in numbers]
+
+
+@pytest.mark.netns
+async def test_a_quiet_batch_answers_each_request_as_an_acked_one(lab: Lab) -> None:
+    size = rtnl._REQUESTS_PER_SEND + 300  # two sends
+    present = [n for n in range(size) if n % 3 == 0]
+
+    def send() -> tuple[list[int | None], list[int | None]]:
+        with rtnl.RtnlSocket(timeout=30) as sock:
+            return sock.transact(_creates(lab, present)), sock.transact(_creates(lab, range(size)), quiet=True)
+
+    acked, quiet = await in_netns(named_netns(lab.node), 10, send)
+
+    assert acked == [0] * len(present)
+    assert quiet == [errno.EEXIST if n % 3 == 0 else 0 for n in range(size)], "refusals where they are, in order"
+    assert len(lab.shown()) == size
+
+
+@pytest.mark.netns
+async def test_a_quiet_batch_whose_refusals_were_dropped_claims_no_success(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rtnl, "_ACK_QUEUE", 4096)  # too small for a send's refusals: ENOBUFS
+    size = rtnl._REQUESTS_PER_SEND + 1
+
+    def send() -> tuple[list[int | None], list[int | None]]:
+        with rtnl.RtnlSocket(timeout=30) as sock:
+            sock.transact(_creates(lab, range(size)), quiet=True)
+            return sock.transact(_creates(lab, range(size)), quiet=True), sock.transact(_creates(lab, [size]),
+                                                                                         quiet=True)
+
+    refused, after = await in_netns(named_netns(lab.node), 10, send)  # well under the socket's 30 s
+
+    assert None in refused, "some refusals were dropped"
+    assert {answer for answer in refused if answer is not None} == {errno.EEXIST}, "never 0: all were refused"
+    assert after == [0], "the next send is answered again"
+
+
 def test_route_requests_decode_as_the_routes_they_describe() -> None:
     gateway_a = A("2001:db8::31").packed
     plain = rtnl.route_request(v6(1).packed, PROTO, [(gateway_a, 7)])

@@ -94,3 +94,18 @@ def test_new_ids_skip_every_id_the_kernel_holds() -> None:
     assert state.members == {} and state.groups == {}, "another protocol's objects are not flock's"
     state.plan_replace(ADDRESS, [(GW[0], 4)], 201, new=True)
     assert state.members == {(GW[0], 4): members.start + 1} and set(state.groups) == {groups.start + 1}
+
+
+def test_installing_routes_leaves_nothing_to_look_for_and_a_member_leaving_does() -> None:
+    state = NexthopState(201, 128)
+    state.load([])
+    state.bind({})
+    assert state.garbage() == [] and not state.litter, "a dump's objects were looked at once"
+    state.plan_replace(ADDRESS, [(GW[0], 4), (GW[1], 5)], 201, new=True)
+    assert not state.litter, "a new prefix leaves no object unused"
+    state.plan_replace(ADDRESS, [(GW[1], 5)], 201, new=False)
+    assert state.litter
+    assert state.garbage() == [(state.members[GW[0], 4], False)]
+    assert not state.litter and state.garbage() == []
+    state.unbind(ADDRESS)
+    assert [is_group for _, is_group in state.garbage()] == [True, False, False]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import ipaddress
 import os
 import select
@@ -588,13 +589,20 @@ def resilient_group_request(nexthop_id: int, protocol: int, members: Sequence[in
     unbalanced_timer U proto P``. Timers in seconds; on the wire clock_t (1/100 s), as
     iproute2 sends them. Sent with NLM_F_REPLACE to an existing group, it changes the
     members in place: the members that stay keep their buckets."""
-    group = b"".join(NEXTHOP_GRP.pack(member, 0, 0, 0) for member in members)  # weight 1 is sent as 0
+    group = b"".join([NEXTHOP_GRP.pack(member, 0, 0, 0) for member in members])  # weight 1 is sent as 0
+    return (NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _NHA_ID_ATTR + U32.pack(nexthop_id)
+            + RTATTR.pack(4 + len(group), NHA_GROUP) + group
+            + _resilient_tail(buckets, idle_timer, unbalanced_timer))
+
+
+@functools.lru_cache(maxsize=8)
+def _resilient_tail(buckets: int, idle_timer: float, unbalanced_timer: float) -> bytes:
+    """The attributes after a resilient group's members: the same for every group of a
+    config, so packed once (a first pass writes a group per prefix)."""
     res = (RTATTR.pack(6, NHA_RES_GROUP_BUCKETS) + U16.pack(buckets) + b"\0\0"
            + RTATTR.pack(8, NHA_RES_GROUP_IDLE_TIMER) + U32.pack(round(idle_timer * USER_HZ))
            + RTATTR.pack(8, NHA_RES_GROUP_UNBALANCED_TIMER) + U32.pack(round(unbalanced_timer * USER_HZ)))
-    return (NHMSG.pack(socket.AF_UNSPEC, 0, protocol, 0, 0) + _NHA_ID_ATTR + U32.pack(nexthop_id)
-            + RTATTR.pack(4 + len(group), NHA_GROUP) + group
-            + RTATTR.pack(6, NHA_GROUP_TYPE) + U16.pack(NEXTHOP_GRP_TYPE_RES) + b"\0\0"
+    return (RTATTR.pack(6, NHA_GROUP_TYPE) + U16.pack(NEXTHOP_GRP_TYPE_RES) + b"\0\0"
             + RTATTR.pack(4 + len(res), NHA_RES_GROUP | NLA_F_NESTED) + res)
 
 
@@ -738,7 +746,7 @@ class RtnlSocket:
                 raise OSError(errno.EMSGSIZE, f"netlink message of {size} bytes truncated")
             return size
 
-    def transact(self, requests: Sequence[Request]) -> list[int | None]:
+    def transact(self, requests: Sequence[Request], *, quiet: bool = False) -> list[int | None]:
         """Send ``requests`` in order, many per ``send``, and match each ack to its request
         by sequence number: one result per request, 0 for success, the kernel's errno
         (positive) for a failure, None when no answer came (outcome unknown).
@@ -749,6 +757,13 @@ class RtnlSocket:
         means the kernel dropped it (ENOBUFS, the queue overflowed) or it never came. A
         wait longer than ``timeout`` ends the batch: the requests not yet answered, sent
         or not, are None. Raises OSError only when the socket itself fails.
+
+        ``quiet``: ask for an ack only for the last request of each ``send``. The kernel
+        answers a refusal whether asked or not (netlink_rcv_skb), in order, so once the
+        last request's answer is read every request before it that got none succeeded:
+        one read per send and per refusal instead of one per request, and the kernel
+        builds no ack for a success. If the kernel dropped answers (ENOBUFS), the
+        requests of that send that got none are None (a refusal may have been lost).
         """
         results: list[int | None] = [None] * len(requests)
         pack = NLMSGHDR.pack
@@ -756,14 +771,19 @@ class RtnlSocket:
         for first in range(0, len(requests), _REQUESTS_PER_SEND):
             waiting: dict[int, int] = {}  # sequence number -> request index
             parts = []
-            for index in range(first, min(first + _REQUESTS_PER_SEND, len(requests))):
+            last = min(first + _REQUESTS_PER_SEND, len(requests))
+            for index in range(first, last):
                 kind, flags, payload = requests[index]
                 seq = self._next_seq()
                 waiting[seq] = index
-                parts.append(pack(NLMSGHDR.size + len(payload), kind, flags | flags_on, seq, 0))
+                asked = flags_on if not quiet or index == last - 1 else NLM_F_REQUEST
+                parts.append(pack(NLMSGHDR.size + len(payload), kind, flags | asked, seq, 0))
                 parts.append(payload)
             self._sock.send(b"".join(parts))
-            if not self._collect(waiting, results):
+            if quiet:
+                if not self._collect_quiet(waiting, results, range(first, last)):
+                    break
+            elif not self._collect(waiting, results):
                 break
         return results
 
@@ -788,6 +808,50 @@ class RtnlSocket:
                 if kind == NLMSG_ERROR and pid == self._pid and seq in waiting:
                     results[waiting.pop(seq)] = error_code(buffer, start)
         return True
+
+    def _collect_quiet(self, waiting: dict[int, int], results: list[int | None], sent: range) -> bool:
+        """:meth:`_collect` for a quiet send (``sent``: its request indexes): read refusals
+        until the last request's answer; then the requests without one succeeded."""
+        deadline = time.monotonic() + self.timeout
+        buffer = self._buffer
+        last_seq = max(waiting)
+        answered: set[int] = set()
+        while last_seq not in answered:
+            try:
+                size = self._recv(deadline)
+            except TimeoutError:
+                return False
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # Answers were dropped: which requests were refused is unknown, except
+                # those whose refusal was read; the queue still holds what was not dropped.
+                self._drain(waiting, results)
+                return True
+            for kind, _flags, seq, pid, start, _end in messages(buffer, size):
+                if kind == NLMSG_ERROR and pid == self._pid and seq in waiting:
+                    results[waiting[seq]] = error_code(buffer, start)
+                    answered.add(seq)
+        for index in sent:
+            if results[index] is None:
+                results[index] = 0
+        return True
+
+    def _drain(self, waiting: dict[int, int], results: list[int | None]) -> None:
+        """Read what is queued without waiting, noting the refusals of ``waiting``."""
+        buffer = self._buffer
+        while True:
+            try:
+                size = self._recv(0.0)
+            except TimeoutError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                continue
+            for kind, _flags, seq, pid, start, _end in messages(buffer, size):
+                if kind == NLMSG_ERROR and pid == self._pid and seq in waiting:
+                    results[waiting[seq]] = error_code(buffer, start)
 
     def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytearray]]:
         """Every message of one dump as (nlmsg_type, payload); redone if interrupted.
