@@ -440,11 +440,11 @@ class CniServer:
         # How many pinned connections are still open (the veth cuts them), or the end of its
         # drain: one Event. Counted now: a client's next packet after the veth is gone meets
         # another pod, whose reset closes the connection in conntrack.
-        await self.drain.network_removing(allocation)
+        entries = await self.drain.network_removing(allocation)  # one dump: the count and its entries
         await self._remove_veth(allocation.host_ifname)
         # After the veth: the pod's pinned connections keep reaching it until its network goes.
         await self._unpin(allocation)
-        await self.drain.network_removed(allocation)  # its slot's conntrack entries go too
+        await self.drain.network_removed(allocation, entries)  # the entries of that dump go too
         await self.store.remove(allocation.container_id)
 
     async def _remove_veth(self, ifname: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from flock.adapters.rtnetlink import describe_errno
+from flock.core.drain import SlotEntries
 from flock.core.model import Event, IPAddress, Nexthops, sorted_nexthops
 from flock.core.routediff import KernelRoutes, ReplaceRoute, RouteEdit, WithdrawRoute
 from flock.errors import BirdConfigRejected, BirdUnavailable, ConntrackError, RouteError
@@ -151,6 +152,18 @@ class FakeConnections:
             raise ConntrackError("fake conntrack: failing")
         self.counted.append(frozenset(slots))
         return {slot: self.open[slot] for slot in slots if self.open.get(slot)}
+
+    async def snapshot(self, slot: int) -> SlotEntries:
+        if self.fail:
+            raise ConntrackError("fake conntrack: failing")
+        self.counted.append(frozenset({slot}))
+        return SlotEntries(slot, self.open.get(slot, 0), tuple(b"%d" % slot for _ in range(self.open.get(slot, 0))))
+
+    async def delete(self, entries: SlotEntries) -> None:
+        if self.fail:
+            raise ConntrackError("fake conntrack: failing")
+        self.forgotten.append(entries.slot)
+        self.open.pop(entries.slot, None)
 
     async def forget(self, slot: int) -> int:
         if self.fail:

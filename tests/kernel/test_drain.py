@@ -185,13 +185,16 @@ async def test_a_del_with_open_connections_says_how_many_it_cut(drain: Drain) ->
     on_web1 = int(d.series()["web-1"])
     assert on_web1 > 0, d.series()
     # web-1's DEL without a graceful termination, in the CNI DEL's order: out of the route,
-    # its connections counted, veth gone, unpinned, its slot's entries deleted.
+    # its connections counted (one dump, which also lists its entries), veth gone (the DEL
+    # answers here), unpinned, the entries of that dump deleted.
     web1 = d.lab.pods[1]
     d.route([d.lab.pods[0], d.lab.pods[2]])
-    await d.watch.network_removing(d.record(1))
+    entries = await d.watch.network_removing(d.record(1))
+    assert entries is not None and entries.open == on_web1 and len(entries.keys) >= on_web1
     sh("ip", "link", "del", web1.host_ifname, netns=d.lab.node)
+    assert d.drained() == ["web-1: " + cut_message("node-a", on_web1)]
     await d.lab.table().unpin(d.lab.pins()[1])
-    await d.watch.network_removed(d.record(1))
+    await d.watch.network_removed(d.record(1), entries)
     assert d.drained() == ["web-1: " + cut_message("node-a", on_web1)]
     assert "web-1" not in d.series()
     # Its slot's entries are gone: a pod that gets slot 2 later starts with none.

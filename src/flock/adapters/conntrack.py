@@ -26,13 +26,13 @@ import errno
 import functools
 import socket
 import struct
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 from flock.adapters import rtnetlink as rtnl
 from flock.adapters.netns import named as named_netns
 from flock.adapters.plumbing import in_netns
-from flock.core.drain import ConntrackEntry, SlotCounts, count_entries, counts, dump_filters
+from flock.core.drain import ConntrackEntry, SlotCounts, SlotEntries, count_entries, counts, dump_filters
 from flock.core.pinning import slot_mark, slot_of_mark
 from flock.errors import ConntrackError
 
@@ -197,12 +197,12 @@ def count_pinned(mask: int, timeout: float, filters: Iterable[tuple[int, int]]) 
     return found
 
 
-def forget_slot(slot: int, mask: int, timeout: float) -> int:
-    """Delete every conntrack entry whose mark carries ``slot`` (by its original tuple, one
-    request each: never a flush, which an old kernel might not filter). Returns how many
-    of them counted as open connections. Raises OSError, TimeoutError."""
+def snapshot_slot(slot: int, mask: int, timeout: float) -> SlotEntries:
+    """One dump of the entries whose mark carries ``slot``: how many count as open
+    connections, and each entry's delete request (its original tuple and zone), for
+    :func:`delete_entries`. Raises OSError, TimeoutError."""
     mark = slot_mark(slot, mask)
-    doomed: list[bytes] = []
+    keys: list[bytes] = []
     open_ = 0
 
     def each(buffer: bytearray, start: int, end: int) -> None:
@@ -220,18 +220,34 @@ def forget_slot(slot: int, mask: int, timeout: float) -> int:
             if kind in attrs:
                 value_start, value_end = attrs[kind]
                 body += buffer[value_start - NLATTR.size:value_end] + bytes((4 - (value_end - value_start) % 4) % 4)
-        doomed.append(bytes(body))
+        keys.append(bytes(body))
 
     def restart() -> None:
         nonlocal open_
-        doomed.clear()
+        keys.clear()
         open_ = 0
 
     with ctnl_socket(timeout) as sock:
         _dump(sock, mark, mask, each, restart)
-        if doomed:
-            sock.transact([(CT_DELETE, 0, body) for body in doomed])  # ENOENT: it ended meanwhile
-    return open_
+    return SlotEntries(slot, open_, tuple(keys))
+
+
+def delete_entries(keys: Sequence[bytes], timeout: float) -> None:
+    """Delete conntrack entries by the requests :func:`snapshot_slot` made (one each: never
+    a flush, which an old kernel might not filter). An entry gone meanwhile (ENOENT) is
+    fine. Raises OSError, TimeoutError."""
+    if not keys:
+        return
+    with ctnl_socket(timeout) as sock:
+        sock.transact([(CT_DELETE, 0, body) for body in keys])  # ENOENT: it ended meanwhile
+
+
+def forget_slot(slot: int, mask: int, timeout: float) -> int:
+    """Delete every conntrack entry whose mark carries ``slot`` (one dump, then one delete
+    each). Returns how many of them counted as open connections. Raises OSError, TimeoutError."""
+    found = snapshot_slot(slot, mask, timeout)
+    delete_entries(found.keys, timeout)
+    return found.open
 
 
 class ConntrackCounter:
@@ -252,6 +268,16 @@ class ConntrackCounter:
         found = await self._run("count pinned connections", count_pinned, self.mask, self.timeout,
                                 dump_filters(wanted, self.mask))
         return {slot: number for slot, number in found.items() if slot in wanted}
+
+    async def snapshot(self, slot: int) -> SlotEntries:
+        """The slot's entries now, counted, with what deletes them (one dump). Raises ConntrackError."""
+        return await self._run(f"list slot {slot}'s connections", snapshot_slot, slot, self.mask, self.timeout)
+
+    async def delete(self, entries: SlotEntries) -> None:
+        """Delete the entries of a :meth:`snapshot` (no dump). Raises ConntrackError."""
+        if entries.keys:
+            await self._run(f"delete slot {entries.slot}'s {len(entries.keys)} conntrack entries", delete_entries,
+                            entries.keys, self.timeout)
 
     async def forget(self, slot: int) -> int:
         """Delete the slot's entries; how many counted as open connections. Raises ConntrackError."""

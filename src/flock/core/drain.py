@@ -30,6 +30,19 @@ SlotCounts = Mapping[int, int]
 """slot -> its pinned connections that count (a slot with none may be absent)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SlotEntries:
+    """One dump of a slot's conntrack entries: how many of them :func:`counts`, and what
+    deletes each one later (a CNI DEL dumps once, just before the veth goes, and deletes
+    after it has answered: one kernel walk of the conntrack table, not two)."""
+
+    slot: int
+    open: int
+    """The entries that count as open connections."""
+    keys: tuple[bytes, ...]
+    """Every entry of the slot (counted or not), as the adapter deletes it (opaque here)."""
+
+
 class ConntrackEntry(NamedTuple):
     """What decides whether one conntrack entry is a live pinned connection."""
 

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
-from flock.core.drain import SlotCounts
+from flock.core.drain import SlotCounts, SlotEntries
 from flock.core.model import Allocation, ContainerID, Event, IPAddress
 from flock.core.pinning import PinAdoption, PodPin
 from flock.core.routediff import KernelRoutes, RouteEdit
@@ -125,6 +125,14 @@ class PinnedConnections(Protocol):
         """Per slot of ``slots``, its connections that count (flock.core.drain.counts); a slot
         with none may be absent. Raises ConntrackError."""
 
+    async def snapshot(self, slot: int) -> SlotEntries:
+        """The slot's conntrack entries now (one dump): how many count, and what deletes
+        them (:meth:`delete`). Raises ConntrackError."""
+
+    async def delete(self, entries: SlotEntries) -> None:
+        """Delete the entries of a :meth:`snapshot` without another dump (those gone
+        meanwhile are fine). Raises ConntrackError."""
+
     async def forget(self, slot: int) -> int:
         """Delete the slot's conntrack entries (its pod's network is gone, so a pod that gets
         the slot later starts with none); return how many were connections that counted.
@@ -134,12 +142,14 @@ class PinnedConnections(Protocol):
 class DrainReport(Protocol):
     """What a CNI DEL tells about a pinned pod's connections (flock.drainwatch.DrainWatch)."""
 
-    async def network_removing(self, allocation: Allocation) -> None:
+    async def network_removing(self, allocation: Allocation) -> SlotEntries | None:
         """The pod's veth goes next: report the pinned connections still open (cut), or the
-        end of its drain. Never raises."""
+        end of its drain, and return its slot's entries as found then (for
+        :meth:`network_removed`; None: they must be looked up again). Never raises."""
 
-    async def network_removed(self, allocation: Allocation) -> None:
-        """The pod's veth and pin are gone: forget its slot's connections. Never raises."""
+    async def network_removed(self, allocation: Allocation, entries: SlotEntries | None) -> None:
+        """The pod's veth and pin are gone: delete its slot's conntrack entries (``entries``,
+        or all the slot has now when None). Never raises."""
 
 
 PodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
