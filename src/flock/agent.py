@@ -165,6 +165,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.cni_socket.stop()
+        await self.cni.close()  # DELs answered whose pods' pins and conntrack entries are still going
         if self._web is not None:
             await self._web.cleanup()
         await self.routes.close()

@@ -6,7 +6,9 @@ write a *pending* allocation record (durable, before any plumbing), plumb the ve
 addresses and routes, then *commit* the record with its anycast list (which wakes the
 reconciler). DEL: if the pod's veth is one of several next hops of an anycast route,
 mark the record *releasing* and wait for a reconcile pass to take it out; then remove
-the veth and the record (idempotent). CHECK: compare the pod's network with the record.
+the veth and answer (idempotent); the record goes once nothing of the pod is left (a
+pinned pod's pin and conntrack entries go after the answer, see below). CHECK: compare
+the pod's network with the record.
 
 Requests are handled one at a time (one lock), so two ADDs never pick the same address
 and the store never changes under a reconcile pass. What an ADD does under the lock is
@@ -15,7 +17,7 @@ takes the lock, its anycast IPs are at most ``maxAnycastPerPod``, and its plumbi
 cut off after ``add_seconds``. A pending or releasing record
 found at start-up is an ADD or DEL that was cut short (agent killed): it is finished
 once the agent's passes run (the veth removed, the record released); the runtime
-retries an ADD.
+retries an ADD. So is an *unpinning* record (below).
 
 GC (spec 1.1.0): release, as a DEL would, every allocation whose container the runtime
 does not list in ``cni.dev/valid-attachments``. A container is matched by its id alone
@@ -30,10 +32,18 @@ tell, and it runs under the same lock as ADD and DEL, after the agent's start-up
 Connection pinning (flock.core.pinning): an ADD of a pod with anycast IPs gives it a free
 slot, kept in its record from the start (the pending record), and pins it after the
 plumbing and before the commit, so the pod's first routed connection is already
-pinned. Its DEL unpins it once the veth is gone: its pinned connections end with its
-network, not before: just before, they are counted (an AnycastDrained Event says how
-many were cut), and after, its slot's conntrack entries are deleted (flock.drainwatch). A pin that fails leaves
-the pod working, unpinned (logged); the agent's next start
+pinned. Its DEL, just before the veth goes, counts its pinned connections in one conntrack
+dump (an AnycastDrained Event says how many the DEL cuts: counted after, those with a
+packet in flight would already have met another pod's reset) and marks the record
+*unpinning*; then it removes the veth and answers. Its pinned connections end with its
+network, not before. After the answer a task of this server's (:meth:`CniServer.close`
+waits for them) removes the pin (nftables element, rules, per-pod table: ~8 ms, an RCU
+grace period among it) and deletes the slot's conntrack entries that dump found, then the
+record: until then the record keeps the slot, addresses and veth name from new pods, so
+nothing can be given a slot that old connections are still marked with. A start-up finds
+an unpinning record and finishes it (a new dump finds the entries); a repeated DEL
+succeeds at once, GC leaves it alone, and an ADD of the same container waits for it. A
+pin that fails leaves the pod working, unpinned (logged); the agent's next start
 (:meth:`CniServer.adopt_pins`) writes what is missing.
 
 STATUS (spec 1.1.0): 0 once the agent can serve ADDs by itself: it knows the node's pod
@@ -70,6 +80,7 @@ from flock.core.cnispec import (
     error_result,
     parse_request,
 )
+from flock.core.drain import SlotEntries
 from flock.core.ipam import choose_address
 from flock.core.model import (
     GATEWAYS,
@@ -122,6 +133,7 @@ class CniServer:
         self._last_slot = 0  # the pinning slot given last (round robin)
         self._pinning_works = True  # False once adopting the kernel's pinning failed: ADDs pin nothing
         self._unpinned: set[ContainerID] = set()  # records with a slot whose pin failed
+        self._cleanups: dict[ContainerID, asyncio.Task[None]] = {}  # DELs answered, pod being unpinned
 
     # --- requests ------------------------------------------------------------------------
 
@@ -173,6 +185,7 @@ class CniServer:
             return self._result(request, existing, host_mac="", pod_mac="")
         if existing is not None:
             await self._release(existing)
+            await self._cleaned_up(container)  # the record goes at its end: not over a new one
 
         pod = PodRef(request.pod_namespace, request.pod_name, request.pod_uid)
         pod_ips = self._choose_addresses()
@@ -300,7 +313,10 @@ class CniServer:
                     record = self.store.get(container)
                     if record is not None:
                         await self.store.put(dataclasses.replace(record, pin_slot=plan.slots[container]))
-                pins = [pin for a in self.store.all() if (pin := PodPin.of(a)) is not None]
+                # An unpinning record's pod is gone (its DEL answered): its pin goes (recover()
+                # deletes its conntrack entries, then the record, which keeps the slot till then).
+                pins = [pin for a in self.store.all()
+                        if a.state is not AllocationState.UNPINNING and (pin := PodPin.of(a)) is not None]
                 done = await self.pinning.adopt(pins)
             except PinningError as exc:
                 self._pinning_works = False
@@ -362,6 +378,8 @@ class CniServer:
             if not any(a.host_ifname == name for a in self.store.all()):
                 await self._remove_veth(name)
             return
+        if allocation.container_id in self._cleanups:  # a repeated DEL: its network is gone already
+            return
         await self._release(allocation)
         logger.info("pod unplumbed pod=%s container=%s dev=%s", allocation.pod, request.container_id[:12],
                     allocation.host_ifname)
@@ -412,6 +430,7 @@ class CniServer:
         now = self.clock()
         stale = [a for a in self.store.all()
                  if a.container_id not in valid and not a.container_id.startswith(PLACEHOLDER_PREFIX)
+                 and a.container_id not in self._cleanups  # released already: its DEL's cleanup runs
                  and now - self._added_at.get(a.container_id, self._started) >= request.gc_grace_seconds]
         failed: list[str] = []
         for allocation in stale:  # each one, whatever happens to the others (the spec asks so)
@@ -428,24 +447,80 @@ class CniServer:
                            f"allocations; {len(failed)} failed: {'; '.join(failed[:3])}")
 
     async def _release(self, allocation: Allocation) -> None:
+        """Take a container's network away; returns once its veth is gone.
+
+        Its record goes then too, or, for a pinned pod, once :meth:`_clean_up` (started here,
+        not waited for) has removed its pin and conntrack entries."""
+        if allocation.container_id in self._cleanups:  # its network is gone; the rest is under way
+            return
         if self.nexthops.shares_route(allocation.host_ifname):
             # Deleting a veth that is one next hop of an IPv4 multipath route makes the
             # kernel drop the whole route, and every other replica's traffic with it. Take
             # the pod out of the route first (a DEL without a graceful termination before it).
-            if allocation.state is not AllocationState.RELEASING:
+            if allocation.state is AllocationState.COMMITTED:
                 await self.store.put(dataclasses.replace(allocation, state=AllocationState.RELEASING))
             if not await self.nexthops.release(allocation.host_ifname):
                 raise CniError(TRY_AGAIN_LATER, f"flock-agent is starting or stopping: pod {allocation.pod} "
                                "must leave its anycast route before its network goes; try again")
-        # How many pinned connections are still open (the veth cuts them), or the end of its
-        # drain: one Event. Counted now: a client's next packet after the veth is gone meets
-        # another pod, whose reset closes the connection in conntrack.
-        entries = await self.drain.network_removing(allocation)  # one dump: the count and its entries
+        if allocation.pin_slot is None or allocation.state is AllocationState.PENDING:
+            # Nothing was routed to it through a pin (an ADD cut short is never routed).
+            await self._remove_veth(allocation.host_ifname)
+            await self._unpin(allocation)  # an ADD cut short after its pin
+            await self.store.remove(allocation.container_id)
+            return
+        entries = None
+        if allocation.state is not AllocationState.UNPINNING:
+            # How many pinned connections are still open (the veth cuts them), or the end of
+            # its drain: one Event, said once (an unpinning record is never counted again).
+            entries = await self.drain.network_removing(allocation)
+            allocation = dataclasses.replace(allocation, state=AllocationState.UNPINNING)
+            await self.store.put(allocation)
         await self._remove_veth(allocation.host_ifname)
-        # After the veth: the pod's pinned connections keep reaching it until its network goes.
-        await self._unpin(allocation)
-        await self.drain.network_removed(allocation, entries)  # the entries of that dump go too
-        await self.store.remove(allocation.container_id)
+        self._cleanups[allocation.container_id] = asyncio.create_task(
+            self._clean_up(allocation, entries), name=f"flock unpin {allocation.host_ifname}")
+
+    async def _clean_up(self, allocation: Allocation, entries: SlotEntries | None) -> None:
+        """After a pinned pod's DEL has answered: its pin, its slot's conntrack entries
+        (``entries``, or a new dump when None), then its record, which kept them reserved."""
+        container = allocation.container_id
+        try:
+            # After the veth: the pod's pinned connections keep reaching it until its network goes.
+            await self._unpin(allocation)
+            await self.drain.network_removed(allocation, entries)
+            current = self.store.get(container)
+            if current is not None and current.state is AllocationState.UNPINNING:
+                await self.store.remove(container)
+            logger.info("pod unpinned and forgotten pod=%s container=%s dev=%s slot=%s", allocation.pod,
+                        container[:12], allocation.host_ifname, allocation.pin_slot)
+        except Exception as exc:  # the record stays unpinning: a DEL or the agent's next start retries
+            logger.error("could not finish a DEL's clean-up, the pod's slot and addresses stay reserved until "
+                         "a repeated DEL or the agent's next start pod=%s container=%s: %s", allocation.pod,
+                         container[:12], exc)
+        finally:
+            self._cleanups.pop(container, None)
+
+    async def _cleaned_up(self, container: ContainerID) -> None:
+        """Wait for the container's DEL clean-up, if one runs."""
+        task = self._cleanups.get(container)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def cleanups(self) -> int:
+        """DELs answered whose pod's pin and conntrack entries are still being removed."""
+        return len(self._cleanups)
+
+    async def close(self, seconds: float = 10.0) -> None:
+        """The agent stops: wait for the DELs' clean-ups (at most ``seconds``; the next
+        start finishes what is left, from the records)."""
+        tasks = list(self._cleanups.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            logger.warning("stopping with %d DEL clean-ups unfinished; the next start finishes them", len(pending))
 
     async def _remove_veth(self, ifname: str) -> None:
         try:
@@ -465,9 +540,11 @@ class CniServer:
     async def _recover(self) -> None:
         for allocation in self.store.all():
             if allocation.state is not AllocationState.COMMITTED:
-                logger.warning("releasing an unfinished %s container=%s pod=%s ips=%s",
-                               "ADD" if allocation.state is AllocationState.PENDING else "DEL",
-                               allocation.container_id[:12], allocation.pod, ",".join(map(str, allocation.pod_ips)))
+                what = {AllocationState.PENDING: "an unfinished ADD", AllocationState.RELEASING: "an unfinished DEL",
+                        AllocationState.UNPINNING: "the unfinished clean-up of a DEL"}[allocation.state]
+                logger.warning("releasing %s container=%s pod=%s ips=%s slot=%s", what,
+                               allocation.container_id[:12], allocation.pod, ",".join(map(str, allocation.pod_ips)),
+                               allocation.pin_slot)
                 try:
                     await self._release(allocation)
                 except Exception as exc:  # one record must not keep the others, or the agent, from going on

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from flock.cni.install import install
+from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
 from tests.support.cni import NODE, POD_CIDRS, CniNode, shim
 from tests.support.containerd import (
@@ -135,7 +136,7 @@ async def test_containerd_sandbox_gets_flock_network_and_both_dels_succeed(
     assert stop.execs[0].args["K8S_POD_UID"] == uid
     assert f"pod unplumbed pod=default/web-ctr container={sandbox[:12]}" in node.agent.log()
     assert veth not in host_links(node)
-    assert node.records() == []
+    await eventually(lambda: node.records() == [], within=30, what="the record gone once the pod is unpinned")
 
     # RemovePodSandbox → DEL again, with an empty CNI_NETNS (containerd removed the netns
     # on stop). It must succeed, or kubelet could never remove the sandbox.

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flock.adapters.pinning import TABLE
+from tests.support.agent import eventually
 from tests.support.apiserver import pod_manifest
 from tests.support.cni import ANY_SHARED, CniNode
 from tests.support.netns import sh
@@ -89,15 +90,17 @@ async def test_add_pins_a_pod_restart_adopts_without_a_write_and_del_unpins(cni_
     records = {r["containerID"]: r for r in node.records()}
     assert records["ctr-web-2"]["pinSlot"] == slots[veths["web-2"]]
 
-    # DEL: the pod's element, rules and table go with its network.
+    # DEL: the pod's element, rules and table go with its network (just after the DEL answered).
     assert (await node.cni("DEL", "ctr-web-1", web1_path, pod="web-1")).code == 0
-    assert set(pod_slots(node.netns)) == {veths["web-2"]}
-    assert len(pin_rules(node.netns)) == 2
-    assert sh("ip", "route", "show", "table", str(table), netns=node.netns) == ""
     assert pinned_metric(node) == 1
+    await eventually(lambda: set(pod_slots(node.netns)) == {veths["web-2"]}, within=30, what="web-1's element gone")
+    await eventually(lambda: len(pin_rules(node.netns)) == 2, within=30, what="web-1's rules gone")
+    assert sh("ip", "route", "show", "table", str(table), netns=node.netns) == ""
     for name, path in (("web-2", web2_path), ("plain", plain_path)):
         assert (await node.cni("DEL", f"ctr-{name}", path, pod=name)).code == 0
-    assert pod_slots(node.netns) == {} and pin_rules(node.netns) == []
+    await eventually(lambda: pod_slots(node.netns) == {} and pin_rules(node.netns) == [], within=30,
+                     what="every pin gone")
+    await eventually(lambda: node.records() == [], within=30, what="every record gone")
 
 
 @pytest.mark.parametrize("cni_node", [{"datapath": {"connectionPinning": False}}], indirect=True)

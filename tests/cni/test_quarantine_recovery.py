@@ -94,7 +94,8 @@ async def test_a_pod_whose_record_was_quarantined_keeps_its_routes_addresses_and
     deleted = await node.cni("DEL", "ctr-web-1", web1_path, pod="web-1", uid=web1_uid)
     assert deleted.code == 0, deleted.raw
     assert web1_veth not in node_veths(node.netns)
-    assert record_of(node, "ctr-web-1") is None
+    # Its record goes once its pin has (just after the answer).
+    await eventually(lambda: record_of(node, "ctr-web-1") is None, within=30, what="web-1's record gone")
     web2_veth = pods["web-2"][1]["interfaces"][0]["name"]
     for prefix in SHARED_PREFIXES:
         assert [dev for _, dev in next_hops(node.netns, prefix)] == [web2_veth]
@@ -129,7 +130,8 @@ async def test_a_veth_without_any_record_keeps_its_addresses_until_its_del(cni_n
     # The runtime's DEL of the real container releases its placeholder (and the veth).
     deleted = await node.cni("DEL", "ctr-web-1", web1_path, pod="web-1")
     assert deleted.code == 0, deleted.raw
-    assert record_of(node, placeholder) is None and web1_veth not in node_veths(node.netns)
+    assert web1_veth not in node_veths(node.netns)
+    await eventually(lambda: record_of(node, placeholder) is None, within=30, what="the placeholder gone")
 
     # (A sandbox torn down without a DEL: the placeholder is released at a later start once
     # the veth is gone; tests/unit/test_recovery.py.)

@@ -64,6 +64,11 @@ class AllocationState(enum.Enum):
     PENDING = "pending"  # CNI ADD in progress: addresses reserved, not yet routed
     COMMITTED = "committed"  # plumbing done: the reconciler may route its anycast IPs
     RELEASING = "releasing"  # CNI DEL in progress: next hops removed before the veth goes
+    UNPINNING = "unpinning"
+    """A pinned pod's CNI DEL, past its count of the connections it cuts: the veth is gone (or
+    goes next) and the DEL answers; its pin and its slot's conntrack entries are removed after.
+    The record keeps its slot, addresses and veth name from other pods until that is done (a
+    start-up finishes it); it is routed no more."""
 
 
 @dataclasses.dataclass(frozen=True)
