@@ -12,15 +12,18 @@ stdin, and takes the wall time from exec to result (process exited, stdout read)
   * ``flock-cni`` ADD for N pods in sequence (Ready pods with anycast IPs, so the agent's
     reconciler installs routes and reloads BIRD as the ADDs arrive), then DEL for each:
     half of them after a deletionTimestamp took them out of their routes (a rolling
-    restart), half while still next hops of a shared route (DEL waits for a pass)
+    restart: each anycast IP keeps Ready replicas, so a terminated pod is no last resort),
+    half while still next hops of a shared route (DEL waits for a pass); then how long
+    after the last DEL's answer every record is gone (a pinned pod's pin and conntrack
+    entries go after its DEL has answered, its record last)
   * the reference plugins from Debian's containernetworking-plugins doing the same job in
     the same pod namespaces: ``ptp`` with ``host-local`` IPAM (dual stack; a veth pair,
     addresses, routes; all in-process, Go): VERSION, ADD, DEL. IPv6 duplicate address
     detection is off in every namespace here, as flock has it on its own links; with it
     on, ptp waits for eth0's IPv6 address to settle and an ADD takes 1-2 s.
 
-Prints p50/p99 (and mean, max) per row, and whether flock's ADD p50 is within 25 ms of
-``ptp`` + ``host-local``'s (issue 12's bar for the static shim). Needs root, BIRD 2 and the reference plugins;
+Prints p50/p99 (and mean, max) per row, and whether flock's ADD and DEL p50 are within
+25 ms of ``ptp`` + ``host-local``'s (issue 12's bars). Needs root, BIRD 2 and the reference plugins;
 touches nothing outside its own ``flk-*`` namespaces and a temporary folder, which it
 removes at the end, also on failure or Ctrl-C. Every process it starts (BIRD, the agent)
 is stopped by its PID.
@@ -69,7 +72,7 @@ POD_CIDRS = ["203.0.113.0/24", "2001:db8:200::/64"]
 POOLS = [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:100::/64"}]
 REFERENCE_RANGES = ["192.0.2.0/24", "2001:db8:300::/64"]
 REFERENCE_PLUGINS = pathlib.Path("/usr/lib/cni")
-ADD_MARGIN = 0.025  # flock's ADD p50 may exceed ptp + host-local's by this much (issue 12)
+ADD_MARGIN = 0.025  # flock's ADD and DEL p50 may exceed ptp + host-local's by this much (issue 12)
 CLONE_NEWNET = 0x40000000
 EXEC_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -268,7 +271,11 @@ async def bench(pods: int, work: pathlib.Path) -> None:
                 names = [f"bench-{i:03d}" for i in range(pods)]
                 uids = {}
                 for i, name in enumerate(names):
-                    anycast = f"198.51.100.{10 + i % 10} 2001:db8:100::{10 + i % 10:x}"
+                    # Pods 2k and 2k+1 share their anycast IPs, so each IP has pods of both
+                    # halves below: a terminated pod is then no last resort (which would stay a
+                    # next hop, prepended, while no replica of its IPs is eligible).
+                    k = i // 2 % 10
+                    anycast = f"198.51.100.{10 + k} 2001:db8:100::{10 + k:x}"
                     created = await cluster.create_pod(pod_manifest(name, node=NODE, anycast=anycast, ready=True))
                     uids[name] = created["metadata"]["uid"]
                 print(f"node {node}: agent up, {pods} Ready pods in the API; making {pods} pod namespaces…",
@@ -322,6 +329,15 @@ async def bench(pods: int, work: pathlib.Path) -> None:
                             dels.append(seconds)
                         figures[label] = dels
                     figures[f"flock-cni ADD ({pods} pods in sequence)"] = adds
+                    # A DEL answers once the veth is gone; the pod's pin and conntrack entries
+                    # go after, then its record: all of them must be gone, and soon.
+                    answered = time.monotonic()
+                    records = work / "state" / "allocations"
+                    while any(records.glob("*.json")):
+                        if time.monotonic() - answered > 30:
+                            raise RuntimeError(f"records left 30 s after the last DEL: {sorted(records.iterdir())}")
+                        await asyncio.sleep(0.001)
+                    cleanup = time.monotonic() - answered
 
                     adds, dels = [], []
                     for name in names:
@@ -364,6 +380,12 @@ async def bench(pods: int, work: pathlib.Path) -> None:
     verdict = "met" if add <= reference + ADD_MARGIN else "NOT met"
     print(f"ADD p50 {add * 1000:.1f} ms vs ptp + host-local {reference * 1000:.1f} ms + {ADD_MARGIN * 1000:.0f} ms: "
           f"{verdict}")
+    reference = statistics.median(figures["ptp + host-local DEL"])
+    verdict = "met" if delete <= reference + ADD_MARGIN else "NOT met"
+    print(f"DEL p50 (pod terminated first) {delete * 1000:.1f} ms vs ptp + host-local {reference * 1000:.1f} ms + "
+          f"{ADD_MARGIN * 1000:.0f} ms: {verdict}")
+    print(f"Every record gone (pins and conntrack entries removed after the answers) {cleanup * 1000:.1f} ms after "
+          "the last DEL answered.")
 
 
 def main() -> int:
