@@ -19,6 +19,7 @@ from aiohttp import web
 from flock.adapters.bird import BirdControl, render_bird_conf
 from flock.adapters.cnisocket import CniSocket
 from flock.adapters.conntrack import ConntrackCounter
+from flock.adapters.daisychain import DaisyChain
 from flock.adapters.kube import EventPoster, KubeApi
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.orphans import recover_orphans
@@ -27,11 +28,14 @@ from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
 from flock.core.birdview import bird_view, peers_for_node
+from flock.core.daisychain import ChainPlan, plan_chain, ring_members
 from flock.core.fabric import FROM_NODE_IP
 from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
+from flock.core.pinning import chain_mark
 from flock.core.podcache import PodCache
 from flock.core.settings import AgentConfig, listen_address
 from flock.drainwatch import DrainWatch
+from flock.errors import PinningError
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler
 
@@ -71,7 +75,12 @@ class Agent:
         self.pinning = PinningTable(enabled=config.datapath.connection_pinning, mask=config.datapath.mark_mask,
                                     pools=[pool.cidr for pool in config.anycast_pools],
                                     protocol=config.route_protocol, host_netns=config.host_netns,
-                                    proc=config.proc_path)
+                                    proc=config.proc_path,
+                                    chain_port=config.datapath.daisy_chain.port if config.datapath.chaining else None)
+        self.chain = DaisyChain(port=config.datapath.daisy_chain.port, protocol=config.route_protocol,
+                                mark=chain_mark(config.datapath.mark_mask), mask=config.datapath.mark_mask,
+                                host_netns=config.host_netns, proc=config.proc_path)
+        self.chain_plan: ChainPlan | None = None  # what the kernel holds for the ring (None: not applied yet)
         self.drain = DrainWatch(config=config, store=self.store, pods=self.pods,
                                 next_hop_devs=self.reconciler.next_hop_devs,
                                 connections=ConntrackCounter(mask=config.datapath.mark_mask,
@@ -138,6 +147,12 @@ class Agent:
         ]
         if self.pinning.slots:
             self._tasks.append(asyncio.create_task(self.drain.run(), name="flock drain watch"))
+        if self.pinning.chain is not None:
+            self._tasks.append(asyncio.create_task(self._keep_ring(), name="flock daisy chain"))
+        elif self.config.datapath.daisy_chain.enabled:
+            logger.info("daisy chaining off: it needs datapath.connectionPinning")
+        if self.pinning.chain is None:
+            await self.apply_ring(ChainPlan())  # take down what an earlier agent set up, if anything
 
     async def _run(self) -> None:
         self.pod_cidrs = await self._pod_cidrs()
@@ -237,6 +252,39 @@ class Agent:
                 async with asyncio.timeout(self.config.tick_seconds):
                     await self._relist.wait()
                     await asyncio.sleep(RELIST_PAUSE)
+
+    async def _keep_ring(self) -> None:
+        """Daisy chaining's ring from the Nodes: read at start (every tick until the API
+        answers), then every resyncSeconds. While the API server is away the ring stays
+        as it was."""
+        read = False
+        while True:
+            try:
+                nodes = await self.api.nodes()
+            except Exception as exc:
+                if read:
+                    logger.debug("daisy chain: cannot list Nodes, the ring stays as it is: %s", exc)
+            else:
+                read = True
+                members = ring_members(nodes)
+                pools = [pool.cidr for pool in self.config.anycast_pools]
+                await self.apply_ring(plan_chain(members, self.config.node_name, self.config.datapath.daisy_chain,
+                                                 pools))
+            await asyncio.sleep(self.config.resync_seconds if read else self.config.tick_seconds)
+
+    async def apply_ring(self, plan: ChainPlan) -> None:
+        """Make the kernel hold ``plan`` when it differs from what was applied last."""
+        if plan == self.chain_plan:
+            return
+        try:
+            changes = await self.chain.apply(plan)
+        except PinningError as exc:
+            logger.error("daisy chain not set up (flows the fabric moves here may be reset): %s", exc)
+            return
+        if self.chain_plan is not None or plan.size or changes.total:
+            logger.info("daisy chain: %s (%d kernel writes)", plan.describe(), changes.total)
+        self.chain_plan = plan
+        self.metrics.daisy_chain_nodes.set(plan.size)
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
         """podCIDRs from the config, else from the Node (retried until the API answers).

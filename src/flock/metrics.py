@@ -34,6 +34,9 @@ class Metrics:
                                  "(connection pinning: conntrack mark -> per-pod table)", registry=self.registry)
         self.pinning_slots = Gauge("flock_pinning_slots", "Pods that can be pinned at once (datapath.markMask); "
                                    "0 when connection pinning is off", registry=self.registry)
+        self.daisy_chain_nodes = Gauge(
+            "flock_daisy_chain_nodes", "Nodes in the daisy chain's ring this node forwards along (0: off, or "
+            "no ring: a single node, or this Node has no InternalIP)", registry=self.registry)
         self.pinned_connections = Gauge(
             "flock_pinned_connections", "A pinned pod's open connections: conntrack entries with its slot's mark, "
             "ESTABLISHED TCP and assured UDP (terminating pods every tick, the others every 30 s)",

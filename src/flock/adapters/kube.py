@@ -82,6 +82,11 @@ class KubeApi:
         data: Mapping[str, Any] = await self._get(f"/api/v1/nodes/{node_name}")
         return data
 
+    async def nodes(self) -> list[Mapping[str, Any]]:
+        """Every Node (daisy chaining's ring); ``resourceVersion=0``: from the API server's cache."""
+        data = await self._get("/api/v1/nodes?resourceVersion=0")
+        return list(data.get("items") or [])
+
     async def pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """One pod; None if the API says it does not exist."""
         try:

@@ -57,7 +57,8 @@ from flock.adapters import rtnetlink as rtnl
 from flock.adapters import sysctl
 from flock.adapters.netns import named as named_netns
 from flock.adapters.plumbing import in_netns
-from flock.core.model import IPNetwork
+from flock.core.daisychain import LAST_STOP_LINK, LINK_PREFIX
+from flock.core.model import VETH_PREFIX, IPNetwork
 from flock.core.pinning import (
     MASK_BITS,
     PIN_RULE_PRIORITY,
@@ -66,6 +67,7 @@ from flock.core.pinning import (
     PinRoute,
     PinRule,
     PodPin,
+    chain_mark,
     pin_routes,
     pin_rules,
     slot_count,
@@ -191,7 +193,60 @@ def _elements(networks: Sequence[IPNetwork]) -> str:
     return f" elements = {{ {', '.join(map(str, networks))} }};" if networks else ""
 
 
-def static_table(mask: int, pools: Sequence[IPNetwork]) -> str:
+@dataclasses.dataclass(frozen=True)
+class ChainRules:
+    """Daisy chaining's part of the table (flock.core.daisychain): its VXLAN port and the
+    mark that sends a packet along the chain."""
+
+    port: int
+    mark: int
+
+
+def _chain_lines(mask: int, keep: int, chain: ChainRules) -> tuple[list[str], list[str]]:
+    """(rules appended to prerouting, chains of their own) for daisy chaining."""
+    m = f"0x{mask:08x}"
+    links = f'"{LINK_PREFIX}*"'
+    mark = f"0x{chain.mark:08x}"
+    prerouting = [
+        f"\t\tiifname {links} meta l4proto != tcp drop comment \"along the chain: TCP only\"",
+        f"\t\tiifname {links} tcp flags & syn == syn drop comment \"along the chain: never a new connection\"",
+        f"\t\tiifname {links} meta nfproto ipv4 ip daddr != @anycast_v4 drop comment \"along the chain: anycast only\"",
+        f"\t\tiifname {links} meta nfproto ipv6 ip6 daddr != @anycast_v6 drop "
+        "comment \"along the chain: anycast only\"",
+    ]
+    for where in ("ip daddr @anycast_v4", "ip6 daddr @anycast_v6"):
+        prerouting.append(
+            f"\t\tiifname != \"{LAST_STOP_LINK}\" ct state new ct mark and {m} == 0 {where} tcp flags & syn == 0 "
+            f"meta mark set meta mark and 0x{keep:08x} or {mark} counter "
+            "comment \"mid-flow, and no pod here has it: along the daisy chain\"")
+    port = chain.port
+    chains = [
+        "\tset chain_peers_v4 { type ipv4_addr; comment \"the ring's other nodes\"; }",
+        "\tset chain_peers_v6 { type ipv6_addr; comment \"the ring's other nodes\"; }",
+        "\tchain chain_in {",
+        "\t\ttype filter hook prerouting priority raw; policy accept;",
+        f"\t\tudp dport {port} ip saddr @chain_peers_v4 notrack accept comment \"the ring's VXLAN: untracked\"",
+        f"\t\tudp dport {port} ip6 saddr @chain_peers_v6 notrack accept comment \"the ring's VXLAN: untracked\"",
+        f"\t\tudp dport {port} fib daddr type local counter drop comment \"VXLAN to the ring's port from no member\"",
+        "\t}",
+        "\tchain chain_out {",
+        "\t\ttype route hook output priority raw; policy accept;",
+        f"\t\tudp dport {port} ip daddr @chain_peers_v4 notrack comment \"the ring's VXLAN: untracked\"",
+        f"\t\tudp dport {port} ip6 daddr @chain_peers_v6 notrack comment \"the ring's VXLAN: untracked\"",
+        "\t}",
+        "\tchain chain_forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        f"\t\tiifname {links} oifname {links} accept comment \"along the chain\"",
+        f"\t\tiifname {links} oifname \"{VETH_PREFIX}*\" accept comment \"to the pod that has it\"",
+        f"\t\tiifname {links} meta l4proto tcp counter reject with tcp reset "
+        "comment \"nobody has it: a reset, not a loop\"",
+        f"\t\tiifname {links} drop",
+        "\t}",
+    ]
+    return prerouting, chains
+
+
+def static_table(mask: int, pools: Sequence[IPNetwork], chain: ChainRules | None = None) -> str:
     """The table's text without the pods' elements (its fingerprint goes in a comment)."""
     keep = 0xFFFFFFFF & ~mask
     count = slot_count(mask)
@@ -211,6 +266,8 @@ def static_table(mask: int, pools: Sequence[IPNetwork]) -> str:
     for where in ("ip daddr @anycast_v4", "ip6 daddr @anycast_v6"):
         lines.append(f"\t\t{match} ct mark and {m} != 0 {where} ct mark and {m} vmap @slot_restore "
                      "comment \"a pinned connection: to its pod\"")
+    chain_prerouting, chain_chains = _chain_lines(mask, keep, chain) if chain is not None else ([], [])
+    lines += chain_prerouting
     lines += ["\t}", "\tchain output {", "\t\ttype route hook output priority mangle; policy accept;"]
     for where in ("ip daddr @anycast_v4", "ip6 daddr @anycast_v6"):
         lines.append(f"\t\t{match} ct mark and {m} != 0 {where} ct mark and {m} vmap @slot_restore "
@@ -220,6 +277,7 @@ def static_table(mask: int, pools: Sequence[IPNetwork]) -> str:
         lines.append(f"\t\t{match} ct mark and {m} == 0 {where} oifname vmap @pod_slot "
                      "comment \"a new connection: pin it to the pod it goes to\"")
     lines.append("\t}")
+    lines += chain_chains
     for slot in range(1, count + 1):
         mark = f"0x{slot_mark(slot, mask):08x}"
         lines.append(f"\tchain {restore_chain(slot)} {{ meta mark set meta mark and 0x{keep:08x} or {mark}; }}")
@@ -239,9 +297,10 @@ def element(pin: PodPin) -> str:
     return f'"{pin.host_ifname}" : goto {save_chain(pin.slot)}'
 
 
-def table_script(mask: int, pools: Sequence[IPNetwork], pins: Sequence[PodPin]) -> str:
+def table_script(mask: int, pools: Sequence[IPNetwork], pins: Sequence[PodPin],
+                 chain: ChainRules | None = None) -> str:
     """One atomic transaction that replaces flock's table (whatever it held) with the wanted one."""
-    static = static_table(mask, pools)
+    static = static_table(mask, pools, chain)
     elements = ""
     if pins:
         elements = f"add element inet {TABLE} pod_slot {{ {', '.join(element(p) for p in pins)} }}\n"
@@ -289,14 +348,29 @@ def parse_listing(text: str) -> KernelTable:
 
 def table_matches(kernel: KernelTable, mask: int, static: str) -> bool:
     """Whether the kernel's table is the one ``static`` describes (its fingerprint, its chains,
-    the base chains' rules): else it is replaced whole."""
-    count = slot_count(mask)
-    wanted = {"prerouting", "output", "postrouting"} | {restore_chain(s) for s in range(1, count + 1)} \
-        | {save_chain(s) for s in range(1, count + 1)}
-    base = {chain: 2 for chain in ("prerouting", "output", "postrouting")}
-    return (kernel.fingerprint == fingerprint(static) and kernel.chains == wanted
-            and all(kernel.rules.get(chain, 0) == n for chain, n in base.items())
-            and all(kernel.rules.get(chain, 0) == 1 for chain in wanted if chain not in base))
+    each chain's rule count): else it is replaced whole."""
+    wanted = _rule_counts(static)
+    return (kernel.fingerprint == fingerprint(static) and kernel.chains == frozenset(wanted)
+            and all(kernel.rules.get(chain, 0) == n for chain, n in wanted.items()))
+
+
+def _rule_counts(static: str) -> dict[str, int]:
+    """Each chain of :func:`static_table`'s text and its number of rules."""
+    counts: dict[str, int] = {}
+    chain = None
+    for line in static.splitlines():
+        text = line.strip()
+        if text.startswith("chain "):
+            chain = text.split()[1]
+            counts[chain] = 0
+            if text.endswith("}"):  # a one-line chain: its one rule
+                counts[chain] = 1
+                chain = None
+        elif text == "}":
+            chain = None
+        elif chain is not None and not text.startswith("type "):
+            counts[chain] += 1
+    return counts
 
 
 def _list_table() -> KernelTable | None:
@@ -447,7 +521,7 @@ def _remove_pin(pin: PodPin, mask: int, pools: Sequence[IPNetwork], protocol: in
 
 
 def _adopt(pins: Sequence[PodPin], *, enabled: bool, mask: int, pools: Sequence[IPNetwork], protocol: int,
-           proc: str, timeout: float) -> PinAdoption:
+           proc: str, timeout: float, chain: ChainRules | None = None) -> PinAdoption:
     done = PinAdoption()
     kernel = _list_table()
     if enabled:
@@ -459,9 +533,9 @@ def _adopt(pins: Sequence[PodPin], *, enabled: bool, mask: int, pools: Sequence[
                     sysctl.write(key, "1", proc)
         except OSError as exc:
             done.problems.append(f"set {key}=1: {exc.strerror or exc}")
-        static = static_table(mask, pools)
+        static = static_table(mask, pools, chain)
         if kernel is None or not table_matches(kernel, mask, static):
-            nft(table_script(mask, pools, pins))
+            nft(table_script(mask, pools, pins, chain))
             done.table_written = True
             done.elements_added = len(pins)
         else:
@@ -522,8 +596,11 @@ class PinningTable:
     """flock's connection pinning in the node's netns (``hostNetns`` when set)."""
 
     def __init__(self, *, enabled: bool, mask: int, pools: Sequence[IPNetwork], protocol: int,
-                 host_netns: str | None, proc: str = "/proc", timeout: float = 30.0) -> None:
+                 host_netns: str | None, proc: str = "/proc", timeout: float = 30.0,
+                 chain_port: int | None = None) -> None:
         self.enabled = enabled
+        # Daisy chaining takes the mask's top slot as its mark (flock.core.pinning.chain_mark).
+        self.chain = ChainRules(chain_port, chain_mark(mask)) if enabled and chain_port is not None else None
         self.mask = mask
         self.pools = tuple(collapsed(pools, 4) + collapsed(pools, 6))
         self.protocol = protocol
@@ -535,7 +612,9 @@ class PinningTable:
     @property
     def slots(self) -> int:
         """How many pods can be pinned at once (0 when pinning is off)."""
-        return slot_count(self.mask) if self.enabled else 0
+        if not self.enabled:
+            return 0
+        return slot_count(self.mask) - (1 if self.chain is not None else 0)
 
     async def kernel_slots(self) -> dict[str, int]:
         """The slot the kernel's ``pod_slot`` map gives each veth (a previous agent's pins)."""
@@ -547,7 +626,8 @@ class PinningTable:
         """Make the kernel hold exactly ``pins`` (none when pinning is off): the table, the
         rules and the per-pod routes; write only what differs, remove what is stale."""
         return await self._run("adopt connection pinning", _adopt, pins, enabled=self.enabled, mask=self.mask,
-                               pools=self.pools, protocol=self.protocol, proc=self.proc, timeout=self.timeout)
+                               pools=self.pools, protocol=self.protocol, proc=self.proc, timeout=self.timeout,
+                               chain=self.chain)
 
     async def pin(self, pin: PodPin) -> None:
         """Pin a pod's new connections to it (at CNI ADD, before it is routed). Raises PinningError."""

@@ -128,6 +128,10 @@ GATEWAY_V6 = ipaddress.IPv6Address("fe80::1")
 GATEWAYS: dict[int, IPAddress] = {4: GATEWAY_V4, 6: GATEWAY_V6}
 
 
+VETH_PREFIX = "flock"
+"""Every host veth flock makes is ``flock<8 hex>``."""
+
+
 def host_ifname(container_id: str, attempt: int = 0) -> str:
     """The host-side veth of a container: ``flock`` + 8 hex chars of its id's SHA-256.
 
@@ -135,7 +139,7 @@ def host_ifname(container_id: str, attempt: int = 0) -> str:
     candidate, for when another live container already owns the first.
     """
     seed = container_id if attempt == 0 else f"{container_id}#{attempt}"
-    return "flock" + hashlib.sha256(seed.encode()).hexdigest()[:8]
+    return VETH_PREFIX + hashlib.sha256(seed.encode()).hexdigest()[:8]
 
 
 @dataclasses.dataclass(frozen=True)

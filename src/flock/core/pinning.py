@@ -70,6 +70,12 @@ def slot_mark(slot: int, mask: int) -> int:
     return slot << _shift(mask)
 
 
+def chain_mark(mask: int) -> int:
+    """The mark of daisy chaining (flock.core.daisychain): the mask's top slot, which no pod
+    gets while daisy chaining is on."""
+    return slot_mark(slot_count(mask), mask)
+
+
 def slot_of_mark(mark: int, mask: int) -> int:
     """The slot a (conntrack or packet) mark carries in ``mask``; 0 for none."""
     return (mark & mask) >> _shift(mask)

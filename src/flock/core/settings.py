@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flock.core.annotation import MAX_ANYCAST_PER_POD_LIMIT
+from flock.core.daisychain import MAX_HOPS_LIMIT, DaisyChainConfig
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, RULES
 from flock.core.fabric import (
     FROM_NODE_IP,
@@ -111,6 +112,14 @@ class DatapathConfig:
     resilient_buckets: int = 128
     """Buckets of each resilient group (8-32768): a pod's share of the flows is quantised
     to 1/buckets. Default 128."""
+    daisy_chain: DaisyChainConfig = dataclasses.field(default_factory=DaisyChainConfig)
+    """Forwarding of mid-flow packets the fabric moved to a node that does not own them
+    (README "Daisy chaining"). On only with connectionPinning."""
+
+    @property
+    def chaining(self) -> bool:
+        """Whether daisy chaining runs: it needs pinning, which says who owns a flow."""
+        return self.connection_pinning and self.daisy_chain.enabled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +399,8 @@ def _parse_bird(value: Any) -> BirdConfig:
 
 def _parse_datapath(value: Any) -> DatapathConfig:
     data = _mapping(value if value is not None else {}, "datapath")
-    _reject_unknown(data, {"connectionPinning", "markMask", "nexthopGroups", "resilientBuckets"}, "datapath")
+    _reject_unknown(data, {"connectionPinning", "markMask", "nexthopGroups", "resilientBuckets", "daisyChain"},
+                    "datapath")
     pinning = data.get("connectionPinning", _default(DatapathConfig, "connection_pinning"))
     if not isinstance(pinning, bool):
         raise ConfigError(f"datapath.connectionPinning: {pinning!r} must be true or false")
@@ -412,7 +422,26 @@ def _parse_datapath(value: Any) -> DatapathConfig:
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 8 <= buckets <= 32768:
         raise ConfigError(f"datapath.resilientBuckets: {buckets!r} must be an integer 8-32768")
     return DatapathConfig(connection_pinning=pinning, mark_mask=mask, nexthop_groups=groups,
-                          resilient_buckets=buckets)
+                          resilient_buckets=buckets, daisy_chain=_parse_daisy_chain(data.get("daisyChain")))
+
+
+def _parse_daisy_chain(value: Any) -> DaisyChainConfig:
+    where = "datapath.daisyChain"
+    data = _mapping(value if value is not None else {}, where)
+    _reject_unknown(data, {"enabled", "port", "vni", "maxHops"}, where)
+    enabled = data.get("enabled", _default(DaisyChainConfig, "enabled"))
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.enabled: {enabled!r} must be true or false")
+
+    def integer(key: str, field: str, low: int, high: int) -> int:
+        number = data.get(key, _default(DaisyChainConfig, field))
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+            raise ConfigError(f"{where}.{key}: {number!r} must be an integer {low}-{high}")
+        return number
+
+    max_hops = integer("maxHops", "max_hops", 1, MAX_HOPS_LIMIT)
+    vni = integer("vni", "vni", 1, (1 << 24) - 1 - max_hops)
+    return DaisyChainConfig(enabled=enabled, port=integer("port", "port", 1, 65535), vni=vni, max_hops=max_hops)
 
 
 _TOP_KEYS = {
