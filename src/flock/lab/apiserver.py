@@ -156,7 +156,8 @@ def _through(event: dict[str, Any], selects: Selector,
     return None
 
 
-def declare(api: kmock.KubernetesEmulator, nodes: dict[str, list[str]]) -> None:
+def declare(api: kmock.KubernetesEmulator, nodes: dict[str, list[str]],
+            addresses: dict[str, str] | None = None) -> None:
     for plural, kind, namespaced in (("namespaces", "Namespace", False), ("nodes", "Node", False),
                                      ("pods", "Pod", True), ("events", "Event", True)):
         api.resources[f"v1/{plural}"] = kmock.ResourceInfo(
@@ -168,16 +169,20 @@ def declare(api: kmock.KubernetesEmulator, nodes: dict[str, list[str]]) -> None:
         api.objects["v1/nodes", None, name] = {
             "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": str(uuid.uuid4())},
             "spec": {"podCIDRs": cidrs}}
+        if addresses and name in addresses:  # as kubelet reports it: daisy chaining's ring reads it
+            api.objects["v1/nodes", None, name]["status"] = {
+                "addresses": [{"type": "InternalIP", "address": addresses[name]}]}
 
 
-async def serve(port: int, nodes: dict[str, list[str]], watch_log: IO[str] | None = None) -> None:
+async def serve(port: int, nodes: dict[str, list[str]], watch_log: IO[str] | None = None,
+                addresses: dict[str, str] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with Emulator(on_watch_event=_logger(watch_log) if watch_log else None) as api, \
             kmock.Server(api, port=port):
-        declare(api, nodes)
+        declare(api, nodes, addresses)
         await stop.wait()
 
 
@@ -196,11 +201,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lab", help="the lab's run dir (marks the process as the lab's, for `flock lab down`)")
     parser.add_argument("--node", action="append", default=[], help="NAME=CIDR[,CIDR]")
+    parser.add_argument("--node-address", action="append", default=[], help="NAME=IP: the Node's InternalIP")
     args = parser.parse_args()
     nodes = {name: cidrs.split(",") for name, cidrs in (n.split("=", 1) for n in args.node)}
     with contextlib.ExitStack() as files:
         log = files.enter_context(open(pathlib.Path(args.lab) / WATCH_LOG, "w", buffering=1)) if args.lab else None
-        asyncio.run(serve(args.port, nodes, log))
+        addresses = dict(n.split("=", 1) for n in args.node_address)
+        asyncio.run(serve(args.port, nodes, log, addresses))
 
 
 if __name__ == "__main__":

@@ -327,7 +327,8 @@ def build(run_dir: pathlib.Path, node_count: int, eligibility: str,
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
     api = state.spawn([python(), "-m", "flock.lab.apiserver", "--lab", str(run_dir), "--port", str(port),
-                       *[f"--node={s.name}={','.join(s.pod_cidrs)}" for s in specs]], run_dir / "apiserver.log")
+                       *[f"--node={s.name}={','.join(s.pod_cidrs)}" for s in specs],
+                       *[f"--node-address={s.name}={s.link.b_v4.ip}" for s in specs]], run_dir / "apiserver.log")
     wait_for(lambda: _answers(port), 20, "the emulated API server")
     kubeconfig = run_dir / "kubeconfig"
     kubeconfig.write_text(f"""apiVersion: v1
