@@ -255,22 +255,33 @@ class Agent:
 
     async def _keep_ring(self) -> None:
         """Daisy chaining's ring from the Nodes: read at start (every tick until the API
-        answers), then every resyncSeconds. While the API server is away the ring stays
-        as it was."""
-        read = False
+        answers), then every resyncSeconds; while the API server is away the ring stays as
+        it was. Every tick: the chain's packet counters into flock_daisy_chain_packets_total."""
+        read_at = -math.inf
+        counted: dict[str, int] = {}
         while True:
-            try:
-                nodes = await self.api.nodes()
-            except Exception as exc:
-                if read:
+            if time.monotonic() - read_at >= self.config.resync_seconds:
+                try:
+                    nodes = await self.api.nodes()
+                except Exception as exc:
                     logger.debug("daisy chain: cannot list Nodes, the ring stays as it is: %s", exc)
+                else:
+                    read_at = time.monotonic()
+                    members = ring_members(nodes)
+                    pools = [pool.cidr for pool in self.config.anycast_pools]
+                    await self.apply_ring(plan_chain(members, self.config.node_name,
+                                                     self.config.datapath.daisy_chain, pools))
+            try:
+                counts = await self.chain.counters()
+            except PinningError as exc:
+                logger.debug("%s", exc)
             else:
-                read = True
-                members = ring_members(nodes)
-                pools = [pool.cidr for pool in self.config.anycast_pools]
-                await self.apply_ring(plan_chain(members, self.config.node_name, self.config.datapath.daisy_chain,
-                                                 pools))
-            await asyncio.sleep(self.config.resync_seconds if read else self.config.tick_seconds)
+                for what, value in counts.items():
+                    # The table is made again at a restart or a config change: counters restart.
+                    delta = value - counted.get(what, 0)
+                    self.metrics.daisy_chain_packets.labels(what=what).inc(delta if delta >= 0 else value)
+                    counted[what] = value
+            await asyncio.sleep(self.config.tick_seconds)
 
     async def apply_ring(self, plan: ChainPlan) -> None:
         """Make the kernel hold ``plan`` when it differs from what was applied last."""

@@ -37,6 +37,10 @@ class Metrics:
         self.daisy_chain_nodes = Gauge(
             "flock_daisy_chain_nodes", "Nodes in the daisy chain's ring this node forwards along (0: off, or "
             "no ring: a single node, or this Node has no InternalIP)", registry=self.registry)
+        self.daisy_chain_packets = Counter(
+            "flock_daisy_chain_packets", "Daisy chaining, by what: forwarded (mid-flow packets sent along the "
+            "chain), reset (came along the chain and nobody owned them: a TCP reset), refused (VXLAN from a "
+            "node outside the ring)", ["what"], registry=self.registry)
         self.pinned_connections = Gauge(
             "flock_pinned_connections", "A pinned pod's open connections: conntrack entries with its slot's mark, "
             "ESTABLISHED TCP and assured UDP (terminating pods every tick, the others every 30 s)",

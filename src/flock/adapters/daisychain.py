@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
+import json
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -270,6 +271,43 @@ def _set_elements(listing: str, name: str) -> list[str]:
     return sorted(item.strip() for item in inner.replace("\n", " ").split(",") if item.strip())
 
 
+COUNTED = {
+    "along the daisy chain": "forwarded",
+    "nobody has it": "reset",
+    "from no member": "refused",
+}
+"""The counters of flock's table that tell what the chain did, by a word of their rule's comment:
+packets sent along the chain (from the fabric, or passed on), packets that came along the
+chain and nobody owned (answered with a TCP reset), VXLAN packets from a non-member (dropped)."""
+
+
+def count_packets(listing: Mapping[str, Any]) -> dict[str, int]:
+    """The chain's counters (see COUNTED) in ``nft -j list table inet flock``'s output;
+    empty when the table has none (daisy chaining off)."""
+    counts: dict[str, int] = {}
+    for item in listing.get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        comment = str(rule.get("comment", ""))
+        what = next((name for words, name in COUNTED.items() if words in comment), None)
+        if what is None:
+            continue
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                counts[what] = counts.get(what, 0) + int(expr["counter"].get("packets", 0))
+    return counts
+
+
+def _read_counters() -> dict[str, int]:
+    try:
+        return count_packets(json.loads(nft(f"list table inet {TABLE}", json_output=True)))
+    except NftFailed as exc:
+        if exc.missing:
+            return {}
+        raise
+
+
 class DaisyChain:
     """The ring's links, neighbours, tables and rules in the node's netns (``hostNetns``)."""
 
@@ -282,6 +320,15 @@ class DaisyChain:
         self.path = named_netns(host_netns) if host_netns else None
         self.proc = proc
         self.timeout = timeout
+
+    async def counters(self) -> dict[str, int]:
+        """Packets the chain forwarded, reset and refused since flock's table was made (see COUNTED)."""
+        try:
+            return await in_netns(self.path, self.timeout, _read_counters)
+        except NftFailed as exc:
+            raise PinningError(f"daisy chain counters: nft: {exc.text.splitlines()[0] if exc.text else exc}") from exc
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise PinningError(f"daisy chain counters: {getattr(exc, 'strerror', None) or exc}") from exc
 
     async def apply(self, plan: ChainPlan) -> ChainChanges:
         """Make the kernel hold ``plan`` (an empty plan: remove it all). Raises PinningError."""

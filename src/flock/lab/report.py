@@ -284,6 +284,10 @@ def render(report: Mapping[str, Any]) -> str:
         lines += render_withdrawals(report)
     lines.append("")
     lines.append(f"  route changes seen at the ToR: {report['torRouteChanges']}")
+    chain = report.get("daisyChain")
+    if chain:
+        lines.append(f"  daisy chain (all nodes): {_chain(report)} packets forwarded / reset, nobody had them / "
+                     "VXLAN refused")
     events = report["events"]
     by_reason = ", ".join(f"{k} {v}" for k, v in sorted(events["byReason"].items()))
     lines.append(f"  events posted by the agents: {by_reason or 'none'}")
@@ -302,6 +306,14 @@ def render(report: Mapping[str, Any]) -> str:
 
 
 TERMINATING = "flock.io/anycast-terminating"
+
+
+def _chain(report: Mapping[str, Any]) -> str:
+    """Daisy chaining's packets over all nodes: forwarded / reset / refused ("off" when it was)."""
+    chain = report.get("daisyChain")
+    if not chain:
+        return "off"
+    return " / ".join(str(chain.get(what, 0)) for what in ("forwarded", "reset", "refused"))
 
 
 def render_withdrawals(report: Mapping[str, Any]) -> list[str]:
@@ -464,6 +476,7 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
           if _phase_labels(reports) else []),
         row("ToR route changes", lambda r: str(r["torRouteChanges"])),
         row("node forwarding changes", lambda r: str(r.get("nodeRouteChanges", "-"))),
+        row("daisy chain: forwarded / reset / refused", _chain),
         ("",) * (1 + len(reports)),
         row("long-lived connections opened", lambda r: long_lived(r, "opened")),
         row("  at the start, per pod", lambda r: _spread(((r.get("longLived") or {}).get("spread") or {})

@@ -29,12 +29,14 @@ import functools
 import json
 import logging
 import pathlib
+import subprocess
 import time
 from collections import Counter
 from typing import Any
 
 import aiohttp
 
+from flock.adapters.daisychain import count_packets
 from flock.core.annotation import LAST_RESORT, TERMINATING_ANNOTATION, WITHDRAW
 from flock.core.eligibility import READY_AND_NOT_TERMINATING, READY_ONLY
 from flock.lab import report as reports
@@ -283,13 +285,28 @@ async def _roll(options: Options, fabric: Fabric, kubelet: Kubelet, pods: dict[i
         for watch in [*watches.values(), *forwarding.values()]:
             watch.close()
         thaw(frozen)  # the failed node's processes go on (to their teardown)
+    chained = await asyncio.to_thread(_chain_counts, fabric)
     requests = json.loads(results.read_text()) if results.exists() else []
     long_lived = json.loads(streams_out.read_text()) if streams_out.exists() else None
     events = await kubelet.events()
     deliveries = watch_deliveries(options.run_dir / WATCH_LOG)
     return {"labId": fabric.names.lab_id, "datapath": options.datapath, "hashSeeds": fabric.hash_seeds,
+            "daisyChain": chained,
             **build_report(options, requests, terminated, watches, events, deliveries,
                            forwarding=forwarding, long_lived=long_lived, every_pod=every_pod, failure=failure)}
+
+
+def _chain_counts(fabric: Fabric) -> dict[str, int] | None:
+    """What daisy chaining did over every node (its nftables counters); None where it was off."""
+    total: dict[str, int] = {}
+    for node in fabric.nodes:
+        done = subprocess.run(["ip", "netns", "exec", node.spec.netns, "nft", "-j", "list", "table", "inet", "flock"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            continue
+        for what, count in count_packets(json.loads(done.stdout)).items():
+            total[what] = total.get(what, 0) + count
+    return total or None
 
 
 async def _fail_node(options: Options, fabric: Fabric, node: Node, every_pod: list[LabPod],
