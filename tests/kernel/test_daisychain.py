@@ -38,6 +38,7 @@ FLOWS = 24
 NODES = {"node-a": ("192.0.2.6", "192.0.2.5", "2001:db8:ffff:1::2", "2001:db8:ffff:1::1"),
          "node-b": ("192.0.2.10", "192.0.2.9", "2001:db8:ffff:2::2", "2001:db8:ffff:2::1")}
 MEMBERS = [Member(name, ipaddress.ip_address(v4)) for name, (v4, *_rest) in NODES.items()]
+MEMBERS_V6 = [Member(name, ipaddress.ip_address(v6)) for name, (_v4, _tor, v6, _tor6) in NODES.items()]
 
 
 @dataclass
@@ -113,12 +114,12 @@ async def fabric(make_netns: Callable[[str], str]) -> AsyncIterator[Fabric]:
     yield Fabric(client, tor, nodes, pods)
 
 
-async def _set_up(fabric: Fabric, chained: bool) -> None:
+async def _set_up(fabric: Fabric, chained: bool, members: list[Member] = MEMBERS) -> None:
     for name in fabric.nodes:
         table = fabric.pinning(name, chained)
         await table.adopt([PodPin(1, fabric.pods[name].host_ifname, fabric.pods[name].ips)])
         if chained:
-            plan = plan_chain(MEMBERS, name, DaisyChainConfig(port=PORT), POOLS)
+            plan = plan_chain(members, name, DaisyChainConfig(port=PORT), POOLS)
             changes = await fabric.chain(name).apply(plan)
             assert changes.links == 2 and changes.rules == 4 and changes.peers == 1, changes
 
@@ -145,9 +146,11 @@ async def _through_fabric_rehash(fabric: Fabric, version: int) -> tuple[list[Flo
         await servers.close()
 
 
-@pytest.mark.parametrize("version", [4, 6])
-async def test_chained_flows_stay_on_their_pod_through_the_fabric_rehash(fabric: Fabric, version: int) -> None:
-    await _set_up(fabric, chained=True)
+@pytest.mark.parametrize(("version", "underlay"), [(4, 4), (6, 4), (4, 6)])
+async def test_chained_flows_stay_on_their_pod_through_the_fabric_rehash(fabric: Fabric, version: int,
+                                                                        underlay: int) -> None:
+    """``underlay``: the nodes' InternalIPs the ring uses (IPv4, or IPv6 for an IPv6-only cluster)."""
+    await _set_up(fabric, chained=True, members=MEMBERS if underlay == 4 else MEMBERS_V6)
     flows, new = await _through_fabric_rehash(fabric, version)
     on = Counter(f.pod for f in flows)
     assert on["web-a"] and on["web-b"], f"the ToR spread the flows over both nodes: {on}"
