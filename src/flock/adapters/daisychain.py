@@ -110,6 +110,10 @@ def _apply(plan: ChainPlan, *, port: int, protocol: int, mark: int, mask: int, p
                 continue
             held[name] = (*found, msg["index"])
         local_ok = _locals_match(ipr, held, plan.local)
+        # Stale rules and routes go first, new ones come last: nothing is ever sent to a
+        # table or a link that is not (or no longer) there.
+        done.rules = _apply_rules(ipr, plan.rules, protocol, mark, mask, add=False)
+        done.routes = _apply_routes(ipr, plan.routes, protocol, add=False)
         # Links: one that differs in any way is made again (a ring change: rare).
         for name, (link, link_port, link_mac, index) in held.items():
             if wanted_links.get(name) != link or link_port != port or link_mac != mac or not local_ok.get(name, True):
@@ -145,8 +149,8 @@ def _apply(plan: ChainPlan, *, port: int, protocol: int, mark: int, mask: int, p
                     continue
                 ipr.neigh("replace", dst=str(gateway), lladdr=want, ifindex=index, state=NUD_PERMANENT)
                 done.neighbours += 1
-        done.routes = _apply_routes(ipr, plan.routes, protocol)
-        done.rules = _apply_rules(ipr, plan.rules, protocol, mark, mask)
+        done.routes += _apply_routes(ipr, plan.routes, protocol, add=True)
+        done.rules += _apply_rules(ipr, plan.rules, protocol, mark, mask, add=True)
     done.peers = _apply_peers(plan.peers)
     return done
 
@@ -164,7 +168,7 @@ def _locals_match(ipr: IPRoute, held: dict[str, tuple[ChainLink, int, str, int]]
     return result
 
 
-def _apply_routes(ipr: IPRoute, routes: Sequence[ChainRoute], protocol: int) -> int:
+def _apply_routes(ipr: IPRoute, routes: Sequence[ChainRoute], protocol: int, *, add: bool) -> int:
     written = 0
     wanted = set(routes)
     held: set[ChainRoute] = set()
@@ -188,7 +192,7 @@ def _apply_routes(ipr: IPRoute, routes: Sequence[ChainRoute], protocol: int) -> 
                 continue
             ipr.route("del", family=family, dst=str(dst), table=table, proto=protocol)
             written += 1
-    for route in sorted(wanted - held, key=str):
+    for route in sorted(wanted - held, key=str) if add else ():
         gateway = GATEWAY_V4 if route.dst.version == 4 else GATEWAY_V6
         ipr.route("replace", dst=str(route.dst), gateway=str(gateway), oif=ipr.link_lookup(ifname=route.link)[0],
                   table=route.table, proto=protocol, flags=4)  # RTNH_F_ONLINK
@@ -196,7 +200,8 @@ def _apply_routes(ipr: IPRoute, routes: Sequence[ChainRoute], protocol: int) -> 
     return written
 
 
-def _apply_rules(ipr: IPRoute, rules: Sequence[ChainRule], protocol: int, mark: int, mask: int) -> int:
+def _apply_rules(ipr: IPRoute, rules: Sequence[ChainRule], protocol: int, mark: int, mask: int, *,
+                 add: bool) -> int:
     written = 0
     wanted = set(rules)
     held: set[ChainRule] = set()
@@ -214,7 +219,7 @@ def _apply_rules(ipr: IPRoute, rules: Sequence[ChainRule], protocol: int, mark: 
             _rule(ipr, "del", msg_rule=rule, protocol=protocol, mark=msg.get_attr("FRA_FWMARK") or 0,
                   mask=msg.get_attr("FRA_FWMASK") or 0xFFFFFFFF)
             written += 1
-    for rule in sorted(wanted - held, key=str):
+    for rule in sorted(wanted - held, key=str) if add else ():
         _rule(ipr, "add", msg_rule=rule, protocol=protocol, mark=mark, mask=mask)
         written += 1
     return written
@@ -271,37 +276,26 @@ def _set_elements(listing: str, name: str) -> list[str]:
     return sorted(item.strip() for item in inner.replace("\n", " ").split(",") if item.strip())
 
 
-COUNTED = {
-    "along the daisy chain": "forwarded",
-    "nobody has it": "reset",
-    "from no member": "refused",
-}
-"""The counters of flock's table that tell what the chain did, by a word of their rule's comment:
-packets sent along the chain (from the fabric, or passed on), packets that came along the
-chain and nobody owned (answered with a TCP reset), VXLAN packets from a non-member (dropped)."""
+COUNTERS = {"chain_forwarded": "forwarded", "chain_reset": "reset", "chain_refused": "refused"}
+"""flock's table's named counters of the chain: packets sent along it (from the fabric, or
+passed on), packets that came along it and nobody owned (answered with a TCP reset), VXLAN
+packets from a node outside the ring (dropped). ``nft list counters table inet flock``."""
 
 
 def count_packets(listing: Mapping[str, Any]) -> dict[str, int]:
-    """The chain's counters (see COUNTED) in ``nft -j list table inet flock``'s output;
-    empty when the table has none (daisy chaining off)."""
+    """The chain's counters (see COUNTERS) in ``nft -j list counters table inet flock``'s
+    output (or the table's); empty when the table has none (daisy chaining off)."""
     counts: dict[str, int] = {}
     for item in listing.get("nftables", []):
-        rule = item.get("rule")
-        if not rule:
-            continue
-        comment = str(rule.get("comment", ""))
-        what = next((name for words, name in COUNTED.items() if words in comment), None)
-        if what is None:
-            continue
-        for expr in rule.get("expr", []):
-            if "counter" in expr:
-                counts[what] = counts.get(what, 0) + int(expr["counter"].get("packets", 0))
+        counter = item.get("counter")
+        if counter and counter.get("name") in COUNTERS:
+            counts[COUNTERS[counter["name"]]] = int(counter.get("packets", 0))
     return counts
 
 
 def _read_counters() -> dict[str, int]:
     try:
-        return count_packets(json.loads(nft(f"list table inet {TABLE}", json_output=True)))
+        return count_packets(json.loads(nft(f"list counters table inet {TABLE}", json_output=True)))
     except NftFailed as exc:
         if exc.missing:
             return {}
@@ -322,7 +316,7 @@ class DaisyChain:
         self.timeout = timeout
 
     async def counters(self) -> dict[str, int]:
-        """Packets the chain forwarded, reset and refused since flock's table was made (see COUNTED)."""
+        """Packets the chain forwarded, reset and refused since flock's table was made (see COUNTERS)."""
         try:
             return await in_netns(self.path, self.timeout, _read_counters)
         except NftFailed as exc:

@@ -217,17 +217,21 @@ def _chain_lines(mask: int, keep: int, chain: ChainRules) -> tuple[list[str], li
     for where in ("ip daddr @anycast_v4", "ip6 daddr @anycast_v6"):
         prerouting.append(
             f"\t\tiifname != \"{LAST_STOP_LINK}\" ct state new ct mark and {m} == 0 {where} tcp flags & syn == 0 "
-            f"meta mark set meta mark and 0x{keep:08x} or {mark} counter "
+            f"meta mark set meta mark and 0x{keep:08x} or {mark} counter name \"chain_forwarded\" "
             "comment \"mid-flow, and no pod here has it: along the daisy chain\"")
     port = chain.port
     chains = [
+        "\tcounter chain_forwarded { comment \"mid-flow packets sent along the daisy chain\"; }",
+        "\tcounter chain_reset { comment \"came along the chain, nobody had them: a TCP reset\"; }",
+        "\tcounter chain_refused { comment \"VXLAN to the ring's port from no member: dropped\"; }",
         "\tset chain_peers_v4 { type ipv4_addr; comment \"the ring's other nodes\"; }",
         "\tset chain_peers_v6 { type ipv6_addr; comment \"the ring's other nodes\"; }",
         "\tchain chain_in {",
         "\t\ttype filter hook prerouting priority raw; policy accept;",
         f"\t\tudp dport {port} ip saddr @chain_peers_v4 notrack accept comment \"the ring's VXLAN: untracked\"",
         f"\t\tudp dport {port} ip6 saddr @chain_peers_v6 notrack accept comment \"the ring's VXLAN: untracked\"",
-        f"\t\tudp dport {port} fib daddr type local counter drop comment \"VXLAN to the ring's port from no member\"",
+        f"\t\tudp dport {port} fib daddr type local counter name \"chain_refused\" drop "
+        "comment \"VXLAN to the ring's port from no member\"",
         "\t}",
         "\tchain chain_out {",
         "\t\ttype route hook output priority raw; policy accept;",
@@ -238,7 +242,7 @@ def _chain_lines(mask: int, keep: int, chain: ChainRules) -> tuple[list[str], li
         "\t\ttype filter hook forward priority filter; policy accept;",
         f"\t\tiifname {links} oifname {links} accept comment \"along the chain\"",
         f"\t\tiifname {links} oifname \"{VETH_PREFIX}*\" accept comment \"to the pod that has it\"",
-        f"\t\tiifname {links} meta l4proto tcp counter reject with tcp reset "
+        f"\t\tiifname {links} meta l4proto tcp counter name \"chain_reset\" reject with tcp reset "
         "comment \"nobody has it: a reset, not a loop\"",
         f"\t\tiifname {links} drop",
         "\t}",

@@ -300,8 +300,9 @@ def _chain_counts(fabric: Fabric) -> dict[str, int] | None:
     """What daisy chaining did over every node (its nftables counters); None where it was off."""
     total: dict[str, int] = {}
     for node in fabric.nodes:
-        done = subprocess.run(["ip", "netns", "exec", node.spec.netns, "nft", "-j", "list", "table", "inet", "flock"],
-                              capture_output=True, text=True, timeout=30)
+        command = ["nft", "-j", "list", "counters", "table", "inet", "flock"]
+        done = subprocess.run(["ip", "netns", "exec", node.spec.netns, *command], capture_output=True, text=True,
+                              timeout=30)
         if done.returncode != 0:
             continue
         for what, count in count_packets(json.loads(done.stdout)).items():
