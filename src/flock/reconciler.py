@@ -375,10 +375,20 @@ class Reconciler:
         """Apply ``edits``; return those that failed (after which the view is a fresh dump)."""
         if not edits:
             return []
-        for edit in edits:
-            logger.info("route %s", edit)
-        for kind, count in Counter(type(edit) for edit in edits).items():  # labels() costs ~2 us a call
-            self.metrics.route_edits.labels(op=_OPS[kind]).inc(count)
+        kinds = Counter(_OPS[type(edit)] for edit in edits)
+        if len(edits) <= EDITS_LOGGED:
+            for edit in edits:
+                logger.info("route %s", edit)
+        else:
+            # A first pass or a burst: one line, not thousands (at 10,000 routes a line per
+            # route cost the pass ~190 ms, and the log its use). Each edit at debug level.
+            logger.info("route edits %s first=%s", " ".join(f"{op}={count}" for op, count in sorted(kinds.items())),
+                        "; ".join(str(edit) for edit in edits[:3]))
+            if logger.isEnabledFor(logging.DEBUG):
+                for edit in edits:
+                    logger.debug("route %s", edit)
+        for op, count in kinds.items():  # labels() costs ~2 us a call
+            self.metrics.route_edits.labels(op=op).inc(count)
         errors = await self.routes.apply(edits)
         if self._touched is not None:
             self._touched.update(edit.address for edit in edits)
@@ -530,6 +540,10 @@ class Reconciler:
         return (f"{len(addresses)} anycast IPs {verb} {node}: {why}; "
                 + _listed(addresses, lambda a: f"{prefix_text(a)} ({tail(len(advertised.get(a, ())))})"))
 
+
+EDITS_LOGGED = 20
+"""Route edits of one batch logged one line each at info level; more make one line (and
+each its own at debug level)."""
 
 BURST_SECONDS = 0.025
 """How long after an event's pass further wake-ups are gathered into one pass: a burst

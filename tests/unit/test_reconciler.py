@@ -452,3 +452,25 @@ def test_event_addresses_are_written_as_ipaddress_writes_them(address: ipaddress
 def test_event_addresses_with_zeros_and_embedded_ipv4_are_written_as_ipaddress_writes_them(text: str) -> None:
     address = ipaddress.IPv6Address(text)
     assert address_text(address) == str(address)
+
+
+async def test_a_pass_with_many_route_edits_logs_one_line_and_each_edit_at_debug_level(
+        node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    many = tuple(f"198.51.100.{n}" for n in range(10, 40))
+    await node.add_pod("web-1", "192.0.2.11", "2001:db8::11", anycast=many)
+    await node.add_pod("web-2", "192.0.2.12", "2001:db8::12", anycast=("198.51.100.50", "198.51.100.51"))
+    with caplog.at_level("DEBUG", logger="flock.reconciler"):
+        await node.reconciler.reconcile(trigger="start")
+    lines = [r for r in caplog.records if r.getMessage().startswith("route ")]
+    assert [r.getMessage() for r in lines if r.levelname == "INFO"] == [
+        "route edits replace=32 first=add 198.51.100.10/32 via 192.0.2.11 dev flock00000001; "
+        "add 198.51.100.11/32 via 192.0.2.11 dev flock00000001; add 198.51.100.12/32 via 192.0.2.11 dev flock00000001"]
+    assert len([r for r in lines if r.levelname == "DEBUG"]) == 32
+
+    caplog.clear()
+    node.pods.observe("MODIFIED", pod_body("web-2", ready=False, anycast="198.51.100.50,198.51.100.51"))
+    with caplog.at_level("INFO", logger="flock.reconciler"):
+        await node.reconciler.reconcile(trigger="pod")
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("route ")] == [
+        "route withdraw 198.51.100.50/32 via 192.0.2.12 dev flock00000002",
+        "route withdraw 198.51.100.51/32 via 192.0.2.12 dev flock00000002"], "a few edits: one line each"
