@@ -18,7 +18,9 @@ place and interleaved in every round, so that the machine's noise falls on all a
               rule, as kube-proxy's KUBE-FORWARD chain has: the node such a cluster has
   pinned      flock's pinning of the 3 pods through flock's adapter
               (``PinningTable.adopt``: the ``inet flock`` table, its ip rules and per-pod
-              tables, as the agent writes them); adopting with pinning off removes it all
+              tables, as the agent writes them), with daisy chaining as the agent's default
+              has it (its rules in the table, a ring with one other node: its links, tables
+              and ip rules, ``DaisyChain.apply``); adopting with pinning off removes it all
   pinned-N    the same with ``--pins`` pods pinned on the node: the others on links of
               their own (veth pairs inside the node), pinned first, the 3 pods last
               (``PinningTable.pin``, as CNI ADDs do), so their ip rules are the last of the
@@ -74,10 +76,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from flock.adapters.daisychain import DaisyChain
 from flock.adapters.netlink import NetlinkRoutes
 from flock.adapters.pinning import PinningTable
+from flock.core.daisychain import DEFAULT_PORT, ChainPlan, DaisyChainConfig, Member, plan_chain
 from flock.core.model import Nexthop
-from flock.core.pinning import DEFAULT_MARK_MASK, PodPin
+from flock.core.pinning import DEFAULT_MARK_MASK, PodPin, chain_mark
 from flock.core.routediff import ReplaceRoute
 from tests.support import netns as ns
 from tests.support.netns import PlumbedPod, plumb_pod, sh
@@ -203,8 +207,21 @@ class Lab:
                 for n in range(self.pins - PODS)]
 
     def table(self, enabled: bool) -> PinningTable:
+        # The agent's default datapath: pinning with daisy chaining's rules in the table.
         return PinningTable(enabled=enabled, mask=DEFAULT_MARK_MASK, pools=POOLS, protocol=PROTO,
-                            host_netns=self.node)
+                            host_netns=self.node, chain_port=DEFAULT_PORT)
+
+    def chain(self) -> DaisyChain:
+        return DaisyChain(port=DEFAULT_PORT, protocol=PROTO, mark=chain_mark(DEFAULT_MARK_MASK),
+                          mask=DEFAULT_MARK_MASK, host_netns=self.node)
+
+    async def ring(self, on: bool) -> None:
+        """Daisy chaining's ring with one other node (its links, tables and ip rules, as the
+        agent writes them; the other node need not exist: only the rules' cost counts), or none."""
+        members = [Member("bench-node", ipaddress.IPv4Address("192.0.2.1")),
+                   Member("bench-peer", ipaddress.IPv4Address("192.0.2.254"))]
+        plan = plan_chain(members, "bench-node", DaisyChainConfig(), POOLS) if on else ChainPlan()
+        await self.chain().apply(plan)
 
 
 def compile_sender(where: pathlib.Path) -> pathlib.Path:
@@ -268,13 +285,16 @@ async def set_mode(lab: Lab, mode: str) -> None:
     if mode == "pinned":
         done = await lab.table(True).adopt(lab.real_pins(1))
         assert not done.problems, done.problems
+        await lab.ring(True)
     elif mode.startswith("pinned-"):
         table = lab.table(True)
         done = await table.adopt(lab.dummy_pins())
         assert not done.problems, done.problems
         for pin in lab.real_pins(lab.pins - PODS + 1):  # one at a time, as CNI ADDs
             await table.pin(pin)
+        await lab.ring(True)
     else:
+        await lab.ring(False)
         done = await lab.table(False).adopt([])
         assert not done.problems, done.problems
     if mode == "conntrack":

@@ -162,6 +162,12 @@ async def test_pins_are_in_the_kernel_as_documented(lab: Lab) -> None:
     mark = f"0x{slot_mark(1, DEFAULT_MARK_MASK):x}/0xff00000"
     assert rules.split("\n")[0].split() == ["1000:", "from", "all", "fwmark", mark, "lookup", "1000001", "proto", "201"]
     assert len(sh("ip", "-6", "rule", "show", "pref", "1000", netns=lab.node).splitlines()) == 3
+    # A packet without a flock mark skips flock's rules in one step, to the nop after them.
+    for version in (4, 6):
+        assert sh("ip", f"-{version}", "rule", "show", "pref", "999", netns=lab.node).split() == [
+            "999:", "from", "all", "fwmark", "0/0xff00000", "goto", "1003", "proto", "201"]
+        assert sh("ip", f"-{version}", "rule", "show", "pref", "1003", netns=lab.node).split() == [
+            "1003:", "from", "all", "nop", "proto", "201"]
     web0 = lab.pods[0]
     assert sh("ip", "route", "show", "table", "1000001", netns=lab.node).split() == [
         "198.51.100.0/24", "via", "203.0.113.10", "dev", web0.host_ifname, "proto", "201", "onlink"]
@@ -208,5 +214,8 @@ async def test_a_pin_is_undone_by_unpin_and_pinning_off_removes_everything(lab: 
 
     done = await lab.table(enabled=False).adopt([])
     assert done.table_written and done.rules_removed == 6 and done.routes_removed == 6, done
+    assert done.rules_removed_skip == 4, done
     assert TABLE not in sh("nft", "list", "tables", netns=lab.node)
-    assert "1000" not in sh("ip", "rule", "show", netns=lab.node).replace("32766", "")
+    for version in (4, 6):
+        prefs = {line.split(":")[0] for line in sh("ip", f"-{version}", "rule", "show", netns=lab.node).splitlines()}
+        assert prefs <= {"0", "32766", "32767"}, prefs

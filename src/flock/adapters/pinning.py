@@ -63,6 +63,8 @@ from flock.core.pinning import (
     MASK_BITS,
     PIN_RULE_PRIORITY,
     PIN_TABLE_BASE,
+    RULES_END_PRIORITY,
+    SKIP_RULE_PRIORITY,
     PinAdoption,
     PinRoute,
     PinRule,
@@ -89,6 +91,9 @@ RTM_NEWRULE: Final = 32
 RTM_DELRULE: Final = 33
 RTM_GETRULE: Final = 34
 FR_ACT_TO_TBL: Final = 1
+FR_ACT_GOTO: Final = 2
+FR_ACT_NOP: Final = 3
+FRA_GOTO: Final = 4
 FRA_PRIORITY: Final = 6
 FRA_FWMARK: Final = 10
 FRA_TABLE: Final = 15
@@ -207,18 +212,21 @@ def _chain_lines(mask: int, keep: int, chain: ChainRules) -> tuple[list[str], li
     m = f"0x{mask:08x}"
     links = f'"{LINK_PREFIX}*"'
     mark = f"0x{chain.mark:08x}"
-    prerouting = [
-        f"\t\tiifname {links} meta l4proto != tcp drop comment \"along the chain: TCP only\"",
-        f"\t\tiifname {links} tcp flags & syn == syn drop comment \"along the chain: never a new connection\"",
-        f"\t\tiifname {links} meta nfproto ipv4 ip daddr != @anycast_v4 drop comment \"along the chain: anycast only\"",
-        f"\t\tiifname {links} meta nfproto ipv6 ip6 daddr != @anycast_v6 drop "
-        "comment \"along the chain: anycast only\"",
-    ]
+    prerouting = [f"\t\tiifname {links} jump chain_from_ring comment \"came along the daisy chain\""]
     for where in ("ip daddr @anycast_v4", "ip6 daddr @anycast_v6"):
+        # Cheapest and most selective first: most packets are not TCP or not a new entry.
         prerouting.append(
-            f"\t\tiifname != \"{LAST_STOP_LINK}\" ct state new ct mark and {m} == 0 {where} tcp flags & syn == 0 "
-            f"meta mark set meta mark and 0x{keep:08x} or {mark} counter name \"chain_forwarded\" "
-            "comment \"mid-flow, and no pod here has it: along the daisy chain\"")
+            f"\t\tmeta l4proto tcp ct state new ct mark and {m} == 0 tcp flags & syn == 0 {where} "
+            f"iifname != \"{LAST_STOP_LINK}\" meta mark set meta mark and 0x{keep:08x} or {mark} "
+            "counter name \"chain_forwarded\" comment \"mid-flow, and no pod here has it: along the daisy chain\"")
+    from_ring = [
+        "\tchain chain_from_ring {",
+        "\t\tmeta l4proto != tcp drop comment \"along the chain: TCP only\"",
+        "\t\ttcp flags & syn == syn drop comment \"along the chain: never a new connection\"",
+        "\t\tmeta nfproto ipv4 ip daddr != @anycast_v4 drop comment \"along the chain: anycast only\"",
+        "\t\tmeta nfproto ipv6 ip6 daddr != @anycast_v6 drop comment \"along the chain: anycast only\"",
+        "\t}",
+    ]
     port = chain.port
     chains = [
         "\tcounter chain_forwarded { comment \"mid-flow packets sent along the daisy chain\"; }",
@@ -238,13 +246,17 @@ def _chain_lines(mask: int, keep: int, chain: ChainRules) -> tuple[list[str], li
         f"\t\tudp dport {port} ip daddr @chain_peers_v4 notrack comment \"the ring's VXLAN: untracked\"",
         f"\t\tudp dport {port} ip6 daddr @chain_peers_v6 notrack comment \"the ring's VXLAN: untracked\"",
         "\t}",
+        *from_ring,
         "\tchain chain_forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
-        f"\t\tiifname {links} oifname {links} accept comment \"along the chain\"",
-        f"\t\tiifname {links} oifname \"{VETH_PREFIX}*\" accept comment \"to the pod that has it\"",
-        f"\t\tiifname {links} meta l4proto tcp counter name \"chain_reset\" reject with tcp reset "
+        f"\t\tiifname {links} jump chain_forward_from_ring comment \"came along the daisy chain\"",
+        "\t}",
+        "\tchain chain_forward_from_ring {",
+        f"\t\toifname {links} accept comment \"along the chain\"",
+        f"\t\toifname \"{VETH_PREFIX}*\" accept comment \"to the pod that has it\"",
+        "\t\tmeta l4proto tcp counter name \"chain_reset\" reject with tcp reset "
         "comment \"nobody has it: a reset, not a loop\"",
-        f"\t\tiifname {links} drop",
+        "\t\tdrop",
         "\t}",
     ]
     return prerouting, chains
@@ -418,6 +430,45 @@ def pin_route_delete(route: PinRoute, protocol: int) -> bytes:
             + _attr(rtnl.RTA_TABLE, rtnl.U32.pack(route.table)))
 
 
+SkipRule = tuple[int, int, int, int, int]
+"""(version, priority, action, fwmark, goto target) of one of the rules around flock's."""
+
+
+def skip_rules(mask: int) -> set[SkipRule]:
+    """The rules that let a packet without a flock mark skip flock's (see SKIP_RULE_PRIORITY)."""
+    return {rule for version in (4, 6) for rule in (
+        (version, SKIP_RULE_PRIORITY, FR_ACT_GOTO, mask, RULES_END_PRIORITY),
+        (version, RULES_END_PRIORITY, FR_ACT_NOP, 0, 0))}
+
+
+def skip_rule_request(rule: SkipRule, protocol: int) -> bytes:
+    version, priority, action, mask, target = rule
+    payload = (FIB_RULE_HDR.pack(_FAMILY[version], 0, 0, 0, 0, 0, 0, action, 0)
+               + _attr(FRA_PRIORITY, rtnl.U32.pack(priority)) + _attr(FRA_PROTOCOL, bytes([protocol])))
+    if action == FR_ACT_GOTO:
+        payload += (_attr(FRA_FWMARK, rtnl.U32.pack(0)) + _attr(FRA_FWMASK, rtnl.U32.pack(mask))
+                    + _attr(FRA_GOTO, rtnl.U32.pack(target)))
+    return payload
+
+
+def _dump_skip_rules(sock: rtnl.RtnlSocket, protocol: int) -> set[SkipRule]:
+    found = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for kind, payload in sock.dump(RTM_GETRULE, FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+            if kind != RTM_NEWRULE or len(payload) < FIB_RULE_HDR.size:
+                continue
+            fam, *_, action, _flags = FIB_RULE_HDR.unpack_from(payload, 0)
+            attrs = rtnl.attributes(payload, FIB_RULE_HDR.size, len(payload))
+            rule_protocol = payload[attrs[FRA_PROTOCOL][0]] if FRA_PROTOCOL in attrs else 0
+            priority = rtnl.u32(payload, attrs[FRA_PRIORITY]) if FRA_PRIORITY in attrs else 0
+            if rule_protocol != protocol or priority not in (SKIP_RULE_PRIORITY, RULES_END_PRIORITY):
+                continue
+            mask = rtnl.u32(payload, attrs[FRA_FWMASK]) if FRA_FWMASK in attrs and action == FR_ACT_GOTO else 0
+            target = rtnl.u32(payload, attrs[FRA_GOTO]) if FRA_GOTO in attrs else 0
+            found.add((_VERSION[fam], priority, action, mask, target))
+    return found
+
+
 def _dump_rules(sock: rtnl.RtnlSocket, protocol: int) -> list[PinRule]:
     """flock's pinning rules: priority PIN_RULE_PRIORITY, ``protocol``, a table of the range."""
     found = []
@@ -559,7 +610,19 @@ def _adopt(pins: Sequence[PodPin], *, enabled: bool, mask: int, pools: Sequence[
 
     wanted_rules = {rule for pin in pins for rule in pin_rules(pin, mask)} if enabled else set()
     wanted_routes = {route for pin in pins for route in pin_routes(pin, pools)} if enabled else set()
+    wanted_skips = skip_rules(mask) if enabled else set()
     with rtnl.RtnlSocket(timeout) as sock:
+        skips = _dump_skip_rules(sock, protocol)
+        # The skip rule goes first and comes last, its target the other way round.
+        stale_skips = sorted(skips - wanted_skips, key=lambda r: r[1])
+        new_skips = sorted(wanted_skips - skips, key=lambda r: -r[1])
+        skip_requests: list[rtnl.Request] = [(RTM_DELRULE, 0, skip_rule_request(r, protocol)) for r in stale_skips]
+        skip_requests += [(RTM_NEWRULE, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, skip_rule_request(r, protocol))
+                          for r in new_skips]
+        if skip_requests:
+            done.problems += _errors([f"skip rule {r}" for r in stale_skips + new_skips], sock.transact(skip_requests),
+                                     (errno.EEXIST, errno.ENOENT))
+        done.rules_removed_skip, done.rules_added_skip = len(stale_skips), len(new_skips)
         rules = _dump_rules(sock, protocol)
         routes = _dump_routes(sock, protocol)
         have_rules = set(rules)

@@ -38,6 +38,14 @@ table 1000007`` is slot 7's). Far from main (254), local (255), default (253) an
 ranges other tools use (Calico 1-250, Cilium 2004/2005, Tailscale 52)."""
 PIN_RULE_PRIORITY = 1000
 """Priority of flock's ``ip rule``\\ s: after ``local`` (0), before ``main`` (32766)."""
+SKIP_RULE_PRIORITY = 999
+"""``fwmark 0/<mask> goto RULES_END_PRIORITY``: a packet without a flock mark (nearly all of
+them) skips flock's rules (one per pinned pod, and daisy chaining's) in one step; the
+kernel walks rules one by one, twice per forwarded packet under strict rp_filter
+(bench/forwarding.py)."""
+RULES_END_PRIORITY = 1003
+"""A ``nop`` rule after flock's: the skip rule's target, so rules of others after it are
+still walked."""
 
 
 def mask_problem(mask: int) -> str | None:
@@ -245,12 +253,15 @@ class PinAdoption:
     rules_removed: int = 0
     routes_written: int = 0
     routes_removed: int = 0
+    rules_added_skip: int = 0
+    rules_removed_skip: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def writes(self) -> int:
         return (int(self.table_written) + self.elements_added + self.elements_removed + self.rules_added
-                + self.rules_removed + self.routes_written + self.routes_removed)
+                + self.rules_removed + self.routes_written + self.routes_removed + self.rules_added_skip
+                + self.rules_removed_skip)
 
     def __str__(self) -> str:
         return (f"table {'written' if self.table_written else 'kept'}, elements +{self.elements_added}"
