@@ -17,6 +17,11 @@ one per bit of the mask (8 for the default), each returning only pinned entries.
 user space, from the few attributes read of each entry: the status-mask filter of newer
 kernels (``CTA_STATUS_MASK``, 5.19+) cannot say "ESTABLISHED" anyway.
 
+A CNI DEL walks the table once for its pod: :func:`snapshot_slot` counts the slot's open
+connections and keeps each entry's delete request (its original tuple and zone), just
+before the veth goes; :func:`delete_entries` deletes them after the DEL has answered,
+without a second walk.
+
 Cost (bench/conntrack_count.py): the README, *Watching a drain*.
 """
 
