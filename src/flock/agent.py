@@ -28,20 +28,23 @@ from flock.adapters.plumbing import PodNetwork
 from flock.adapters.store import AllocationStore
 from flock.cniserver import CniServer
 from flock.core.birdview import bird_view, peers_for_node
-from flock.core.daisychain import ChainPlan, plan_chain, ring_members
+from flock.core.daisychain import ChainPlan, Member, plan_chain, ring_members, watched
 from flock.core.fabric import FROM_NODE_IP
 from flock.core.model import Event, IPAddress, IPNetwork, ObjectRef
 from flock.core.pinning import chain_mark
 from flock.core.podcache import PodCache
 from flock.core.settings import AgentConfig, listen_address
 from flock.drainwatch import DrainWatch
-from flock.errors import PinningError
+from flock.errors import BirdError, PinningError
 from flock.metrics import Metrics
 from flock.reconciler import Reconciler
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+RING_WAIT_SECONDS = 5.0
+"""How long the first bird.conf waits for the Nodes (daisy chaining's BFD neighbours)."""
 
 RELIST_PAUSE = 0.5
 """Seconds between kopf's re-list of pods and the agent's own (one LIST serves the burst)."""
@@ -81,6 +84,10 @@ class Agent:
                                 mark=chain_mark(config.datapath.mark_mask), mask=config.datapath.mark_mask,
                                 host_netns=config.host_netns, proc=config.proc_path)
         self.chain_plan: ChainPlan | None = None  # what the kernel holds for the ring (None: not applied yet)
+        self.ring_local: IPAddress | None = None  # this node's address in the ring
+        self.ring_watched: tuple[IPAddress, ...] = ()  # ring members BIRD runs BFD with (bird.conf)
+        self.ring_down: set[IPAddress] = set()  # ring members silent on BFD: left out of the chain
+        self._ring_read = asyncio.Event()  # the Nodes were read once: bird.conf's ring neighbours are known
         self.drain = DrainWatch(config=config, store=self.store, pods=self.pods,
                                 next_hop_devs=self.reconciler.next_hop_devs,
                                 connections=ConntrackCounter(mask=config.datapath.mark_mask,
@@ -102,7 +109,8 @@ class Agent:
 
     def render_bird(self) -> str:
         view = bird_view(config=self.config, pod_cidrs=self.pod_cidrs, node_labels=self.node_labels,
-                         node_addresses=self.node_addresses)
+                         node_addresses=self.node_addresses, ring_local=self.ring_local,
+                         ring_neighbours=self.ring_watched)
         return render_bird_conf(view, self.config.bird.template)
 
     def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -158,8 +166,14 @@ class Agent:
         self.pod_cidrs = await self._pod_cidrs()
         self.cni.pod_cidrs = self.pod_cidrs
         self._log_peers()
-        # bird.conf depends on the peers, pools and pod CIDRs only: apply it now, not in the
-        # first pass (passes retry if BIRD refuses it).
+        # bird.conf depends on the peers, pools and pod CIDRs (and daisy chaining's BFD
+        # neighbours, from the Nodes: waited for a moment, so that a restart renders what
+        # BIRD runs and reloads nothing): apply it now, not in the first pass (passes retry
+        # if BIRD refuses it).
+        if self.pinning.chain is not None and self.config.bird.bfd.enabled:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RING_WAIT_SECONDS):
+                    await self._ring_read.wait()
         await self.reconciler.configure_bird()
         # A new agent's pod cache is empty: a pass now would withdraw every anycast IP the
         # previous agent left routed and advertised, and put each back as the watch
@@ -256,8 +270,16 @@ class Agent:
     async def _keep_ring(self) -> None:
         """Daisy chaining's ring from the Nodes: read at start (every tick until the API
         answers), then every resyncSeconds; while the API server is away the ring stays as
-        it was. Every tick: the chain's packet counters into flock_daisy_chain_packets_total."""
+        it was. Every tick: the ring neighbours' BFD states (a member silent on BFD leaves
+        the chain until it answers again: flock.core.daisychain.watched), and the chain's
+        packet counters into flock_daisy_chain_packets_total."""
+        chain = self.config.datapath.daisy_chain
+        pools = [pool.cidr for pool in self.config.anycast_pools]
+        liveness = self.config.bird.bfd.enabled
         read_at = -math.inf
+        members: list[Member] | None = None
+        answered: set[IPAddress] = set()  # members whose BFD session has been Up
+        down = self.ring_down  # of those, the ones whose session is not Up now
         counted: dict[str, int] = {}
         while True:
             if time.monotonic() - read_at >= self.config.resync_seconds:
@@ -268,9 +290,20 @@ class Agent:
                 else:
                     read_at = time.monotonic()
                     members = ring_members(nodes)
-                    pools = [pool.cidr for pool in self.config.anycast_pools]
-                    await self.apply_ring(plan_chain(members, self.config.node_name,
-                                                     self.config.datapath.daisy_chain, pools))
+                    addresses = {m.address for m in members}
+                    answered &= addresses
+                    down.intersection_update(addresses)
+            if members is not None:
+                names = {m.address: m.name for m in members}
+                if self.ring_watched:
+                    await self._watch_ring(names, answered, down)
+                self.ring_local = next((m.address for m in members if m.name == self.config.node_name), None)
+                ring_watched = watched(members, self.config.node_name, down, chain.max_hops) if liveness else ()
+                if ring_watched != self.ring_watched:
+                    self.ring_watched = ring_watched
+                    self.reconciler.reconfigure_bird()
+                self._ring_read.set()
+                await self.apply_ring(plan_chain(members, self.config.node_name, chain, pools, down))
             try:
                 counts = await self.chain.counters()
             except PinningError as exc:
@@ -282,6 +315,29 @@ class Agent:
                     self.metrics.daisy_chain_packets.labels(what=what).inc(delta if delta >= 0 else value)
                     counted[what] = value
             await asyncio.sleep(self.config.tick_seconds)
+
+    async def _watch_ring(self, names: Mapping[IPAddress, str], answered: set[IPAddress],
+                          down: set[IPAddress]) -> None:
+        """Update ``answered`` and ``down`` from BIRD's BFD sessions with the watched members."""
+        try:
+            states = await self.bird.bfd_sessions()
+        except BirdError as exc:
+            logger.debug("daisy chain: cannot read BFD sessions, the ring stays as it is: %s", exc)
+            return
+        for address in self.ring_watched:
+            state = states.get(str(address))
+            if state == "Up":
+                if address not in answered:
+                    answered.add(address)
+                    logger.info("daisy chain: %s (%s) answers on BFD", names.get(address, "?"), address)
+                if address in down:
+                    down.discard(address)
+                    logger.info("daisy chain: %s (%s) answers on BFD again: back in the ring",
+                                names.get(address, "?"), address)
+            elif address in answered and address not in down:
+                down.add(address)
+                logger.warning("daisy chain: %s (%s) is silent on BFD (%s): left out of the ring until it answers",
+                               names.get(address, "?"), address, state or "no session")
 
     async def apply_ring(self, plan: ChainPlan) -> None:
         """Make the kernel hold ``plan`` when it differs from what was applied last."""
@@ -296,6 +352,7 @@ class Agent:
             logger.info("daisy chain: %s (%d kernel writes)", plan.describe(), changes.total)
         self.chain_plan = plan
         self.metrics.daisy_chain_nodes.set(plan.size)
+        self.metrics.daisy_chain_silent.set(len(self.ring_down))
 
     async def _pod_cidrs(self) -> tuple[IPNetwork, ...]:
         """podCIDRs from the config, else from the Node (retried until the API answers).

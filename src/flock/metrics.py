@@ -37,6 +37,9 @@ class Metrics:
         self.daisy_chain_nodes = Gauge(
             "flock_daisy_chain_nodes", "Nodes in the daisy chain's ring this node forwards along (0: off, or "
             "no ring: a single node, or this Node has no InternalIP)", registry=self.registry)
+        self.daisy_chain_silent = Gauge(
+            "flock_daisy_chain_silent_nodes", "Ring members this node's BFD saw up and now hears nothing from: "
+            "left out of the daisy chain until they answer again", registry=self.registry)
         self.daisy_chain_packets = Counter(
             "flock_daisy_chain_packets", "Daisy chaining, by what: forwarded (mid-flow packets sent along the "
             "chain), reset (came along the chain and nobody owned them: a TCP reset), refused (VXLAN from a "

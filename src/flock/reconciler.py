@@ -419,6 +419,12 @@ class Reconciler:
                                for edit in failed
                                if edit.address in self._kernel.advertised])
 
+    def reconfigure_bird(self) -> None:
+        """bird.conf's inputs changed (daisy chaining's BFD neighbours): render and apply it
+        again in the next pass, which comes now."""
+        self._bird_configured = False
+        self.wake("bird")
+
     async def configure_bird(self) -> None:
         """Make this agent's bird.conf BIRD's config now, at start-up (passes do it otherwise).
 

@@ -8,8 +8,10 @@ the ring is node-a alone and the chain is taken down.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import signal
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -103,3 +105,57 @@ async def test_the_agent_keeps_the_ring_from_the_nodes(make_netns: Callable[[str
     await eventually(lambda: chain_metric(again) == 0, within=15, what=f"the chain taken down\n{again.log()}")
     assert not chain_links(node) and "1100001" not in sh("ip", "rule", "show", netns=node)
     assert again.alive(), again.log()
+
+
+async def test_a_member_silent_on_bfd_leaves_the_ring_and_comes_back(
+        make_netns: Callable[[str], str], birds: birdlab.Birds, cluster: FakeCluster, agents: list[AgentProcess],
+        tmp_path: pathlib.Path) -> None:
+    """node-b's BIRD answers BFD from node-a's address; frozen, it is silent: node-a's agent
+    leaves it out of the ring within a BFD detection time and a tick, and takes it back
+    when it answers again (bird.conf's ring neighbours: flock.core.daisychain.watched)."""
+    node, peer = make_netns("node"), make_netns("peer")
+    sh("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink", "netns", peer, netns=node)
+    for netns, address in ((node, ADDRESSES["node-a"]), (peer, ADDRESSES["node-b"])):
+        sh("ip", "addr", "add", f"{address}/24", "dev", "uplink", netns=netns)
+        sh("ip", "link", "set", "uplink", "up", netns=netns)
+    bird = birds.start(node, "router id 192.0.2.2;\nprotocol device {}\n", directory=birds.directory("node"))
+    peer_bird = birds.start(peer, (
+        "router id 192.0.2.3;\nprotocol device {}\nprotocol bfd {\n"
+        "\tmultihop { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n"
+        f"\tneighbor {ADDRESSES['node-a']} local {ADDRESSES['node-b']} multihop yes;\n}}\n"),
+        directory=birds.directory("peer"))
+    cluster.create_namespace("default")
+    put_node(cluster, "node-a", "True")
+    put_node(cluster, "node-b", "True")
+    config = process_config(tmp_path, bird, node, resyncSeconds=1)
+    config["bird"]["bfd"] = {"intervalMs": 100, "multiplier": 3}
+    agent = AgentProcess(tmp_path, config, write_kubeconfig(tmp_path / "kubeconfig", cluster.url))
+    agents.append(agent)
+    agent.start()
+
+    def session() -> str:
+        found = re.search(rf"^{re.escape(ADDRESSES['node-b'])}\s+\S+\s+(\w+)", bird.birdc("show", "bfd", "sessions"),
+                          re.M)
+        return found[1] if found else "none"
+
+    await eventually(lambda: session() == "Up", within=30, what=f"BFD with node-b Up\n{agent.log()}")
+    assert f"neighbor {ADDRESSES['node-b']} local {ADDRESSES['node-a']} multihop yes;" in bird.config_path.read_text()
+    await eventually(lambda: chain_metric(agent) == 2, within=10, what="the ring: node-a, node-b")
+
+    await eventually(lambda: "daisy chain: node-b (192.0.2.3) answers on BFD" in agent.log(), within=10,
+                     what=f"the agent sees node-b's BFD session Up\n{agent.log()}")
+    os.kill(peer_bird.pid, signal.SIGSTOP)  # a hung node: silent, no goodbye
+    try:
+        await eventually(lambda: chain_metric(agent) == 0, within=10, what=f"node-b left out\n{agent.log()}")
+        assert not chain_links(node)
+        assert re.search(r"^flock_daisy_chain_silent_nodes 1\.0$", agent.metrics(), re.M)
+        assert re.search(r"daisy chain: node-b \(192\.0\.2\.3\) is silent on BFD \(Down\): left out of the ring",
+                         agent.log()), agent.log()
+        # Still watched (and in bird.conf), so that it can come back.
+        assert f"neighbor {ADDRESSES['node-b']} local" in bird.config_path.read_text()
+    finally:
+        os.kill(peer_bird.pid, signal.SIGCONT)
+    await eventually(lambda: chain_metric(agent) == 2, within=15, what=f"node-b back\n{agent.log()}")
+    assert "daisy chain: node-b (192.0.2.3) answers on BFD again: back in the ring" in agent.log()
+    assert re.search(r"^flock_daisy_chain_silent_nodes 0\.0$", agent.metrics(), re.M)
+    assert set(chain_links(node)) == {"flkdc1", "flkdcl"}

@@ -15,6 +15,7 @@ from flock.core.daisychain import (
     chain_mac,
     plan_chain,
     ring_members,
+    watched,
 )
 from flock.core.pinning import DEFAULT_MARK_MASK, chain_mark, slot_count, slot_of_mark
 from flock.core.settings import parse_config
@@ -143,3 +144,26 @@ def test_daisy_chain_settings_and_their_defaults() -> None:
 def test_bad_daisy_chain_settings_are_refused_by_name(value: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, "datapath": {"daisyChain": value}}, {})
+
+
+def addresses(*last: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    return {ipaddress.ip_address(f"192.0.2.{10 + i}") for i in last}
+
+
+def test_bfd_watches_the_nearest_live_member_each_way() -> None:
+    ring = members("a", "b", "c", "d", "e")  # 192.0.2.10 .. .14
+    assert set(watched(ring, "a", (), 8)) == addresses(1, 4)  # b ahead, e behind
+    # b went silent: a watches it (to see it back) and c, the next one ahead.
+    assert set(watched(ring, "a", addresses(1), 8)) == addresses(1, 2, 4)
+    # c sees b silent behind it: it watches a too, so a's session to c has both ends.
+    assert set(watched(ring, "c", addresses(1), 8)) == addresses(0, 1, 3)
+    assert set(watched(ring, "a", addresses(1, 2, 3, 4), 2)) == addresses(1, 2, 3, 4)  # maxHops each way
+    assert watched(ring[:1], "a", (), 8) == () and watched(ring, "z", (), 8) == ()
+
+
+def test_a_silent_member_is_left_out_of_the_plan_and_back_when_it_answers() -> None:
+    ring = members("a", "b", "c")
+    plan = plan_chain(ring, "a", DaisyChainConfig(), POOLS, down=addresses(1))
+    assert plan.size == 2 and str(plan.links[0].remote) == "192.0.2.12"  # c is next now
+    assert plan_chain(ring, "a", DaisyChainConfig(), POOLS, down=addresses(1, 2)).size == 0  # a alone
+    assert plan_chain(ring, "a", DaisyChainConfig(), POOLS, down=addresses(0)).size == 3  # never itself

@@ -233,6 +233,16 @@ class BirdControl:
             self._applied = text
             return True
 
+    async def bfd_sessions(self) -> dict[str, str]:
+        """{neighbour address: BFD state (Up, Down, Init, AdminDown)} from ``birdc show bfd
+        sessions``. Raises BirdUnavailable when BIRD does not answer."""
+        what = f"birdc -s {self.socket} show bfd sessions"
+        code, out, err = await self._run(self._birdc, "-s", str(self.socket), "show", "bfd", "sessions",
+                                         what=what, unavailable=True)
+        if code != 0:
+            raise BirdUnavailable(f"{what}: {err.strip() or out.strip() or f'exit status {code}'}")
+        return dict(re.findall(r"^(\S+)\s+\S+\s+(Up|Down|Init|AdminDown)\b", out, flags=re.MULTILINE))
+
     # -- steps -------------------------------------------------------------
 
     async def _check(self, candidate: pathlib.Path) -> None:

@@ -59,6 +59,16 @@ class BfdView:
 
 
 @dataclasses.dataclass(frozen=True)
+class RingBfdView:
+    """Daisy chaining's ring neighbours this node runs multihop BFD with (flock.core.daisychain.watched)."""
+
+    local: str
+    """This node's address in the ring (its InternalIP)."""
+    neighbours: tuple[str, ...]
+    timers: BfdView
+
+
+@dataclasses.dataclass(frozen=True)
 class CommunitiesView:
     """Communities to attach, as BIRD literals: ``(65000, 100)``, ``(65000, 1, 2)``."""
 
@@ -153,6 +163,8 @@ class BirdView:
     """IPv6 anycast pool CIDRs; only prefixes inside them may be exported as anycast."""
     scan_seconds: int
     """How often BIRD re-reads the whole kernel table besides following its changes."""
+    ring_bfd: RingBfdView | None = None
+    """Multihop BFD sessions with daisy chaining's ring neighbours; None: none."""
 
 
 def peers_for_node(peers: Iterable[BgpPeer], labels: Mapping[str, str]) -> tuple[BgpPeer, ...]:
@@ -225,7 +237,8 @@ periodic full scan only backs that up, e.g. after its receive buffer overflowed.
 
 def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork],
               node_labels: Mapping[str, str] | None = None,
-              node_addresses: Sequence[IPAddress] = ()) -> BirdView:
+              node_addresses: Sequence[IPAddress] = (), ring_local: IPAddress | None = None,
+              ring_neighbours: Sequence[IPAddress] = ()) -> BirdView:
     """Build the view for ``bird.conf``; ``pod_cidrs`` are the node's pod ranges (the
     resolved ``podCIDRs`` setting), ``node_labels`` the Node's labels (None: none, so a
     peer with a nodeSelector is left out), ``node_addresses`` its InternalIPs.
@@ -262,4 +275,14 @@ def bird_view(*, config: AgentConfig, pod_cidrs: Sequence[IPNetwork],
         pools_v4=_networks(pool_cidrs, 4),
         pools_v6=_networks(pool_cidrs, 6),
         scan_seconds=KERNEL_SCAN_SECONDS,
+        ring_bfd=_ring_bfd(config, ring_local, ring_neighbours),
     )
+
+
+def _ring_bfd(config: AgentConfig, local: IPAddress | None, neighbours: Sequence[IPAddress]) -> RingBfdView | None:
+    timers = config.bird.bfd
+    wanted = [n for n in neighbours if local is not None and n.version == local.version]
+    if local is None or not wanted or not timers.enabled:
+        return None
+    return RingBfdView(str(local), tuple(str(n) for n in wanted),
+                       BfdView(timers.interval_ms, timers.multiplier, timers.detection_ms))

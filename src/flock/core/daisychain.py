@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from flock.core.model import IPAddress, IPNetwork
@@ -178,10 +178,33 @@ def link_name(hop: int) -> str:
     return f"{LINK_PREFIX}{hop}"
 
 
+def watched(members: Sequence[Member], node_name: str, down: Collection[IPAddress], max_hops: int) -> tuple[
+        IPAddress, ...]:
+    """The members ``node_name`` runs BFD with to know the ring is alive: each way round
+    the ring, every member up to and including the first one not ``down`` (at most
+    ``max_hops`` each way). Each of those does the same, so every session has both ends;
+    a silent successor is passed over within a BFD detection time, and watched on, so it
+    comes back when it answers again."""
+    names = [m.name for m in members]
+    if node_name not in names or len(members) < 2:
+        return ()
+    position = names.index(node_name)
+    found: list[IPAddress] = []
+    for step in (1, -1):
+        for distance in range(1, min(max_hops, len(members) - 1) + 1):
+            member = members[(position + step * distance) % len(members)]
+            if member.address not in found:
+                found.append(member.address)
+            if member.address not in down:
+                break
+    return tuple(sorted(found, key=lambda a: (a.version, int(a))))
+
+
 def plan_chain(members: Sequence[Member], node_name: str, config: DaisyChainConfig,
-         pools: Sequence[IPNetwork]) -> ChainPlan:
+               pools: Sequence[IPNetwork], down: Collection[IPAddress] = ()) -> ChainPlan:
     """What ``node_name`` holds for the ring ``members`` (an empty plan when it is not in
-    it, alone, or daisy chaining is off)."""
+    it, alone, or daisy chaining is off). Members ``down`` (silent on BFD) are left out."""
+    members = [m for m in members if m.address not in down or m.name == node_name]
     names = [m.name for m in members]
     if not config.enabled or node_name not in names or len(members) < 2:
         return ChainPlan()
