@@ -179,6 +179,17 @@ async def test_a_quiet_batch_answers_each_request_as_an_acked_one(lab: Lab) -> N
 
 
 @pytest.mark.netns
+async def test_a_quiet_send_across_the_sequence_numbers_wrap_waits_for_its_last_request(lab: Lab) -> None:
+    def send() -> list[int | None]:
+        with rtnl.RtnlSocket(timeout=5) as sock:
+            sock._seq = 0xFFFFFFFF - 2  # the send's numbers run ..., 0xFFFFFFFF, 1, 2
+            return sock.transact(_creates(lab, range(5)), quiet=True)
+
+    assert await in_netns(named_netns(lab.node), 4, send) == [0] * 5
+    assert len(lab.shown()) == 5
+
+
+@pytest.mark.netns
 async def test_a_quiet_batch_whose_refusals_were_dropped_claims_no_success(
         lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rtnl, "_ACK_QUEUE", 4096)  # too small for a send's refusals: ENOBUFS

@@ -781,7 +781,7 @@ class RtnlSocket:
                 parts.append(payload)
             self._sock.send(b"".join(parts))
             if quiet:
-                if not self._collect_quiet(waiting, results, range(first, last)):
+                if not self._collect_quiet(waiting, seq, results, range(first, last)):
                     break
             elif not self._collect(waiting, results):
                 break
@@ -809,12 +809,13 @@ class RtnlSocket:
                     results[waiting.pop(seq)] = error_code(buffer, start)
         return True
 
-    def _collect_quiet(self, waiting: dict[int, int], results: list[int | None], sent: range) -> bool:
-        """:meth:`_collect` for a quiet send (``sent``: its request indexes): read refusals
+    def _collect_quiet(self, waiting: dict[int, int], last_seq: int, results: list[int | None],
+                       sent: range) -> bool:
+        """:meth:`_collect` for a quiet send (``sent``: its request indexes, ``last_seq`` the
+        sequence number of its last request, the one that asked for an ack): read refusals
         until the last request's answer; then the requests without one succeeded."""
         deadline = time.monotonic() + self.timeout
         buffer = self._buffer
-        last_seq = max(waiting)
         answered: set[int] = set()
         while last_seq not in answered:
             try:
