@@ -155,6 +155,7 @@ class Agent:
         ]
         if self.pinning.slots:
             self._tasks.append(asyncio.create_task(self.drain.run(), name="flock drain watch"))
+            self._tasks.append(asyncio.create_task(self._keep_pins(), name="flock pin repair"))
         if self.pinning.chain is not None:
             self._tasks.append(asyncio.create_task(self._keep_ring(), name="flock daisy chain"))
         elif self.config.datapath.daisy_chain.enabled:
@@ -266,6 +267,16 @@ class Agent:
                 async with asyncio.timeout(self.config.tick_seconds):
                     await self._relist.wait()
                     await asyncio.sleep(RELIST_PAUSE)
+
+    async def _keep_pins(self) -> None:
+        """Every resyncSeconds: put back what the kernel lost of the pods' pins (drift repair,
+        as the passes do for routes). A table written anew has lost daisy chaining's peers:
+        the ring is applied again."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            done = await self.cni.repair_pins()
+            if done is not None and done.table_written:
+                self.chain_plan = None
 
     async def _keep_ring(self) -> None:
         """Daisy chaining's ring from the Nodes: read at start (every tick until the API

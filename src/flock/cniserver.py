@@ -92,7 +92,7 @@ from flock.core.model import (
     PodRef,
     host_ifname,
 )
-from flock.core.pinning import PodPin, choose_slot, plan_slots, slot_mark, slot_table
+from flock.core.pinning import PinAdoption, PodPin, choose_slot, plan_slots, slot_mark, slot_table
 from flock.core.pools import pool_rejection
 from flock.core.ports import Allocations, DrainReport, NexthopRelease, Pinning, PodLookup, PodNetworks
 from flock.core.recovery import PLACEHOLDER_PREFIX
@@ -335,6 +335,30 @@ class CniServer:
                             len(plan.adopted), done.writes, done)
             elif done.writes:
                 logger.info("connection pinning is off: removed what a previous agent left: %s", done)
+
+    async def repair_pins(self) -> PinAdoption | None:
+        """Put back what the kernel lost of the pins the records say (a rule, a route, the
+        map element or the whole table someone deleted; a pin that failed at ADD): adopting
+        again writes only what differs. Run every resyncSeconds; None when pinning is off or
+        not working."""
+        if not self.pinning.slots or not self._pinning_works:
+            return None
+        async with self._lock:
+            # As at start-up: every record's pin but an unpinning one's (its pod is gone).
+            pins = [pin for a in self.store.all()
+                    if a.state is not AllocationState.UNPINNING and (pin := PodPin.of(a)) is not None]
+            try:
+                done = await self.pinning.adopt(pins)
+            except PinningError as exc:
+                logger.warning("connection pinning: cannot check the pins: %s", exc)
+                return None
+            if not done.problems:
+                self._unpinned.clear()
+        if done.writes:
+            logger.warning("connection pinning repaired what the kernel had lost pods=%d: %s", len(pins), done)
+        for problem in done.problems:
+            logger.warning("connection pinning: %s", problem)
+        return done
 
     def _free_ifname(self, container: ContainerID) -> str:
         """The container's veth name, skipping names another container's record owns."""

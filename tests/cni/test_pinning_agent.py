@@ -111,3 +111,29 @@ async def test_with_pinning_off_nothing_is_pinned(cni_node: CniNode) -> None:
     assert pin_rules(node.netns) == []
     assert "pinSlot" not in node.records()[0]
     assert pinned_metric(node) == 0
+
+
+@pytest.mark.parametrize("cni_node", [{"resyncSeconds": 1}], indirect=True)
+async def test_a_pin_the_kernel_lost_is_put_back(cni_node: CniNode) -> None:
+    """Someone deletes a pinned pod's rule and its map element (or the whole table): the
+    agent puts them back within resyncSeconds, as it repairs routes."""
+    node = cni_node
+    _, web1 = await _add(node, "web-1", ANY_SHARED)
+    veth = web1["interfaces"][0]["name"]
+    slots, rules = pod_slots(node.netns), pin_rules(node.netns)
+    assert set(slots) == {veth} and len(rules) == 2
+    mark = f"0x{slots[veth] << 20:x}/0xff00000"
+    sh("ip", "-4", "rule", "del", "pref", "1000", "fwmark", mark, netns=node.netns)
+    sh("nft", "delete", "element", "inet", TABLE, "pod_slot", f'{{ "{veth}" }}', netns=node.netns)
+    assert pod_slots(node.netns) == {} and len(pin_rules(node.netns)) == 1
+    await eventually(lambda: pod_slots(node.netns) == slots and sorted(pin_rules(node.netns)) == sorted(rules),
+                     within=15, what=f"the pin put back\n{node.agent.log()}")
+    assert "connection pinning repaired what the kernel had lost pods=1" in node.agent.log()
+
+    sh("nft", "delete", "table", "inet", TABLE, netns=node.netns)
+
+    def table_back() -> bool:
+        listing = sh("nft", "list", "map", "inet", TABLE, "pod_slot", netns=node.netns, check=False)
+        return f'"{veth}" : goto save_slot_{slots[veth]}' in listing
+
+    await eventually(table_back, within=15, what=f"the table put back\n{node.agent.log()}")
