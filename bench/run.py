@@ -25,6 +25,7 @@ BENCHES = [
     ("apiserver.py", [], ["--history", "300", "--burst", "100"]),
     ("cni_latency.py", ["--pods", "100"], ["--pods", "20"]),
     ("rss.py", [], ["--pods", "50", "--others", "1000"]),
+    ("forwarding.py", [], ["--rounds", "2", "--seconds", "1", "--new-flows", "50000", "--memory-flows", "20000"]),
 ]
 
 
