@@ -65,25 +65,31 @@ class ChainChanges:
         return self.links + self.neighbours + self.routes + self.rules + self.peers
 
 
-def _link_info(msg: Any) -> tuple[str, dict[str, Any]] | None:
+@dataclasses.dataclass(frozen=True)
+class HeldLink:
+    """A flkdc VXLAN link as the kernel holds it."""
+
+    link: ChainLink
+    local: IPAddress | None
+    port: int
+    mac: str
+    index: int
+
+
+def _held_link(msg: Any) -> HeldLink | None:
+    """A flkdc link from its RTM_NEWLINK, None if it is not VXLAN (not one of ours)."""
     info = msg.get_attr("IFLA_LINKINFO")
     if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
         return None
-    data = info.get_attr("IFLA_INFO_DATA")
-    return "vxlan", {name: value for name, value in (data["attrs"] if data else [])}
-
-
-def _held_link(msg: Any) -> tuple[ChainLink, int, str] | None:
-    """A flkdc link as (link, port, mac), None if it is not one of ours (or not VXLAN)."""
-    info = _link_info(msg)
-    if info is None:
-        return None
-    data = info[1]
+    raw = info.get_attr("IFLA_INFO_DATA")
+    data = dict(raw["attrs"]) if raw else {}
     remote = data.get("IFLA_VXLAN_GROUP") or data.get("IFLA_VXLAN_GROUP6")
     if remote is None or "IFLA_VXLAN_ID" not in data:
         return None
+    local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
     link = ChainLink(str(msg.get_attr("IFLA_IFNAME")), int(data["IFLA_VXLAN_ID"]), ipaddress.ip_address(remote))
-    return link, int(data.get("IFLA_VXLAN_PORT", 0)), str(msg.get_attr("IFLA_ADDRESS"))
+    return HeldLink(link, ipaddress.ip_address(local) if local else None, int(data.get("IFLA_VXLAN_PORT", 0)),
+                    str(msg.get_attr("IFLA_ADDRESS")), msg["index"])
 
 
 def _set_link_sysctls(name: str, proc: str) -> None:
@@ -96,41 +102,36 @@ def _set_link_sysctls(name: str, proc: str) -> None:
 
 
 def _apply(plan: ChainPlan, *, port: int, protocol: int, mark: int, mask: int, proc: str) -> ChainChanges:
+    """One dump of each kind, then: stale rules and routes go first, links change, new
+    routes and rules come last, so nothing is ever sent to a table or a link that is not
+    (or no longer) there."""
     done = ChainChanges()
-    wanted_links = {link.name: link for link in plan.links}
-    mac = chain_mac(plan.local) if plan.local is not None else ""
+    wanted = {link.name: HeldLink(link, plan.local, port, chain_mac(plan.local), 0)
+              for link in plan.links} if plan.local is not None else {}
     with IPRoute() as ipr:
-        held: dict[str, tuple[ChainLink, int, str, int]] = {}
-        for msg in ipr.get_links():
-            name = str(msg.get_attr("IFLA_IFNAME"))
-            if not name.startswith(LINK_PREFIX):
+        held = {found.link.name: found for msg in ipr.get_links()
+                if str(msg.get_attr("IFLA_IFNAME")).startswith(LINK_PREFIX) and (found := _held_link(msg))}
+        changed = {name for name, link in held.items()
+                   if dataclasses.replace(link, index=0) != wanted.get(name)}
+        rules, stale_rules = _held_rules(ipr, plan.rules, protocol, mark, mask)
+        # A chain route goes through a chain link, and goes with it: none without a link.
+        routes, stale_routes = _held_routes(ipr, plan.routes, protocol) if held else (set(), [])
+        for rule, held_mark, held_mask in stale_rules:
+            _rule(ipr, "del", rule, held_mark, held_mask, protocol)
+        for route in stale_routes:
+            ipr.route("del", dst=str(route.dst), table=route.table, proto=protocol)
+        for name in changed:
+            ipr.link("del", index=held[name].index)
+        routes = {r for r in routes if r.link not in changed}  # gone with their link
+        for name, want in wanted.items():
+            if name in held and name not in changed:
                 continue
-            found = _held_link(msg)
-            if found is None:
-                continue
-            held[name] = (*found, msg["index"])
-        local_ok = _locals_match(ipr, held, plan.local)
-        # Stale rules and routes go first, new ones come last: nothing is ever sent to a
-        # table or a link that is not (or no longer) there.
-        done.rules = _apply_rules(ipr, plan.rules, protocol, mark, mask, add=False)
-        done.routes = _apply_routes(ipr, plan.routes, protocol, add=False)
-        # Links: one that differs in any way is made again (a ring change: rare).
-        for name, (link, link_port, link_mac, index) in held.items():
-            if wanted_links.get(name) != link or link_port != port or link_mac != mac or not local_ok.get(name, True):
-                ipr.link("del", index=index)
-                done.links += 1
-        for name, link in wanted_links.items():
-            current = held.get(name)
-            if current is not None and current[0] == link and current[1] == port and current[2] == mac \
-                    and local_ok.get(name, True):
-                continue
-            assert plan.local is not None
-            spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": link.vni, "vxlan_port": port,
-                                    "vxlan_learning": 0, "address": mac}
-            if link.remote.version == 4:
-                spec.update(vxlan_group=str(link.remote), vxlan_local=str(plan.local))
+            spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": want.link.vni, "vxlan_port": port,
+                                    "vxlan_learning": 0, "address": want.mac}
+            if want.link.remote.version == 4:
+                spec.update(vxlan_group=str(want.link.remote), vxlan_local=str(want.local))
             else:
-                spec.update(vxlan_group6=str(link.remote), vxlan_local6=str(plan.local))
+                spec.update(vxlan_group6=str(want.link.remote), vxlan_local6=str(want.local))
             ipr.link("add", **spec)
             index = ipr.link_lookup(ifname=name)[0]
             _set_link_sysctls(name, proc)
@@ -138,73 +139,60 @@ def _apply(plan: ChainPlan, *, port: int, protocol: int, mark: int, mask: int, p
             # address whenever rp_filter is on (net/ipv4/fib_frontend.c, "no_addr"): one.
             ipr.addr("add", index=index, address=str(LINK_ADDRESS), prefixlen=32, scope=253)
             ipr.link("set", index=index, state="up")
-            done.links += 1
+        done.links = len(changed) + len(set(wanted) - (set(held) - changed))
         # Neighbours: the next node's MAC behind the gateway addresses.
-        for name, link in wanted_links.items():
+        for name, want in wanted.items():
             index = ipr.link_lookup(ifname=name)[0]
-            want = chain_mac(link.remote)
+            mac = chain_mac(want.link.remote)
             for family, gateway in ((socket.AF_INET, GATEWAY_V4), (socket.AF_INET6, GATEWAY_V6)):
                 entries = ipr.get_neighbours(family=family, ifindex=index, dst=str(gateway))
-                if any(e.get_attr("NDA_LLADDR") == want and e["state"] & NUD_PERMANENT for e in entries):
+                if any(e.get_attr("NDA_LLADDR") == mac and e["state"] & NUD_PERMANENT for e in entries):
                     continue
-                ipr.neigh("replace", dst=str(gateway), lladdr=want, ifindex=index, state=NUD_PERMANENT)
+                ipr.neigh("replace", dst=str(gateway), lladdr=mac, ifindex=index, state=NUD_PERMANENT)
                 done.neighbours += 1
-        done.routes += _apply_routes(ipr, plan.routes, protocol, add=True)
-        done.rules += _apply_rules(ipr, plan.rules, protocol, mark, mask, add=True)
+        new_routes = sorted(set(plan.routes) - routes, key=str)
+        for route in new_routes:
+            gateway = GATEWAY_V4 if route.dst.version == 4 else GATEWAY_V6
+            ipr.route("replace", dst=str(route.dst), gateway=str(gateway), oif=ipr.link_lookup(ifname=route.link)[0],
+                      table=route.table, proto=protocol, flags=4)  # RTNH_F_ONLINK
+        new_rules = sorted(set(plan.rules) - rules, key=str)
+        for rule in new_rules:
+            _rule(ipr, "add", rule, mark, mask, protocol)
+    done.routes = len(stale_routes) + len(new_routes)
+    done.rules = len(stale_rules) + len(new_rules)
     done.peers = _apply_peers(plan.peers)
     return done
 
 
-def _locals_match(ipr: IPRoute, held: dict[str, tuple[ChainLink, int, str, int]],
-                  local: IPAddress | None) -> dict[str, bool]:
-    """Whether each held link's local address is the plan's."""
-    result = {}
-    for name, (_link, _port, _mac, index) in held.items():
-        msg = ipr.get_links(index)[0]
-        info = _link_info(msg)
-        data = info[1] if info else {}
-        have = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
-        result[name] = local is not None and have is not None and ipaddress.ip_address(have) == local
-    return result
-
-
-def _apply_routes(ipr: IPRoute, routes: Sequence[ChainRoute], protocol: int, *, add: bool) -> int:
-    written = 0
-    wanted = set(routes)
-    held: set[ChainRoute] = set()
+def _held_routes(ipr: IPRoute, wanted: Sequence[ChainRoute], protocol: int) -> tuple[set[ChainRoute],
+                                                                                    list[ChainRoute]]:
+    """flock's routes in the chain tables: (those the plan has, the stale ones)."""
+    held, stale = set(), []
     for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.get_routes(family=family, table=None):
             table = msg.get_attr("RTA_TABLE")
             if table not in _TABLES or msg["proto"] != protocol:
                 continue
-            dst = ipaddress.ip_network(f"{msg.get_attr('RTA_DST') or ('0.0.0.0' if family == socket.AF_INET else '::')}"
-                                       f"/{msg['dst_len']}")
+            any_address = "0.0.0.0" if family == socket.AF_INET else "::"
+            dst = ipaddress.ip_network(f"{msg.get_attr('RTA_DST') or any_address}/{msg['dst_len']}")
             oif = msg.get_attr("RTA_OIF")
             try:
                 dev = socket.if_indextoname(oif) if oif else ""
             except OSError:
                 dev = ""
-            gateway = msg.get_attr("RTA_GATEWAY")
             route = ChainRoute(table, dst, dev)
-            expected = str(GATEWAY_V4 if dst.version == 4 else GATEWAY_V6)
-            if route in wanted and gateway == expected:
+            gateway = str(GATEWAY_V4 if dst.version == 4 else GATEWAY_V6)
+            if route in wanted and msg.get_attr("RTA_GATEWAY") == gateway:
                 held.add(route)
-                continue
-            ipr.route("del", family=family, dst=str(dst), table=table, proto=protocol)
-            written += 1
-    for route in sorted(wanted - held, key=str) if add else ():
-        gateway = GATEWAY_V4 if route.dst.version == 4 else GATEWAY_V6
-        ipr.route("replace", dst=str(route.dst), gateway=str(gateway), oif=ipr.link_lookup(ifname=route.link)[0],
-                  table=route.table, proto=protocol, flags=4)  # RTNH_F_ONLINK
-        written += 1
-    return written
+            else:
+                stale.append(route)
+    return held, stale
 
 
-def _apply_rules(ipr: IPRoute, rules: Sequence[ChainRule], protocol: int, mark: int, mask: int, *,
-                 add: bool) -> int:
-    written = 0
-    wanted = set(rules)
-    held: set[ChainRule] = set()
+def _held_rules(ipr: IPRoute, wanted: Sequence[ChainRule], protocol: int, mark: int,
+                mask: int) -> tuple[set[ChainRule], list[tuple[ChainRule, int, int]]]:
+    """flock's chain rules: (those the plan has, the stale ones with their mark and mask)."""
+    held, stale = set(), []
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         for msg in ipr.get_rules(family=family):
             priority = msg.get_attr("FRA_PRIORITY")
@@ -213,24 +201,20 @@ def _apply_rules(ipr: IPRoute, rules: Sequence[ChainRule], protocol: int, mark: 
                     or msg.get_attr("FRA_PROTOCOL") != protocol:
                 continue
             rule = ChainRule(version, priority, msg.get_attr("FRA_IIFNAME"), table)
-            if rule in wanted and msg.get_attr("FRA_FWMARK") == mark and msg.get_attr("FRA_FWMASK") == mask:
+            held_mark, held_mask = msg.get_attr("FRA_FWMARK") or 0, msg.get_attr("FRA_FWMASK") or 0xFFFFFFFF
+            if rule in wanted and (held_mark, held_mask) == (mark, mask):
                 held.add(rule)
-                continue
-            _rule(ipr, "del", msg_rule=rule, protocol=protocol, mark=msg.get_attr("FRA_FWMARK") or 0,
-                  mask=msg.get_attr("FRA_FWMASK") or 0xFFFFFFFF)
-            written += 1
-    for rule in sorted(wanted - held, key=str) if add else ():
-        _rule(ipr, "add", msg_rule=rule, protocol=protocol, mark=mark, mask=mask)
-        written += 1
-    return written
+            else:
+                stale.append((rule, held_mark, held_mask))
+    return held, stale
 
 
-def _rule(ipr: IPRoute, command: str, *, msg_rule: ChainRule, protocol: int, mark: int, mask: int) -> None:
-    spec: dict[str, Any] = {"family": socket.AF_INET if msg_rule.version == 4 else socket.AF_INET6,
-                            "priority": msg_rule.priority, "table": msg_rule.table, "fwmark": mark,
-                            "fwmask": mask, "protocol": protocol, "action": "FR_ACT_TO_TBL"}
-    if msg_rule.iif:
-        spec["iifname"] = msg_rule.iif
+def _rule(ipr: IPRoute, command: str, rule: ChainRule, mark: int, mask: int, protocol: int) -> None:
+    spec: dict[str, Any] = {"family": socket.AF_INET if rule.version == 4 else socket.AF_INET6,
+                            "priority": rule.priority, "table": rule.table, "fwmark": mark, "fwmask": mask,
+                            "protocol": protocol, "action": "FR_ACT_TO_TBL"}
+    if rule.iif:
+        spec["iifname"] = rule.iif
     try:
         ipr.rule(command, **spec)
     except NetlinkError as exc:
@@ -241,18 +225,18 @@ def _rule(ipr: IPRoute, command: str, *, msg_rule: ChainRule, protocol: int, mar
 def _apply_peers(peers: Sequence[IPAddress]) -> int:
     """The nftables sets of the ring's other nodes (VXLAN is taken only from them)."""
     written = 0
-    try:
-        listing = nft(f"list table inet {TABLE}")
-    except NftFailed as exc:
-        if exc.missing and not peers:
-            return 0
-        raise
     for version in (4, 6):
         name = f"chain_peers_v{version}"
-        if f"set {name}" not in listing:
-            continue
+        try:
+            listing = json.loads(nft(f"list set inet {TABLE} {name}", json_output=True))
+        except NftFailed as exc:
+            if exc.missing:  # no table, or one without daisy chaining's rules
+                continue
+            raise
+        elements: list[Any] = next(
+            (item["set"].get("elem", []) for item in listing.get("nftables", []) if "set" in item), [])
+        have = sorted(str(element) for element in elements)
         want = sorted(str(p) for p in peers if p.version == version)
-        have = _set_elements(listing, name)
         if have == want:
             continue
         script = f"flush set inet {TABLE} {name}\n"
@@ -261,19 +245,6 @@ def _apply_peers(peers: Sequence[IPAddress]) -> int:
         nft(script)
         written += 1
     return written
-
-
-def _set_elements(listing: str, name: str) -> list[str]:
-    start = listing.find(f"set {name} {{")
-    if start < 0:
-        return []
-    end = listing.find("}", listing.find("{", start) + 1)
-    body = listing[start:end + 1]
-    if "elements = {" not in body:
-        return []
-    inner = listing[listing.find("elements = {", start) + len("elements = {"):]
-    inner = inner[:inner.find("}")]
-    return sorted(item.strip() for item in inner.replace("\n", " ").split(",") if item.strip())
 
 
 COUNTERS = {"chain_forwarded": "forwarded", "chain_reset": "reset", "chain_refused": "refused"}
