@@ -87,6 +87,7 @@ class Agent:
         self.ring_local: IPAddress | None = None  # this node's address in the ring
         self.ring_watched: tuple[IPAddress, ...] = ()  # ring members BIRD runs BFD with (bird.conf)
         self.ring_down: set[IPAddress] = set()  # ring members silent on BFD: left out of the chain
+        self._ring_failure: str | None = None  # the last failure to apply the ring, until one works
         self._ring_read = asyncio.Event()  # the Nodes were read once: bird.conf's ring neighbours are known
         self.drain = DrainWatch(config=config, store=self.store, pods=self.pods,
                                 next_hop_devs=self.reconciler.next_hop_devs,
@@ -357,8 +358,14 @@ class Agent:
         try:
             changes = await self.chain.apply(plan)
         except PinningError as exc:
-            logger.error("daisy chain not set up (flows the fabric moves here may be reset): %s", exc)
+            if str(exc) != self._ring_failure:  # retried every tick: logged when it starts or changes
+                self._ring_failure = str(exc)
+                logger.error("daisy chain not set up (flows the fabric moves here may be reset); retried every "
+                             "tick: %s", exc)
             return
+        if self._ring_failure is not None:
+            self._ring_failure = None
+            logger.info("daisy chain set up again")
         if self.chain_plan is not None or plan.size or changes.total:
             logger.info("daisy chain: %s (%d kernel writes)", plan.describe(), changes.total)
         self.chain_plan = plan
