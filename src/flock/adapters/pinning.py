@@ -451,45 +451,30 @@ def skip_rule_request(rule: SkipRule, protocol: int) -> bytes:
     return payload
 
 
-def _dump_skip_rules(sock: rtnl.RtnlSocket, protocol: int) -> set[SkipRule]:
-    found = set()
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for kind, payload in sock.dump(RTM_GETRULE, FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-            if kind != RTM_NEWRULE or len(payload) < FIB_RULE_HDR.size:
-                continue
-            fam, *_, action, _flags = FIB_RULE_HDR.unpack_from(payload, 0)
-            attrs = rtnl.attributes(payload, FIB_RULE_HDR.size, len(payload))
-            rule_protocol = payload[attrs[FRA_PROTOCOL][0]] if FRA_PROTOCOL in attrs else 0
-            priority = rtnl.u32(payload, attrs[FRA_PRIORITY]) if FRA_PRIORITY in attrs else 0
-            if rule_protocol != protocol or priority not in (SKIP_RULE_PRIORITY, RULES_END_PRIORITY):
-                continue
-            mask = rtnl.u32(payload, attrs[FRA_FWMASK]) if FRA_FWMASK in attrs and action == FR_ACT_GOTO else 0
-            target = rtnl.u32(payload, attrs[FRA_GOTO]) if FRA_GOTO in attrs else 0
-            found.add((_VERSION[fam], priority, action, mask, target))
-    return found
-
-
-def _dump_rules(sock: rtnl.RtnlSocket, protocol: int) -> list[PinRule]:
-    """flock's pinning rules: priority PIN_RULE_PRIORITY, ``protocol``, a table of the range."""
-    found = []
+def _dump_rules(sock: rtnl.RtnlSocket, protocol: int) -> tuple[list[PinRule], set[SkipRule]]:
+    """flock's rules of ``protocol``, in one dump: the pods' (priority PIN_RULE_PRIORITY, a
+    table of the range) and the skip rule with its target (see :func:`skip_rules`)."""
+    pins, skips = [], set()
     for family in (socket.AF_INET, socket.AF_INET6):
         for kind, payload in sock.dump(RTM_GETRULE, FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
             if kind != RTM_NEWRULE or len(payload) < FIB_RULE_HDR.size:
                 continue
             fam, *_, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(payload, 0)
-            if action != FR_ACT_TO_TBL:
-                continue
             attrs = rtnl.attributes(payload, FIB_RULE_HDR.size, len(payload))
-            if FRA_TABLE in attrs:
-                table = rtnl.u32(payload, attrs[FRA_TABLE])
             rule_protocol = payload[attrs[FRA_PROTOCOL][0]] if FRA_PROTOCOL in attrs else 0
             priority = rtnl.u32(payload, attrs[FRA_PRIORITY]) if FRA_PRIORITY in attrs else 0
-            if rule_protocol != protocol or priority != PIN_RULE_PRIORITY or table not in _ALL_TABLES:
+            if rule_protocol != protocol:
                 continue
+            if FRA_TABLE in attrs:
+                table = rtnl.u32(payload, attrs[FRA_TABLE])
             mark = rtnl.u32(payload, attrs[FRA_FWMARK]) if FRA_FWMARK in attrs else 0
             mask = rtnl.u32(payload, attrs[FRA_FWMASK]) if FRA_FWMASK in attrs else 0xFFFFFFFF
-            found.append(PinRule(_VERSION[fam], mark, mask, table))
-    return found
+            if priority == PIN_RULE_PRIORITY and action == FR_ACT_TO_TBL and table in _ALL_TABLES:
+                pins.append(PinRule(_VERSION[fam], mark, mask, table))
+            elif priority in (SKIP_RULE_PRIORITY, RULES_END_PRIORITY):
+                target = rtnl.u32(payload, attrs[FRA_GOTO]) if FRA_GOTO in attrs else 0
+                skips.add((_VERSION[fam], priority, action, mask if action == FR_ACT_GOTO else 0, target))
+    return pins, skips
 
 
 def _dump_routes(sock: rtnl.RtnlSocket, protocol: int) -> list[tuple[PinRoute, bool]]:
@@ -612,7 +597,7 @@ def _adopt(pins: Sequence[PodPin], *, enabled: bool, mask: int, pools: Sequence[
     wanted_routes = {route for pin in pins for route in pin_routes(pin, pools)} if enabled else set()
     wanted_skips = skip_rules(mask) if enabled else set()
     with rtnl.RtnlSocket(timeout) as sock:
-        skips = _dump_skip_rules(sock, protocol)
+        rules, skips = _dump_rules(sock, protocol)
         # The skip rule goes first and comes last, its target the other way round.
         stale_skips = sorted(skips - wanted_skips, key=lambda r: r[1])
         new_skips = sorted(wanted_skips - skips, key=lambda r: -r[1])
@@ -623,7 +608,6 @@ def _adopt(pins: Sequence[PodPin], *, enabled: bool, mask: int, pools: Sequence[
             done.problems += _errors([f"skip rule {r}" for r in stale_skips + new_skips], sock.transact(skip_requests),
                                      (errno.EEXIST, errno.ENOENT))
         done.rules_removed_skip, done.rules_added_skip = len(stale_skips), len(new_skips)
-        rules = _dump_rules(sock, protocol)
         routes = _dump_routes(sock, protocol)
         have_rules = set(rules)
         have_routes = {route for route, onlink in routes if onlink}
