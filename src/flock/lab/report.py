@@ -308,6 +308,14 @@ def render(report: Mapping[str, Any]) -> str:
 TERMINATING = "flock.io/anycast-terminating"
 
 
+def _long_lived(report: Mapping[str, Any], *path: str) -> str:
+    """A long-lived connections figure of a report, by its keys ("-" when it has none)."""
+    value: Any = report.get("longLived")
+    for key in path:
+        value = (value or {}).get(key)
+    return "-" if value is None else str(value)
+
+
 def _chain(report: Mapping[str, Any]) -> str:
     """Daisy chaining's packets over all nodes: forwarded / reset / refused ("off" when it was)."""
     chain = report.get("daisyChain")
@@ -457,12 +465,6 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
     def row(name: str, value: Any) -> tuple[str, ...]:
         return (name, *[value(r) for r in reports])
 
-    def long_lived(r: Mapping[str, Any], *path: str) -> str:
-        value: Any = r.get("longLived")
-        for key in path:
-            value = (value or {}).get(key)
-        return "-" if value is None else str(value)
-
     rows = [
         row("requests", lambda r: str(r["requests"]["total"])),
         row("failed", lambda r: f"{r['requests']['failed']} ({r['requests']['failedPercent']:.3f}%)"),
@@ -478,19 +480,19 @@ def render_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: str = ""
         row("node forwarding changes", lambda r: str(r.get("nodeRouteChanges", "-"))),
         row("daisy chain: forwarded / reset / refused", _chain),
         ("",) * (1 + len(reports)),
-        row("long-lived connections opened", lambda r: long_lived(r, "opened")),
+        row("long-lived connections opened", lambda r: _long_lived(r, "opened")),
         row("  at the start, per pod", lambda r: _spread(((r.get("longLived") or {}).get("spread") or {})
                                                          .get("atStart") or {})),
-        row("  closed cleanly by the server", lambda r: long_lived(r, "endings", "closed")),
-        row("  broken (reset, stalled...)", lambda r: long_lived(r, "brokenTotal")),
+        row("  closed cleanly by the server", lambda r: _long_lived(r, "endings", "closed")),
+        row("  broken (reset, stalled...)", lambda r: _long_lived(r, "brokenTotal")),
         row("    pod not restarting:", lambda r: ""),
-        *[row(f"      {label}", lambda r, key=key: long_lived(r, "broken", key, "notRestarting"))
+        *[row(f"      {label}", lambda r, key=key: _long_lived(r, "broken", key, "notRestarting"))
           for key, label in CAUSES],
         row("    pod restarting:", lambda r: ""),
-        *[row(f"      {label}", lambda r, key=key: long_lived(r, "broken", key, "restarting"))
+        *[row(f"      {label}", lambda r, key=key: _long_lived(r, "broken", key, "restarting"))
           for key, label in CAUSES],
-        row("  open at the end", lambda r: long_lived(r, "endings", "open")),
-        row(f"  waited over {LATE:g} s for an answer", lambda r: long_lived(r, "late")),
+        row("  open at the end", lambda r: _long_lived(r, "endings", "open")),
+        row(f"  waited over {LATE:g} s for an answer", lambda r: _long_lived(r, "late")),
     ]
     width = max(len(r[0]) for r in rows) + 2
     column = max(22, *(len(title) + 2 for title, _ in runs))
@@ -527,12 +529,6 @@ def render_failure_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: 
     def row(name: str, value: Any) -> tuple[str, ...]:
         return (name, *[value(r) for r in reports])
 
-    def long_lived(r: Mapping[str, Any], *path: str) -> str:
-        value: Any = r.get("longLived")
-        for key in path:
-            value = (value or {}).get(key)
-        return "-" if value is None else str(value)
-
     def wait(r: Mapping[str, Any]) -> str:
         longest = (r.get("longLived") or {}).get("longestWait")
         return "-" if longest is None else f"{longest:.2f} s"
@@ -551,15 +547,15 @@ def render_failure_compare(runs: Sequence[tuple[str, Mapping[str, Any]]], note: 
           + [row(f"  {label}", lambda r, label=label: _phase(r, label)) for label in labels] if labels else []),
         row("ToR route changes", lambda r: str(r["torRouteChanges"])),
         ("",) * (1 + len(reports)),
-        row("long-lived connections opened", lambda r: long_lived(r, "opened")),
+        row("long-lived connections opened", lambda r: _long_lived(r, "opened")),
         row("  at the start, per node", lambda r: _spread(((r.get("longLived") or {}).get("spread") or {})
                                                           .get("atStartByNode") or {})),
-        row("  broken (reset, stalled...)", lambda r: long_lived(r, "brokenTotal")),
-        *[row(f"    {label}", lambda r, key=key: long_lived(r, "broken", key, "notRestarting"))
+        row("  broken (reset, stalled...)", lambda r: _long_lived(r, "brokenTotal")),
+        *[row(f"    {label}", lambda r, key=key: _long_lived(r, "broken", key, "notRestarting"))
           for key, label in (NODE_FAILED, *CAUSES)],
         row("  connection attempts that failed", lambda r: str(sum(((r.get("longLived") or {})
                                                                     .get("connectFailures") or {}).values()))),
-        row(f"  waited over {LATE:g} s for an answer", lambda r: long_lived(r, "late")),
+        row(f"  waited over {LATE:g} s for an answer", lambda r: _long_lived(r, "late")),
         row("  longest wait for an answer", wait),
     ]
     out = _table([title for title, _ in runs], rows)
